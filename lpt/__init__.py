@@ -1,0 +1,1 @@
+"""The LongPerceptualThoughts method as plain, typed functions (no Dagster, no engines)."""

@@ -1,0 +1,150 @@
+"""One versioned config per stage; its fingerprint is both the prompt's and the asset's version."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+
+class StageConfig(BaseModel):
+    """Bump `version` when the prompt wording changes; any field change changes the fingerprint."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    version: str = "1"
+
+    def fingerprint(self) -> str:
+        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+class Sampling(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    n: int = 1
+    temperature: float = 0.7
+    top_p: float = 0.8
+    top_k: int = -1
+    repetition_penalty: float = 1.0
+    max_tokens: int = 1024
+    seed: int = 0
+
+
+class AskConfig(StageConfig):
+    """Stage 1: MCQs from a dense description."""
+
+    questions_per_image: int = 8
+    structured_output: bool = True  # JSON schema + guided decoding; tagged text otherwise
+    min_question_similarity_to_drop: float = 0.9  # near-duplicate threshold (token Jaccard)
+    sampling: Sampling = Sampling(n=1, temperature=0.7, top_p=0.95, max_tokens=2048)
+
+
+class ThinkConfig(StageConfig):
+    """Stage 2: short CoTs from the VLM (reference: n=10, T=0.7, top_p=0.8, rep 1.05, 1024)."""
+
+    image_max_side: int = 512
+    caption_stand_in: bool = False  # a text model reads the description instead of the image
+    sampling: Sampling = Sampling(
+        n=10, temperature=0.7, top_p=0.8, repetition_penalty=1.05, max_tokens=1024
+    )
+
+
+class ThinkHarderConfig(StageConfig):
+    """Stage 3: the reasoner continues a short CoT after a cognitive cue."""
+
+    cues: tuple[str, ...] = ("Wait,", "Hmm,", "Alternatively,")
+    cue_weights: tuple[float, ...] = (0.6, 0.2, 0.2)
+    separators: tuple[str, ...] = ("\n\n", " ")
+    expand_labels: tuple[Literal["O", "X"], ...] = ("O", "X")
+    retry_max_tokens: int = 4096  # one retry for continuations cut by the token limit
+    sampling: Sampling = Sampling(n=3, temperature=0.7, top_p=0.8, top_k=50, max_tokens=2048)
+
+
+class VerifyConfig(StageConfig):
+    leak_words: tuple[str, ...] = (
+        "description",
+        "described",
+        "describes",
+        "describe",
+        "mention",
+        "mentioned",
+        "mentions",
+        "text",
+        "stated",
+        "states",
+        "says",
+        "visualize",
+        "visualise",
+        "visualizing",
+        "caption",
+    )
+
+
+class SelectConfig(StageConfig):
+    """SFT selection and DPO mining."""
+
+    sft_per_mcq: int = 4
+    self_correction_share: float = 0.5  # about half of the SFT traces are X_O where available
+    max_pairs_per_type_per_mcq: int = 2
+    seed: int = 0
+
+
+class EngineSettings(BaseModel):
+    """Which engine serves a role, and its settings (the fields of EngineResource)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    kind: Literal["transformers"] = "transformers"
+    model: str = "smollm2-135m-instruct"  # HF id, local path, or the bundled GGUF alias
+    gguf_file: str | None = None
+    dtype: str = "float32"
+    device: str = "cpu"
+    batch_size: int = 16
+
+
+class Engines(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    ask: EngineSettings = EngineSettings()
+    vlm: EngineSettings = EngineSettings()
+    reasoner: EngineSettings = EngineSettings()
+
+
+class PipelineConfig(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    ask: AskConfig = AskConfig()
+    think: ThinkConfig = ThinkConfig()
+    think_harder: ThinkHarderConfig = ThinkHarderConfig()
+    verify: VerifyConfig = VerifyConfig()
+    select: SelectConfig = SelectConfig()
+    engines: Engines = Engines()
+    storage: str = "data"  # local folder (relative to the config file) or fsspec URL
+    exports: str = "exports"
+
+
+CONFIG_ENV = "LPT_CONFIG"
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "lpt.toml"
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> PipelineConfig:
+    """Read a TOML config ($LPT_CONFIG, else lpt.toml beside the package); relative paths resolve
+    against the file's folder so a run does not depend on its working directory."""
+    chosen = Path(path or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG)
+    if not chosen.exists():
+        return PipelineConfig()
+    raw = tomllib.loads(chosen.read_text())
+    config = PipelineConfig.model_validate(raw)
+    return config.model_copy(
+        update={
+            "storage": _resolve(config.storage, chosen.parent),
+            "exports": _resolve(config.exports, chosen.parent),
+        }
+    )
+
+
+def _resolve(location: str, base: Path) -> str:
+    if "://" in location or Path(location).is_absolute():
+        return location
+    return str((base / location).resolve())

@@ -1,0 +1,373 @@
+"""Parsers for model outputs: reasoning traces and MCQ sets, plus MCQ validation.
+
+Every parser here is total: any string gives a result and machine-readable error reasons,
+never an exception, because model output is untrusted input.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from itertools import pairwise
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from lpt.records import LETTERS, MCQ, MCQDraft, Quarantined, Record, stable_id
+
+# --------------------------------------------------------------------------- text helpers
+
+
+def normalise(text: str) -> str:
+    """Comparison key for option texts: case, punctuation and spacing never decide a match."""
+    return " ".join(re.sub(r"[^\w\s]|_", " ", text.casefold()).split())
+
+
+_LETTER_PREFIX = re.compile(r"^\s*(?:\(([A-Z])\)|([A-Z])[.):])\s*")
+
+
+def strip_letter_prefix(text: str) -> tuple[str | None, str]:
+    """Split a leading option letter ("(B) ", "B. ", "B) ") from a text: (letter, rest)."""
+    match = _LETTER_PREFIX.match(text)
+    if not match:
+        return None, text.strip()
+    return match.group(1) or match.group(2), text[match.end() :].strip()
+
+
+def strip_option_letters(options: list[str]) -> list[str]:
+    """Drop letters a model wrote inside option texts, but only when each option carries its
+    own position's letter, so a genuine text such as "A. Lincoln" in slot C survives."""
+    split = [strip_letter_prefix(option) for option in options]
+    if split and all(letter == chr(ord("A") + i) for i, (letter, _) in enumerate(split)):
+        return [rest for _, rest in split]
+    return [option.strip() for option in options]
+
+
+# --------------------------------------------------------------------------- reasoning traces
+
+
+class ParsedCot(Record):
+    """A reasoning trace split into its think part and its final answer."""
+
+    think: str | None
+    answer: str | None
+    error: str | None
+
+
+_THINK_OPEN = re.compile(r"^\s*<think>", re.IGNORECASE)
+_THINK_CLOSE = re.compile(r"</think>", re.IGNORECASE)
+_ANSWER_BLOCK = re.compile(r"<answer>((?:(?!<answer>).)*?)</answer>", re.IGNORECASE | re.DOTALL)
+_ANSWER_OPEN = re.compile(r"<answer>", re.IGNORECASE)
+
+
+def _parse_trace(text: str, strip_think: bool) -> ParsedCot:
+    if not text.strip():
+        return ParsedCot(think=None, answer=None, error="empty")
+    body = _THINK_OPEN.sub("", text, count=1)
+    close = _THINK_CLOSE.search(body)
+    if close is None:
+        return ParsedCot(think=body.strip(), answer=None, error="no_think_close")
+    think = body[: close.start()]
+    think = think.strip() if strip_think else think.rstrip()
+    tail = body[close.end() :]
+    answers = [m.group(1).strip() for m in _ANSWER_BLOCK.finditer(tail)]
+    leftover_open = _ANSWER_OPEN.search(_ANSWER_BLOCK.sub("", tail)) is not None
+    if not answers:
+        error = "unclosed_answer" if leftover_open else "no_answer"
+        return ParsedCot(think=think, answer=None, error=error)
+    if len(set(answers)) > 1 or leftover_open:
+        return ParsedCot(think=think, answer=None, error="multiple_answers")
+    if not answers[0]:
+        return ParsedCot(think=think, answer=None, error="empty_answer")
+    return ParsedCot(think=think, answer=answers[0], error=None)
+
+
+def parse_cot(text: str) -> ParsedCot:
+    """Parse a VLM output written after a pre-filled "<think>" (tolerates the tag repeated)."""
+    return _parse_trace(text, strip_think=True)
+
+
+def parse_continuation(text: str) -> ParsedCot:
+    """Parse a reasoner continuation; the same format as a short CoT, but its think part keeps
+    its leading whitespace because it continues a sentence already begun in the pre-fill."""
+    return _parse_trace(text, strip_think=False)
+
+
+# --------------------------------------------------------------------------- MCQ sets
+
+ReasoningType = Literal[
+    "recognition", "spatial", "counting", "attribute", "text_in_scene", "causal_commonsense"
+]
+
+# Keywords that map an ask model's free-text type ("Spatial and Relational Reasoning") onto
+# our fixed vocabulary; the first hit in this order wins.
+_TYPE_KEYWORDS: tuple[tuple[str, ReasoningType], ...] = (
+    ("spatial", "spatial"),
+    ("relation", "spatial"),
+    ("position", "spatial"),
+    ("count", "counting"),
+    ("quantif", "counting"),
+    ("number", "counting"),
+    ("causal", "causal_commonsense"),
+    ("commonsense", "causal_commonsense"),
+    ("common sense", "causal_commonsense"),
+    ("texture", "attribute"),  # before "text", which it starts with
+    ("text", "text_in_scene"),
+    ("ocr", "text_in_scene"),
+    ("reading", "text_in_scene"),
+    ("attribute", "attribute"),
+    ("color", "attribute"),
+    ("colour", "attribute"),
+    ("recogn", "recognition"),
+    ("identif", "recognition"),
+)
+
+
+def canonical_reasoning_type(raw: str) -> str:
+    """Our vocabulary for a free-text reasoning type; an unknown type keeps a slug of itself
+    so nothing is silently relabelled."""
+    lowered = raw.casefold()
+    for keyword, canonical in _TYPE_KEYWORDS:
+        if re.search(rf"\b{keyword}", lowered):
+            return canonical
+    return "_".join(normalise(raw).split()) or "unspecified"
+
+
+class MCQItem(BaseModel):
+    """One question as the ask model must emit it under guided decoding. Extra keys are
+    ignored when parsing (servers without guided decoding add them) but forbidden by the
+    schema the engine enforces."""
+
+    model_config = ConfigDict(extra="ignore", json_schema_extra={"additionalProperties": False})
+    question: str = Field(min_length=1)
+    options: list[str] = Field(min_length=4, max_length=4)
+    answer_letter: Literal["A", "B", "C", "D"]
+    reasoning_type: ReasoningType
+
+
+class MCQSet(BaseModel):
+    model_config = ConfigDict(extra="ignore", json_schema_extra={"additionalProperties": False})
+    questions: list[MCQItem]
+
+
+def mcq_json_schema(n_questions: int) -> dict[str, Any]:
+    """MCQSet's JSON schema with the question count pinned, for the engine's guided decoding."""
+    schema = MCQSet.model_json_schema()
+    schema["properties"]["questions"]["minItems"] = n_questions
+    schema["properties"]["questions"]["maxItems"] = n_questions
+    return schema
+
+
+_FENCE = re.compile(r"```[^\n`]*\n?(.*?)```", re.DOTALL)
+
+
+def _first_json(text: str) -> Any:
+    """The first JSON object or array in text, looking inside ``` fences first; None if none."""
+    decoder = json.JSONDecoder()
+    for candidate in [m.group(1) for m in _FENCE.finditer(text)] + [text]:
+        for start in (m.start() for m in re.finditer(r"[\[{]", candidate)):
+            try:
+                value, _ = decoder.raw_decode(candidate, start)
+            except (json.JSONDecodeError, RecursionError):
+                continue
+            if isinstance(value, dict) and "questions" in value:
+                return value
+            if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+                return value
+    return None
+
+
+def drafts_from_json(text: str) -> tuple[list[MCQDraft], list[str]]:
+    """Drafts from a structured-output response; each item that breaks the schema becomes an
+    error reason ("invalid_item:<index>:<field>") instead of failing the whole response."""
+    value = _first_json(text)
+    if value is None:
+        return [], ["no_json"]
+    items = value["questions"] if isinstance(value, dict) else value
+    if not isinstance(items, list) or not items:
+        return [], ["no_questions"]
+    drafts: list[MCQDraft] = []
+    errors: list[str] = []
+    for index, raw in enumerate(items):
+        try:
+            item = MCQItem.model_validate(raw)
+        except ValidationError as exc:
+            loc = ".".join(str(part) for part in exc.errors()[0]["loc"]) or "item"
+            errors.append(f"invalid_item:{index}:{loc}")
+            continue
+        options = strip_option_letters(item.options)
+        drafts.append(
+            MCQDraft(
+                question=item.question.strip(),
+                options=options,
+                answer=options[LETTERS.index(item.answer_letter)],
+                reasoning_type=item.reasoning_type,
+            )
+        )
+    return drafts, errors
+
+
+_QUESTION_START = re.compile(r"<question>", re.IGNORECASE)
+_REQUIRED_TAGS = ("question", "choices", "answer")
+
+
+def _tag(block: str, name: str) -> str | None:
+    match = re.search(rf"<{name}>(.*?)</{name}>", block, re.IGNORECASE | re.DOTALL)
+    return match.group(1).strip() if match else None
+
+
+def _split_choices(choices: str) -> list[str]:
+    """Options from "(A) x (B) y ..." or "A. x B. y ...", one line each or all on one line;
+    letters must come in order, which keeps "(B)" inside a text from splitting it."""
+    best: list[tuple[int, int]] = []
+    for marker in (r"\({}\)", r"(?:^|(?<=\s)){}[.)]"):
+        positions: list[tuple[int, int]] = []
+        cursor = 0
+        for letter in "ABCDEFGH":
+            match = re.compile(marker.format(letter)).search(choices, cursor)
+            if match is None:
+                break
+            positions.append(match.span())
+            cursor = match.end()
+        if len(positions) > len(best):
+            best = positions
+    sentinel = (len(choices), len(choices))
+    return [
+        " ".join(choices[end:next_start].split())
+        for (_, end), (next_start, _) in pairwise([*best, sentinel])
+    ]
+
+
+def _resolve_answer(answer: str, options: list[str]) -> str:
+    """The option text an answer names: its text, its text after a stray letter ("B) Red"),
+    or the option its bare letter ("B", "(B)") points at; else the answer as written."""
+    _, rest = strip_letter_prefix(answer)
+    keys = [normalise(option) for option in options]
+    for candidate in (answer, rest):
+        if normalise(candidate) in keys:
+            return options[keys.index(normalise(candidate))]
+    bare = re.fullmatch(r"\(?([A-D])\)?\.?", answer.strip())
+    index = LETTERS.index(bare.group(1)) if bare else -1
+    if 0 <= index < len(options):
+        return options[index]
+    return answer.strip()
+
+
+def drafts_from_tagged(text: str) -> tuple[list[MCQDraft], list[str]]:
+    """Drafts from the tagged fallback format (numbered `<question>…</question> <choices>…
+    </choices> <answer>…</answer> <type>…</type>` lines); a block missing a tag becomes an
+    error reason ("missing_<tag>:<index>")."""
+    starts = [m.start() for m in _QUESTION_START.finditer(text)]
+    blocks = [text[start:stop] for start, stop in pairwise([*starts, len(text)])]
+    drafts: list[MCQDraft] = []
+    errors: list[str] = []
+    for index, block in enumerate(blocks):
+        question, choices, answer = (_tag(block, name) for name in _REQUIRED_TAGS)
+        if question is None or choices is None or answer is None:
+            missing = next(
+                n
+                for n, v in zip(_REQUIRED_TAGS, (question, choices, answer), strict=True)
+                if v is None
+            )
+            errors.append(f"missing_{missing}:{index}")
+            continue
+        options = _split_choices(choices)
+        if not options:
+            errors.append(f"no_options:{index}")
+            continue
+        kind = _tag(block, "type")
+        drafts.append(
+            MCQDraft(
+                question=question,
+                options=options,
+                answer=_resolve_answer(answer, options),
+                reasoning_type=canonical_reasoning_type(kind) if kind else "unspecified",
+            )
+        )
+    if not blocks:
+        errors.append("no_questions")
+    return drafts, errors
+
+
+# --------------------------------------------------------------------------- validation
+
+_NUMBER_WORDS = frozenset(
+    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen "
+    "fifteen sixteen seventeen eighteen nineteen twenty".split()
+)
+
+
+def _tokens(text: str) -> set[str]:
+    return set(normalise(text).split())
+
+
+def _jaccard(a: set[str], b: set[str]) -> float:
+    return len(a & b) / len(a | b) if a | b else 1.0
+
+
+def _gives_away(question: str, answer: str, options: list[str]) -> bool:
+    """True when the answer is written in the question and no other option is. Counts and
+    one-character answers are exempt: numbers in a question usually count something else."""
+    key = normalise(answer)
+    if len(key) < 2 or key.isdigit() or key in _NUMBER_WORDS:
+        return False
+    padded = f" {normalise(question)} "
+    others = [normalise(o) for o in options if normalise(o) != key]
+    return f" {key} " in padded and not any(f" {o} " in padded for o in others if o)
+
+
+def validate_drafts(
+    image_id: str, drafts: list[MCQDraft], near_duplicate_threshold: float
+) -> tuple[list[MCQ], list[Quarantined]]:
+    """Keep the drafts a VLM can fairly be graded on; quarantine the rest with a reason code:
+    option_count, empty_field, duplicate_options, answer_not_in_options, answer_in_question,
+    near_duplicate (token Jaccard with an earlier kept question of the same image)."""
+    kept: list[MCQ] = []
+    quarantined: list[Quarantined] = []
+    for draft in drafts:
+        question = " ".join(draft.question.split())
+        options = strip_option_letters(draft.options)
+        answer = _resolve_answer(draft.answer, options)
+        mcq_id = stable_id(image_id, question, options, answer)
+        keys = [normalise(option) for option in options]
+        reason, detail = None, ""
+        if len(options) != 4:
+            reason, detail = "option_count", f"{len(options)} options, need 4"
+        elif not question or not all(keys) or not normalise(answer):
+            reason, detail = "empty_field", "question, an option or the answer is blank"
+        elif len(set(keys)) != 4:
+            reason, detail = "duplicate_options", f"options {options} repeat after normalising"
+        elif keys.count(normalise(answer)) != 1:
+            reason, detail = "answer_not_in_options", f"answer {answer!r} is none of {options}"
+        elif _gives_away(question, answer, options):
+            reason, detail = "answer_in_question", f"the question spells out {answer!r}"
+        else:
+            earlier = next(
+                (
+                    m
+                    for m in kept
+                    if _jaccard(_tokens(m.question), _tokens(question)) >= near_duplicate_threshold
+                ),
+                None,
+            )
+            if earlier is not None:
+                reason, detail = (
+                    "near_duplicate",
+                    f"too close to {earlier.mcq_id}: {earlier.question!r}",
+                )
+        if reason is not None:
+            quarantined.append(
+                Quarantined(stage="mcqs", item_id=mcq_id, reason=reason, detail=detail)
+            )
+            continue
+        kept.append(
+            MCQ(
+                mcq_id=mcq_id,
+                image_id=image_id,
+                question=question,
+                options=options,
+                answer=options[keys.index(normalise(answer))],
+                reasoning_type=draft.reasoning_type,
+            )
+        )
+    return kept, quarantined

@@ -1,0 +1,129 @@
+"""Turning engine outputs into stage records: pure functions, one per generation stage."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from lpt.config import AskConfig, ThinkHarderConfig, VerifyConfig
+from lpt.parse import drafts_from_json, drafts_from_tagged, validate_drafts
+from lpt.prompts import ChatPrompt, choose_cue, ensure_full_stop, present, think_harder_prompt
+from lpt.records import (
+    Caption,
+    FinishReason,
+    LongCot,
+    PresentedMCQ,
+    Quarantined,
+    Record,
+    SimpleCot,
+    Verified,
+    stable_id,
+)
+from lpt.verify import verify_short
+
+
+def mcqs_from_response(
+    caption: Caption, text: str, finish_reason: FinishReason, config: AskConfig
+) -> tuple[list[PresentedMCQ], list[Quarantined]]:
+    """Parse, validate and present one ask response; everything refused is quarantined."""
+    quarantined: list[Quarantined] = []
+    if finish_reason == "length":
+        quarantined.append(
+            Quarantined(
+                stage="mcqs",
+                item_id=caption.image_id,
+                reason="truncated_response",
+                detail="the ask response hit the token limit; questions parsed from it are kept",
+            )
+        )
+    parse = drafts_from_json if config.structured_output else drafts_from_tagged
+    drafts, errors = parse(text)
+    if not drafts and not config.structured_output:
+        drafts, errors = drafts_from_json(text)
+    if not drafts and config.structured_output:
+        drafts, errors = drafts_from_tagged(text)  # the tolerant fallback
+    quarantined += [
+        Quarantined(stage="mcqs", item_id=caption.image_id, reason="unparsable", detail=error)
+        for error in errors
+    ]
+    mcqs, invalid = validate_drafts(caption.image_id, drafts, config.min_question_similarity_to_drop)
+    return [present(mcq) for mcq in mcqs], quarantined + invalid
+
+
+def simple_cot_id(mcq_id: str, request_id: str, sample_index: int) -> str:
+    return stable_id("short", mcq_id, request_id, sample_index)
+
+
+class ContinuationPlan(Record):
+    """One reasoner request: a short CoT, a cue and separator, and which samples it yields."""
+
+    cot: SimpleCot
+    short_think: str
+    cue: str
+    separator: str
+    sample_indices: list[int]
+    prompt: ChatPrompt
+
+
+def plan_continuations(
+    items: dict[str, PresentedMCQ],
+    captions: dict[str, Caption],
+    shorts: list[SimpleCot],
+    think_harder: ThinkHarderConfig,
+    verify: VerifyConfig,
+) -> list[ContinuationPlan]:
+    """Which short CoTs to extend and how. Samples that drew the same cue and separator share
+    one request (n > 1), which saves prompt processing on every engine."""
+    plans: list[ContinuationPlan] = []
+    for cot in sorted(shorts, key=lambda c: c.cot_id):
+        item = items.get(cot.mcq_id)
+        if item is None:
+            continue
+        graded: Verified = verify_short(cot, item, verify)
+        if not graded.kept or graded.label is None or graded.label.value not in think_harder.expand_labels:
+            continue
+        short_think = ensure_full_stop(graded.think)
+        groups: dict[tuple[str, str], list[int]] = defaultdict(list)
+        for index in range(think_harder.sampling.n):
+            groups[choose_cue(cot, index, think_harder)].append(index)
+        for (cue, separator), indices in sorted(groups.items()):
+            prompt = think_harder_prompt(item, captions[cot.image_id], short_think, cue, separator)
+            plans.append(
+                ContinuationPlan(
+                    cot=cot,
+                    short_think=short_think,
+                    cue=cue,
+                    separator=separator,
+                    sample_indices=indices,
+                    prompt=prompt.model_copy(update={"key": cot.cot_id}),
+                )
+            )
+    return plans
+
+
+def long_cot(
+    plan: ContinuationPlan,
+    sample_index: int,
+    text: str,
+    finish_reason: FinishReason,
+    *,
+    attempts: int,
+    prompt_tokens: int,
+    completion_tokens: int,
+    model: str,
+) -> LongCot:
+    return LongCot(
+        long_id=stable_id("long", plan.cot.cot_id, plan.cue, plan.separator, sample_index),
+        cot_id=plan.cot.cot_id,
+        mcq_id=plan.cot.mcq_id,
+        image_id=plan.cot.image_id,
+        sample_index=sample_index,
+        short_think=plan.short_think,
+        separator=plan.separator,
+        cue=plan.cue,
+        continuation=text,
+        finish_reason=finish_reason,
+        attempts=attempts,
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+        model=model,
+    )

@@ -1,0 +1,219 @@
+"""Verification: parse, grade, filter and tag short and long CoTs into `Verified` rows.
+
+Every input trace yields exactly one row, kept or dropped with a reason, so drop rates are
+visible and nothing disappears silently.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+from lpt.config import VerifyConfig
+from lpt.grade import Grade, format_answer, grade
+from lpt.parse import ParsedCot, parse_continuation, parse_cot
+from lpt.records import Label, LongCot, PresentedMCQ, SimpleCot, Verified
+
+
+def find_leaks(added_text: str, leak_words: Iterable[str]) -> list[str]:
+    """Leak words present as whole words (case-insensitive), in `leak_words` order:
+    "Text" leaks, "texture" and "context" do not."""
+    return [
+        word
+        for word in leak_words
+        if re.search(rf"(?<!\w){re.escape(word)}(?!\w)", added_text, re.IGNORECASE)
+    ]
+
+
+_BEHAVIOURS: dict[str, re.Pattern[str]] = {
+    "backtracking": re.compile(
+        r"\b(?:wait|actually|on second thought|let me reconsider|reconsider(?:ing)?|"
+        r"i was wrong|i made a mistake|hold on|that'?s not right|re-?evaluat\w*)\b",
+        re.IGNORECASE,
+    ),
+    "verification": re.compile(
+        r"\b(?:let me (?:check|verify|confirm)|double[- ]check\w*|verif\w*|confirm\w*|"
+        r"make sure|check again|re-?check\w*)\b",
+        re.IGNORECASE,
+    ),
+    "subgoal_setting": re.compile(
+        r"\b(?:first|next|then|finally),|\bstep\b|\bto answer this,? i need\b|"
+        r"\blet me start by\b|\blet'?s break (?:this|it) down\b",
+        re.IGNORECASE,
+    ),
+    "enumeration": re.compile(
+        r"\b(?i:option|choice)\s*\(?[A-D]\)?(?!\w)|\([A-D]\)|(?<!\w)[A-D][.)](?=\s)|"
+        r"\b(?i:(?:first|second|third|fourth|last) (?:option|choice))\b"
+    ),
+}
+
+
+def tag_behaviours(added_text: str) -> dict[str, int]:
+    """Counts of cognitive behaviours (backtracking, verification, subgoal setting,
+    enumeration of options); all four keys are always present."""
+    return {name: len(pattern.findall(added_text)) for name, pattern in _BEHAVIOURS.items()}
+
+
+def render_response(think: str, answer: str) -> str:
+    """The assistant turn a trained model should produce."""
+    return f"<think>\n{think.strip()}\n</think>\n<answer>{answer}</answer>"
+
+
+def _response_tokens(response: str) -> int:
+    """A cheap, tokenizer-free length proxy: whitespace-separated words of the response."""
+    return len(response.split())
+
+
+def _check(finish_reason: str, parsed: ParsedCot, verdict: Grade) -> str | None:
+    """The drop reason shared by short and long traces, in order of precedence."""
+    if finish_reason == "length":
+        return "truncated"
+    if finish_reason == "error":
+        return "engine_error"
+    return parsed.error or verdict.reason
+
+
+def verify_short(cot: SimpleCot, item: PresentedMCQ, config: VerifyConfig) -> Verified:
+    """Grade one short CoT; a wrong but well-formed answer is kept with label X. A stand-in
+    trace (a text model read the description) must not leak that setup either."""
+    parsed = parse_cot(cot.text)
+    verdict = grade(parsed.answer, item.presentation)
+    think = parsed.think or ""
+    reason = _check(cot.finish_reason, parsed, verdict)
+    letter = verdict.letter if reason is None else None
+    label = None if letter is None else Label.O if verdict.correct else Label.X
+    if letter is not None and cot.stand_in:
+        leaks = find_leaks(think, config.leak_words)
+        reason = f"leak:{leaks[0]}" if leaks else None
+    answer = None if letter is None else format_answer(letter, item.presentation)
+    response = render_response(think, answer) if answer is not None else ""
+    return Verified(
+        trace_id=cot.cot_id,
+        kind="short",
+        mcq_id=cot.mcq_id,
+        image_id=cot.image_id,
+        cot_id=cot.cot_id,
+        long_id=None,
+        label=label,
+        think=think,
+        answer_raw=parsed.answer,
+        answer=answer,
+        response=response,
+        response_tokens=_response_tokens(response),
+        kept=reason is None,
+        drop_reason=reason,
+        behaviours=tag_behaviours(think),
+    )
+
+
+def _join(left: str, right: str) -> str:
+    """Concatenate pre-fill and continuation, adding a space only where the model wrote none
+    between a cue such as "Wait," and its next word."""
+    if left and right and not left[-1].isspace() and not right[0].isspace():
+        return f"{left} {right}"
+    return left + right
+
+
+def verify_long(
+    long: LongCot, short: Verified, item: PresentedMCQ, config: VerifyConfig
+) -> Verified:
+    """Grade one continuation; its label pairs the short trace's label with its own. Leaks
+    and behaviours are looked for only in the added text (cue and continuation, so a "Wait,"
+    cue counts as one backtracking), never in the short CoT."""
+    parsed = parse_continuation(long.continuation)
+    verdict = grade(parsed.answer, item.presentation)
+    added = _join(long.cue, parsed.think or "")
+    think = (long.short_think + long.separator + added).strip()
+    reason = _check(long.finish_reason, parsed, verdict)
+    if reason is None and short.label is None:
+        reason = "short_ungraded"
+    letter = verdict.letter if reason is None else None
+    label = None
+    if letter is not None and short.label is not None:
+        label = Label(f"{short.label.value}_{'O' if verdict.correct else 'X'}")
+        leaks = find_leaks(added, config.leak_words)
+        if leaks:
+            reason = f"leak:{leaks[0]}"
+        elif short.drop_reason and short.drop_reason.startswith("leak:"):
+            reason = f"short_{short.drop_reason}"  # the short CoT is part of this response
+    answer = None if letter is None else format_answer(letter, item.presentation)
+    response = render_response(think, answer) if answer is not None else ""
+    return Verified(
+        trace_id=long.long_id,
+        kind="long",
+        mcq_id=long.mcq_id,
+        image_id=long.image_id,
+        cot_id=long.cot_id,
+        long_id=long.long_id,
+        label=label,
+        think=think,
+        answer_raw=parsed.answer,
+        answer=answer,
+        response=response,
+        response_tokens=_response_tokens(response),
+        kept=reason is None,
+        drop_reason=reason,
+        behaviours=tag_behaviours(added),
+    )
+
+
+def _orphan(trace: SimpleCot | LongCot, reason: str) -> Verified:
+    """The row for a trace that cannot be verified at all (its MCQ or short CoT is unknown)."""
+    long_id = trace.long_id if isinstance(trace, LongCot) else None
+    return Verified(
+        trace_id=long_id or trace.cot_id,
+        kind="long" if long_id else "short",
+        mcq_id=trace.mcq_id,
+        image_id=trace.image_id,
+        cot_id=trace.cot_id,
+        long_id=long_id,
+        label=None,
+        think="",
+        answer_raw=None,
+        answer=None,
+        response="",
+        response_tokens=0,
+        kept=False,
+        drop_reason=reason,
+        behaviours=tag_behaviours(""),
+    )
+
+
+def _drop_duplicates(rows: list[Verified]) -> list[Verified]:
+    """Within one MCQ and kind, keep the first kept row (by trace id) of each exact response."""
+    seen: set[tuple[str, str, str]] = set()
+    out: list[Verified] = []
+    for row in rows:
+        key = (row.mcq_id, row.kind, row.response)
+        if row.kept and key in seen:
+            row = row.model_copy(update={"kept": False, "drop_reason": "duplicate"})
+        elif row.kept:
+            seen.add(key)
+        out.append(row)
+    return out
+
+
+def verify_shard(
+    items: list[PresentedMCQ], shorts: list[SimpleCot], longs: list[LongCot], config: VerifyConfig
+) -> list[Verified]:
+    """One row per input trace: short rows first, then long rows, each sorted by trace id.
+    Drop reasons beyond the per-trace ones: unknown_mcq, unknown_short, duplicate."""
+    by_mcq = {item.mcq.mcq_id: item for item in items}
+    short_rows = _drop_duplicates(
+        [
+            verify_short(cot, by_mcq[cot.mcq_id], config)
+            if cot.mcq_id in by_mcq
+            else _orphan(cot, "unknown_mcq")
+            for cot in sorted(shorts, key=lambda c: c.cot_id)
+        ]
+    )
+    by_short = {row.cot_id: row for row in short_rows}
+    long_rows = []
+    for long in sorted(longs, key=lambda c: c.long_id):
+        if long.mcq_id not in by_mcq:
+            long_rows.append(_orphan(long, "unknown_mcq"))
+        elif long.cot_id not in by_short:
+            long_rows.append(_orphan(long, "unknown_short"))
+        else:
+            long_rows.append(verify_long(long, by_short[long.cot_id], by_mcq[long.mcq_id], config))
+    return short_rows + _drop_duplicates(long_rows)

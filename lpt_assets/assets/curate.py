@@ -1,0 +1,131 @@
+"""Grading, filtering and tagging, then SFT selection and DPO mining, per shard."""
+
+
+from collections import Counter
+
+from dagster import AssetExecutionContext, AssetsDefinition, BackfillPolicy, MaterializeResult, MetadataValue, asset
+
+from lpt.config import PipelineConfig
+from lpt.prompts import VLM_SYSTEM, render_question
+from lpt.records import (
+    Caption,
+    DpoPair,
+    Label,
+    LongCot,
+    PresentedMCQ,
+    SftSample,
+    SimpleCot,
+    TrainingPrompt,
+    Verified,
+    stable_id,
+)
+from lpt.select import mine_pairs, select_sft
+from lpt.verify import verify_shard
+from lpt_assets.metadata import markdown_table, per_shard_table, reason_counts
+from lpt_assets.partitions import shards
+from lpt_resources.storage import ParquetStore
+
+
+def accuracy(rows: list[Verified], kind: str) -> float | None:
+    """Share correct among the traces of one kind that could be graded."""
+    graded = [r for r in rows if r.kind == kind and r.label is not None]
+    if not graded:
+        return None
+    correct = {"short": {Label.O}, "long": {Label.O_O, Label.X_O}}[kind]
+    return round(sum(r.label in correct for r in graded) / len(graded), 4)
+
+
+def training_prompts(items: list[PresentedMCQ], captions: list[Caption]) -> dict[str, TrainingPrompt]:
+    """What the trained VLM will see: always the image, never the description."""
+    paths = {c.image_id: c.image_path for c in captions}
+    return {
+        i.mcq.mcq_id: TrainingPrompt(
+            mcq_id=i.mcq.mcq_id,
+            image_id=i.mcq.image_id,
+            image_path=paths[i.mcq.image_id],
+            system=VLM_SYSTEM,
+            prompt=render_question(i),
+        )
+        for i in items
+        if i.mcq.image_id in paths
+    }
+
+
+def build_curation_assets(config: PipelineConfig) -> list[AssetsDefinition]:
+    common = dict(partitions_def=shards, backfill_policy=BackfillPolicy.single_run(), group_name="curate", kinds={"parquet"})
+
+    @asset(code_version=f"{config.verify.version}-{stable_id(config.verify.fingerprint())[:12]}", deps=["long_cots"], **common)
+    def verified(context: AssetExecutionContext, store: ParquetStore) -> MaterializeResult:
+        """Every short and long CoT graded strictly, labelled, filtered for leaks, truncation and
+        duplicates (with the reason kept), and tagged with cognitive behaviours."""
+        rows: list[Verified] = []
+        per_shard = []
+        for key in context.partition_keys:
+            shard_rows = verify_shard(
+                store.read("mcqs", key, PresentedMCQ),
+                store.read("simple_cots", key, SimpleCot),
+                store.read("long_cots", key, LongCot),
+                config.verify,
+            )
+            store.write("verified", key, shard_rows, Verified)
+            rows += shard_rows
+            per_shard.append({"shard": key, "traces": len(shard_rows), "kept": sum(r.kept for r in shard_rows)})
+        kept = [r for r in rows if r.kept]
+        behaviours = Counter()
+        for r in kept:
+            if r.kind == "long":
+                behaviours.update(r.behaviours)
+        return MaterializeResult(
+            metadata={
+                "rows_in": len(rows),
+                "rows_out": len(kept),
+                "accuracy_short": accuracy(rows, "short"),
+                "accuracy_long": accuracy(rows, "long"),
+                "labels": MetadataValue.json(dict(Counter(r.label.value for r in kept if r.label))),
+                "drop_reasons": MetadataValue.json(reason_counts(r.drop_reason for r in rows)),
+                "behaviours_in_long_cots": MetadataValue.json(dict(behaviours)),
+                "per_shard": per_shard_table(per_shard),
+                "sample_rows": markdown_table([{"label": r.label.value if r.label else None, "response": r.response} for r in kept if r.kind == "long"] or [{"response": r.response} for r in kept]),
+            }
+        )
+
+    select_version = f"{config.select.version}-{stable_id(config.select.fingerprint())[:12]}"
+
+    def _inputs(store: ParquetStore, key: str) -> tuple[list[Verified], dict[str, TrainingPrompt]]:
+        prompts = training_prompts(store.read("mcqs", key, PresentedMCQ), store.read("captions", key, Caption))
+        return store.read("verified", key, Verified), prompts
+
+    @asset(code_version=select_version, deps=[verified], **common)
+    def sft_samples(context: AssetExecutionContext, store: ParquetStore) -> MaterializeResult:
+        """Correct short CoTs, correct extensions and self-corrections, about half X_O, with a
+        length-weighted seeded subsample per MCQ."""
+        rows: list[SftSample] = []
+        for key in context.partition_keys:
+            shard_rows = select_sft(*_inputs(store, key), config.select)
+            store.write("sft_samples", key, shard_rows, SftSample)
+            rows += shard_rows
+        return MaterializeResult(
+            metadata={
+                "rows_out": len(rows),
+                "labels": MetadataValue.json(dict(Counter(r.label.value for r in rows))),
+                "sample_rows": markdown_table([{"label": r.label.value, "response": r.response} for r in rows]),
+            }
+        )
+
+    @asset(code_version=select_version, deps=[verified], **common)
+    def dpo_pairs(context: AssetExecutionContext, store: ParquetStore) -> MaterializeResult:
+        """Typed preference pairs per MCQ: correctness pairs and compactness pairs (O > O_O)."""
+        rows: list[DpoPair] = []
+        for key in context.partition_keys:
+            shard_rows = mine_pairs(*_inputs(store, key), config.select)
+            store.write("dpo_pairs", key, shard_rows, DpoPair)
+            rows += shard_rows
+        return MaterializeResult(
+            metadata={
+                "rows_out": len(rows),
+                "pair_types": MetadataValue.json(dict(Counter(r.pair_type.value for r in rows))),
+                "sample_rows": markdown_table([{"type": r.pair_type.value, "chosen": r.chosen, "rejected": r.rejected} for r in rows]),
+            }
+        )
+
+    return [verified, sft_samples, dpo_pairs]

@@ -1,0 +1,234 @@
+"""The three generation stages. Each run hands all of its shards' requests to the engine at
+once (single-run backfills), then writes one table per shard."""
+
+
+from collections import Counter, defaultdict
+
+from dagster import (
+    AssetExecutionContext,
+    AssetsDefinition,
+    BackfillPolicy,
+    MaterializeResult,
+    MetadataValue,
+    asset,
+)
+
+from lpt.config import EngineSettings, PipelineConfig, StageConfig
+from lpt.parse import mcq_json_schema
+from lpt.prompts import ask_prompt, think_prompt
+from lpt.records import Caption, LongCot, PresentedMCQ, Quarantined, SimpleCot, stable_id
+from lpt.stages import long_cot, mcqs_from_response, plan_continuations, simple_cot_id
+from lpt_assets.generation import GenerationStats, generate, to_request
+from lpt_assets.metadata import drop_metadata, markdown_table, per_shard_table
+from lpt_assets.partitions import shards
+from lpt_resources.engines.base import Engine
+from lpt_resources.engines.resource import EngineResource
+from lpt_resources.storage import ParquetStore
+
+GPU_POOL = "gpu"
+
+
+def stage_version(stage: StageConfig, engine: EngineSettings) -> str:
+    """Prompt, sampling and model together: any change marks exactly this stage stale."""
+    return f"{stage.version}-{stable_id(stage.fingerprint(), engine.model_dump_json())[:12]}"
+
+
+def _read_all(store: ParquetStore, asset_name: str, keys: list[str], model):
+    return {key: store.read(asset_name, key, model) for key in keys}
+
+
+def _vlm_mode(engine: Engine, stand_in_allowed: bool) -> bool:
+    """True when stage 2 runs on the description instead of the image (never silently)."""
+    if engine.supports_images:
+        return False
+    if stand_in_allowed:
+        return True
+    raise ValueError(
+        f"the vlm engine ({engine.name}: {engine.model}) cannot take images; use a VLM, or set "
+        "think.caption_stand_in = true to let a text model read the description instead"
+    )
+
+
+def build_generation_assets(config: PipelineConfig) -> list[AssetsDefinition]:
+    @asset(
+        partitions_def=shards,
+        backfill_policy=BackfillPolicy.single_run(),
+        code_version=stage_version(config.ask, config.engines.ask),
+        group_name="generate",
+        deps=["captions"],
+        pool=GPU_POOL,
+        kinds={"parquet"},
+    )
+    def mcqs(context: AssetExecutionContext, store: ParquetStore, ask_engine: EngineResource) -> MaterializeResult:
+        """Four-option questions that need a close look at the image, validated and presented."""
+        keys = context.partition_keys
+        by_shard = _read_all(store, "captions", keys, Caption)
+        captions = [c for key in keys for c in by_shard[key]]
+        schema = mcq_json_schema(config.ask.questions_per_image) if config.ask.structured_output else None
+        engine = ask_engine.get()
+        requests = [to_request(ask_prompt(c, config.ask), config.ask.sampling, json_schema=schema) for c in captions]
+        results, stats = generate(engine, requests)
+        out: dict[str, list[PresentedMCQ]] = defaultdict(list)
+        bad: dict[str, list[Quarantined]] = defaultdict(list)
+        shard_of = {c.image_id: key for key in keys for c in by_shard[key]}
+        for caption, result in zip(captions, results, strict=True):
+            shard = shard_of[caption.image_id]
+            if result.error or not result.completions:
+                bad[shard].append(Quarantined(stage="mcqs", item_id=caption.image_id, reason="engine_error", detail=result.error or "no output"))
+                continue
+            completion = result.completions[0]
+            items, refused = mcqs_from_response(caption, completion.text, completion.finish_reason, config.ask)
+            out[shard] += items
+            bad[shard] += refused
+        per_shard = []
+        for key in keys:
+            store.write("mcqs", key, out[key], PresentedMCQ)
+            store.write("mcqs_quarantine", key, bad[key], Quarantined)
+            per_shard.append({"shard": key, "images": len(by_shard[key]), "mcqs": len(out[key]), "refused": len(bad[key])})
+        made = [i for key in keys for i in out[key]]
+        refused_all = [q for key in keys for q in bad[key]]
+        return MaterializeResult(
+            metadata={
+                "rows_in": len(captions),
+                "rows_out": len(made),
+                "mcqs_per_image": round(len(made) / max(len(captions), 1), 2),
+                **drop_metadata(refused_all),
+                **stats.metadata(),
+                "engine": MetadataValue.json(ask_engine.describe()),
+                "per_shard": per_shard_table(per_shard),
+                "reasoning_types": MetadataValue.json(dict(Counter(i.mcq.reasoning_type for i in made))),
+                "sample_rows": markdown_table(
+                    [{"question": i.mcq.question, "options": " / ".join(i.mcq.options), "answer": i.mcq.answer} for i in made]
+                ),
+            }
+        )
+
+    @asset(
+        partitions_def=shards,
+        backfill_policy=BackfillPolicy.single_run(),
+        code_version=stage_version(config.think, config.engines.vlm),
+        group_name="generate",
+        deps=[mcqs],
+        pool=GPU_POOL,
+        kinds={"parquet"},
+    )
+    def simple_cots(context: AssetExecutionContext, store: ParquetStore, vlm_engine: EngineResource) -> MaterializeResult:
+        """Short CoTs from the VLM, several per presented MCQ, with finish reasons."""
+        keys = context.partition_keys
+        captions = {c.image_id: c for cs in _read_all(store, "captions", keys, Caption).values() for c in cs}
+        items_by_shard = _read_all(store, "mcqs", keys, PresentedMCQ)
+        engine = vlm_engine.get()
+        stand_in = _vlm_mode(engine, config.think.caption_stand_in)
+        work = [(key, item) for key in keys for item in items_by_shard[key]]
+        requests = [
+            to_request(
+                think_prompt(item, captions[item.mcq.image_id], stand_in=stand_in),
+                config.think.sampling,
+                image_max_side=config.think.image_max_side,
+            )
+            for _, item in work
+        ]
+        results, stats = generate(engine, requests)
+        out: dict[str, list[SimpleCot]] = defaultdict(list)
+        for (key, item), request, result in zip(work, requests, results, strict=True):
+            for index, completion in enumerate(result.completions):
+                out[key].append(
+                    SimpleCot(
+                        cot_id=simple_cot_id(item.mcq.mcq_id, request.request_id, index),
+                        mcq_id=item.mcq.mcq_id,
+                        image_id=item.mcq.image_id,
+                        sample_index=index,
+                        text=completion.text,
+                        finish_reason=completion.finish_reason,
+                        prompt_tokens=result.prompt_tokens,
+                        completion_tokens=completion.completion_tokens,
+                        model=engine.model,
+                        stand_in=stand_in,
+                    )
+                )
+        for key in keys:
+            store.write("simple_cots", key, out[key], SimpleCot)
+        cots = [c for key in keys for c in out[key]]
+        return MaterializeResult(
+            metadata={
+                "perception": "caption stand-in (text model read the description, not the image)" if stand_in else "image",
+                "stand_in": stand_in,
+                "rows_in": len(work),
+                "rows_out": len(cots),
+                "truncated": sum(c.finish_reason == "length" for c in cots),
+                **stats.metadata(),
+                "engine": MetadataValue.json(vlm_engine.describe()),
+                "per_shard": per_shard_table([{"shard": k, "mcqs": len(items_by_shard[k]), "short_cots": len(out[k])} for k in keys]),
+                "sample_rows": markdown_table([{"mcq_id": c.mcq_id, "finish": c.finish_reason, "text": c.text} for c in cots]),
+            }
+        )
+
+    @asset(
+        partitions_def=shards,
+        backfill_policy=BackfillPolicy.single_run(),
+        code_version=stage_version(config.think_harder, config.engines.reasoner),
+        group_name="generate",
+        deps=[simple_cots],
+        pool=GPU_POOL,
+        kinds={"parquet"},
+    )
+    def long_cots(context: AssetExecutionContext, store: ParquetStore, reasoner_engine: EngineResource) -> MaterializeResult:
+        """The reasoner continues each short CoT after a cue; cut-off continuations get one
+        retry with a larger budget and are kept with finish_reason "length" if cut again."""
+        keys = context.partition_keys
+        cfg = config.think_harder
+        captions = {c.image_id: c for cs in _read_all(store, "captions", keys, Caption).values() for c in cs}
+        items = {i.mcq.mcq_id: i for its in _read_all(store, "mcqs", keys, PresentedMCQ).values() for i in its}
+        shorts_by_shard = _read_all(store, "simple_cots", keys, SimpleCot)
+        shard_of = {c.cot_id: key for key in keys for c in shorts_by_shard[key]}
+        plans = plan_continuations(items, captions, [c for k in keys for c in shorts_by_shard[k]], cfg, config.verify)
+        engine = reasoner_engine.get()
+        requests = [to_request(p.prompt, cfg.sampling, n=len(p.sample_indices)) for p in plans]
+        results, stats = generate(engine, requests)
+        finished: dict[tuple[int, int], LongCot] = {}
+        retry_work: list[tuple[int, int]] = []
+        for plan_index, (plan, result) in enumerate(zip(plans, results, strict=True)):
+            for slot, completion in enumerate(result.completions):
+                sample_index = plan.sample_indices[slot]
+                if completion.finish_reason == "length" and cfg.retry_max_tokens > cfg.sampling.max_tokens:
+                    retry_work.append((plan_index, sample_index))
+                    continue
+                finished[(plan_index, sample_index)] = long_cot(
+                    plan, sample_index, completion.text, completion.finish_reason, attempts=1,
+                    prompt_tokens=result.prompt_tokens, completion_tokens=completion.completion_tokens, model=engine.model,
+                )
+        retry_requests = [
+            to_request(plans[p].prompt, cfg.sampling, n=1, max_tokens=cfg.retry_max_tokens, salt=f"retry-{s}")
+            for p, s in retry_work
+        ]
+        retry_results, retry_stats = generate(engine, retry_requests)
+        for (plan_index, sample_index), result in zip(retry_work, retry_results, strict=True):
+            plan = plans[plan_index]
+            completion = result.completions[0] if result.completions else None
+            finished[(plan_index, sample_index)] = long_cot(
+                plan, sample_index, completion.text if completion else "", completion.finish_reason if completion else "error",
+                attempts=2, prompt_tokens=result.prompt_tokens,
+                completion_tokens=completion.completion_tokens if completion else 0, model=engine.model,
+            )
+        out: dict[str, list[LongCot]] = defaultdict(list)
+        for (plan_index, _), row in sorted(finished.items()):
+            out[shard_of[plans[plan_index].cot.cot_id]].append(row)
+        for key in keys:
+            store.write("long_cots", key, out[key], LongCot)
+        rows = [r for key in keys for r in out[key]]
+        total: GenerationStats = stats.add(retry_stats)
+        return MaterializeResult(
+            metadata={
+                "rows_in": len({p.cot.cot_id for p in plans}),
+                "rows_out": len(rows),
+                "retried_truncated": len(retry_work),
+                "still_truncated": sum(r.finish_reason == "length" for r in rows),
+                "cues": MetadataValue.json(dict(Counter(r.cue for r in rows))),
+                **total.metadata(),
+                "engine": MetadataValue.json(reasoner_engine.describe()),
+                "per_shard": per_shard_table([{"shard": k, "short_cots": len(shorts_by_shard[k]), "long_cots": len(out[k])} for k in keys]),
+                "sample_rows": markdown_table([{"cot_id": r.cot_id, "cue": r.cue, "continuation": r.continuation} for r in rows]),
+            }
+        )
+
+    return [mcqs, simple_cots, long_cots]

@@ -1,0 +1,46 @@
+"""Captions: the registered shard's items, checked, with a quarantine of the bad ones."""
+
+from dagster import AssetExecutionContext, BackfillPolicy, MaterializeResult, asset
+
+from lpt.records import Caption, Quarantined, stable_id
+from lpt_assets.metadata import drop_metadata, markdown_table, per_shard_table
+from lpt_assets.partitions import shards
+from lpt_assets.registry import SHARD_MANIFEST
+from lpt_resources.captions.sources import ShardItem
+from lpt_resources.captions.validate import CaptionLimits, check_shard
+from lpt_resources.storage import ParquetStore
+
+LIMITS = CaptionLimits()
+
+
+@asset(
+    partitions_def=shards,
+    backfill_policy=BackfillPolicy.single_run(),
+    code_version=f"captions-1-{stable_id(LIMITS.model_dump_json())[:8]}",
+    group_name="ingest",
+    kinds={"parquet"},
+)
+def captions(context: AssetExecutionContext, store: ParquetStore) -> MaterializeResult:
+    """Images with their dense descriptions, each image checked to exist, decode and fit."""
+    kept: list[Caption] = []
+    quarantined: list[Quarantined] = []
+    per_shard = []
+    for key in context.partition_keys:
+        items = store.read(SHARD_MANIFEST, key, ShardItem)
+        good, bad = check_shard(items, LIMITS)
+        store.write("captions", key, good, Caption)
+        store.write("captions_quarantine", key, bad, Quarantined)
+        kept += good
+        quarantined += bad
+        per_shard.append({"shard": key, "rows_in": len(items), "rows_out": len(good), "quarantined": len(bad)})
+    return MaterializeResult(
+        metadata={
+            "rows_in": len(kept) + len(quarantined),
+            "rows_out": len(kept),
+            **drop_metadata(quarantined),
+            "per_shard": per_shard_table(per_shard),
+            "sample_rows": markdown_table(
+                [{"image_id": c.image_id, "size": f"{c.width}x{c.height}", "description": c.description} for c in kept]
+            ),
+        }
+    )

@@ -1,0 +1,95 @@
+"""The bridge from the method's prompts to an engine's batch interface."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from pydantic import BaseModel
+
+from lpt.config import Sampling
+from lpt.prompts import ChatPrompt, seeded_rng
+from lpt_resources.engines.base import (
+    ChatMessage,
+    Engine,
+    GenerationRequest,
+    GenerationResult,
+    SamplingParams,
+)
+
+
+class GenerationStats(BaseModel):
+    """What a person wants to know about a stage's use of its engine."""
+
+    requests_sent: int = 0
+    samples: int = 0
+    failed_requests: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    engine_seconds: float = 0.0
+
+    @property
+    def tokens_per_second(self) -> float:
+        return round(self.completion_tokens / self.engine_seconds, 2) if self.engine_seconds else 0.0
+
+    def add(self, other: GenerationStats) -> GenerationStats:
+        merged = {k: getattr(self, k) + getattr(other, k) for k in GenerationStats.model_fields}
+        return GenerationStats(**merged)
+
+    def metadata(self) -> dict[str, Any]:
+        return {**self.model_dump(), "tokens_per_second": self.tokens_per_second}
+
+
+def to_request(
+    prompt: ChatPrompt,
+    sampling: Sampling,
+    *,
+    n: int | None = None,
+    max_tokens: int | None = None,
+    json_schema: dict[str, Any] | None = None,
+    image_max_side: int | None = None,
+    salt: str = "",
+) -> GenerationRequest:
+    messages = [ChatMessage(role="system", content=prompt.system)] if prompt.system else []
+    messages.append(ChatMessage(role="user", content=prompt.user))
+    # Each request gets its own seed from its content, so a rerun samples the same way.
+    seed = seeded_rng(sampling.seed, prompt.key, prompt.prefill, salt).getrandbits(31)
+    request = GenerationRequest(
+        request_id="",
+        messages=tuple(messages),
+        image=prompt.image_path,
+        image_max_side=image_max_side if prompt.image_path else None,
+        prefill=prompt.prefill,
+        sampling=SamplingParams(
+            n=n or sampling.n,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            top_k=sampling.top_k,
+            repetition_penalty=sampling.repetition_penalty,
+            max_tokens=max_tokens or sampling.max_tokens,
+            seed=seed,
+        ),
+        json_schema=json_schema,
+    )
+    return request.model_copy(update={"request_id": request.fingerprint()[:24]})
+
+
+def generate(
+    engine: Engine, requests: Sequence[GenerationRequest]
+) -> tuple[list[GenerationResult], GenerationStats]:
+    """All of a stage's requests go to the engine at once so it can batch them fully."""
+    if not requests:
+        return [], GenerationStats()
+    started = time.perf_counter()
+    results = engine.generate(list(requests))
+    seconds = time.perf_counter() - started
+    stats = GenerationStats(
+        requests_sent=len(requests),
+        samples=sum(len(r.completions) for r in results),
+        failed_requests=sum(1 for r in results if r.error),
+        prompt_tokens=sum(r.prompt_tokens for r in results),
+        completion_tokens=sum(c.completion_tokens for r in results for c in r.completions),
+        engine_seconds=round(seconds, 3),
+    )
+    return results, stats

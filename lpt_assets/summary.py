@@ -1,0 +1,93 @@
+"""What a run produced, read back from storage and the instance: for `lpt demo` and people."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from dagster import AssetKey, DagsterInstance
+
+from lpt.config import PipelineConfig
+from lpt.records import Caption, DpoPair, LongCot, PresentedMCQ, Quarantined, SftSample, SimpleCot, Verified
+from lpt_assets.assets.curate import accuracy
+from lpt_resources.storage import ParquetStore
+
+GENERATION_STAGES = ("mcqs", "simple_cots", "long_cots")
+STATS_KEYS = ("requests_sent", "samples", "failed_requests", "prompt_tokens", "completion_tokens", "engine_seconds", "tokens_per_second")
+
+
+def _rows(store: ParquetStore, asset: str, keys: list[str], model) -> list:
+    return [row for key in keys if store.exists(asset, key) for row in store.read(asset, key, model)]
+
+
+def _engine_stats(instance: DagsterInstance, asset: str) -> dict[str, Any]:
+    event = instance.get_latest_materialization_event(AssetKey(asset))
+    if event is None or event.asset_materialization is None:
+        return {}
+    metadata = event.asset_materialization.metadata
+    return {k: metadata[k].value for k in STATS_KEYS if k in metadata}
+
+
+def summarize(store: ParquetStore, instance: DagsterInstance, keys: list[str], config: PipelineConfig) -> dict[str, Any]:
+    captions = _rows(store, "captions", keys, Caption)
+    mcqs = _rows(store, "mcqs", keys, PresentedMCQ)
+    shorts = _rows(store, "simple_cots", keys, SimpleCot)
+    longs = _rows(store, "long_cots", keys, LongCot)
+    verified = _rows(store, "verified", keys, Verified)
+    sft = _rows(store, "sft_samples", keys, SftSample)
+    dpo = _rows(store, "dpo_pairs", keys, DpoPair)
+    quarantine = {
+        stage: dict(Counter(q.reason for q in _rows(store, f"{stage}_quarantine", keys, Quarantined)))
+        for stage in ("captions", "mcqs")
+    }
+    exports = Path(config.exports)
+    return {
+        "shards": keys,
+        "stage2_perception": "caption stand-in (a text model read the description, not the image)"
+        if any(c.stand_in for c in shorts)
+        else "image",
+        "rows": {
+            "captions": len(captions),
+            "mcqs": len(mcqs),
+            "simple_cots": len(shorts),
+            "long_cots": len(longs),
+            "verified_kept": sum(v.kept for v in verified),
+            "verified_dropped": sum(not v.kept for v in verified),
+            "sft_samples": len(sft),
+            "dpo_pairs": len(dpo),
+        },
+        "drop_reasons": {
+            "captions": quarantine["captions"],
+            "mcqs": quarantine["mcqs"],
+            "verified": dict(Counter(v.drop_reason for v in verified if v.drop_reason)),
+        },
+        "accuracy": {"stage2_short": accuracy(verified, "short"), "stage3_long": accuracy(verified, "long")},
+        "labels": dict(Counter(v.label.value for v in verified if v.kept and v.label)),
+        "pairs_by_type": dict(Counter(p.pair_type.value for p in dpo)),
+        "engines": {stage: _engine_stats(instance, stage) for stage in GENERATION_STAGES},
+        "exports": {
+            "llamafactory": str(exports / "llamafactory"),
+            "dataset_info": str(exports / "llamafactory" / "dataset_info.json"),
+            "hf_dataset": str(exports / "hf"),
+            "lacot": str(exports / "lacot"),
+        },
+    }
+
+
+def render(summary: dict[str, Any]) -> str:
+    lines = [f"shards: {', '.join(summary['shards'])}", f"stage 2 perception: {summary['stage2_perception']}", "", "rows per stage:"]
+    lines += [f"  {name:<18}{count:>8}" for name, count in summary["rows"].items()]
+    lines += ["", "drop reasons:"]
+    for stage, reasons in summary["drop_reasons"].items():
+        for reason, count in sorted(reasons.items()):
+            lines.append(f"  {stage:<10}{reason:<32}{count:>6}")
+    accuracy_line = summary["accuracy"]
+    lines += ["", f"accuracy: stage 2 (short) {accuracy_line['stage2_short']}, stage 3 (long) {accuracy_line['stage3_long']}"]
+    lines += ["labels kept: " + ", ".join(f"{k}={v}" for k, v in sorted(summary["labels"].items()))]
+    lines += ["DPO pairs by type: " + ", ".join(f"{k}={v}" for k, v in sorted(summary["pairs_by_type"].items()))]
+    lines += ["", "engines:"]
+    for stage, stats in summary["engines"].items():
+        lines.append(f"  {stage:<12}" + ", ".join(f"{k}={v}" for k, v in stats.items()))
+    lines += ["", "exports:"] + [f"  {k:<13}{v}" for k, v in summary["exports"].items()]
+    return "\n".join(lines)

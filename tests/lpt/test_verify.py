@@ -1,0 +1,312 @@
+"""Verification of short and long CoTs: labels, normalisation, leak filter, dedup, tags."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from lpt.config import VerifyConfig
+from lpt.records import MCQ, Label, LongCot, Presentation, PresentedMCQ, SimpleCot
+from lpt.verify import (
+    find_leaks,
+    render_response,
+    tag_behaviours,
+    verify_long,
+    verify_shard,
+    verify_short,
+)
+
+CONFIG = VerifyConfig()
+MakeItem = Callable[..., PresentedMCQ]
+MakeShort = Callable[..., SimpleCot]
+MakeLong = Callable[..., LongCot]
+
+
+@pytest.mark.parametrize(
+    ("text", "leaks"),
+    [
+        ("The texture of the wall is rough.", []),
+        ("In this context the mug is blue.", []),
+        ("The Text on the sign reads STOP.", ["text"]),
+        ("As the DESCRIPTION says, it is blue.", ["description", "says"]),
+        ("It was described as blue; the text's font is bold.", ["described", "text"]),
+        ("I visualize a pretext and subtexts, contextual cues.", ["visualize"]),
+        ("Nothing to see here.", []),
+    ],
+)
+def test_find_leaks_on_word_boundaries(text: str, leaks: list[str]) -> None:
+    assert find_leaks(text, CONFIG.leak_words) == leaks
+
+
+def test_tag_behaviours() -> None:
+    text = (
+        "Wait, let me reconsider. Actually, option A is red, not (B). "
+        "Let me double-check the colours: first, I look at the iris; "
+        "then, I verify the hue. B. seems right."
+    )
+    assert tag_behaviours(text) == {
+        "backtracking": 3,
+        "verification": 2,
+        "subgoal_setting": 2,
+        "enumeration": 3,
+    }
+    assert tag_behaviours("") == {
+        "backtracking": 0,
+        "verification": 0,
+        "subgoal_setting": 0,
+        "enumeration": 0,
+    }
+    assert tag_behaviours("A red mug. Awaiting actualities.") == tag_behaviours("")
+
+
+def test_render_response() -> None:
+    assert (
+        render_response("  I see blue.\n", "(B)")
+        == "<think>\nI see blue.\n</think>\n<answer>(B)</answer>"
+    )
+
+
+# --------------------------------------------------------------------------- short
+
+
+@pytest.mark.parametrize(
+    ("style", "raw", "label", "answer"),
+    [
+        ("paren_letter", "B", Label.O, "(B)"),
+        ("paren_letter", "Blue", Label.O, "(B)"),
+        ("dot_letter", "(B) Blue", Label.O, "B."),
+        ("option_text", "B.", Label.O, "Blue"),
+        ("paren_letter", "A", Label.X, "(A)"),  # wrong answers are normalised too
+        ("dot_letter", "Red", Label.X, "A."),
+        ("option_text", "(C)", Label.X, "Green"),
+    ],
+)
+def test_short_labels_and_normalises(
+    make_item: MakeItem, make_short: MakeShort, style: str, raw: str, label: Label, answer: str
+) -> None:
+    item = make_item(answer_style=style)
+    row = verify_short(
+        make_short(f" The iris is blue.\n</think>\n<answer>{raw}</answer>"), item, CONFIG
+    )
+    assert (row.kept, row.drop_reason, row.label, row.answer, row.answer_raw) == (
+        True,
+        None,
+        label,
+        answer,
+        raw,
+    )
+    assert row.response == f"<think>\nThe iris is blue.\n</think>\n<answer>{answer}</answer>"
+    assert row.response_tokens == len(row.response.split())
+    assert (row.kind, row.long_id, row.trace_id) == ("short", None, row.cot_id)
+
+
+@pytest.mark.parametrize(
+    ("text", "finish", "reason"),
+    [
+        ("The iris is</think><answer>B</answer>", "length", "truncated"),
+        ("The iris is", "error", "engine_error"),
+        ("The iris is blue", "stop", "no_think_close"),
+        ("x</think>", "stop", "no_answer"),
+        ("x</think><answer>A or B</answer>", "stop", "several_options"),
+        ("x</think><answer>Purple</answer>", "stop", "no_option"),
+    ],
+)
+def test_short_drops(
+    make_item: MakeItem, make_short: MakeShort, text: str, finish: str, reason: str
+) -> None:
+    row = verify_short(make_short(text, finish_reason=finish), make_item(), CONFIG)
+    assert (row.kept, row.drop_reason, row.label, row.answer, row.response) == (
+        False,
+        reason,
+        None,
+        None,
+        "",
+    )
+
+
+def test_stand_in_short_is_leak_filtered(make_item: MakeItem, make_short: MakeShort) -> None:
+    text = "The description says the iris is blue.</think><answer>B</answer>"
+    assert verify_short(make_short(text), make_item(), CONFIG).kept
+    row = verify_short(make_short(text, stand_in=True), make_item(), CONFIG)
+    assert (row.kept, row.drop_reason, row.label) == (False, "leak:description", Label.O)
+
+
+# --------------------------------------------------------------------------- long
+
+
+def test_long_self_correction(
+    make_item: MakeItem, make_short: MakeShort, make_long: MakeLong
+) -> None:
+    item = make_item(answer_style="dot_letter")
+    cot = make_short("The iris looks green.</think><answer>(C) Green</answer>")
+    short = verify_short(cot, item, CONFIG)
+    assert short.label is Label.X
+    long = make_long(
+        cot,
+        " looking again, the iris is blue. Let me check: yes.\n</think>\n<answer>B</answer>",
+    )
+    row = verify_long(long, short, item, CONFIG)
+    assert (row.kept, row.label, row.answer, row.kind) == (True, Label.X_O, "B.", "long")
+    assert (row.trace_id, row.long_id, row.cot_id) == (long.long_id, long.long_id, cot.cot_id)
+    assert (
+        row.think
+        == "The iris looks green.\n\nWait, looking again, the iris is blue. Let me check: yes."
+    )
+    assert row.response == f"<think>\n{row.think}\n</think>\n<answer>B.</answer>"
+    assert row.behaviours == {
+        "backtracking": 1,
+        "verification": 1,
+        "subgoal_setting": 0,
+        "enumeration": 0,
+    }
+
+
+def test_long_joins_cue_without_space(
+    make_item: MakeItem, make_short: MakeShort, make_long: MakeLong
+) -> None:
+    cot = make_short("Green.</think><answer>B</answer>")
+    short = verify_short(cot, make_item(), CONFIG)
+    row = verify_long(
+        make_long(cot, "it is blue.</think><answer>B</answer>", short_think="Green."),
+        short,
+        make_item(),
+        CONFIG,
+    )
+    assert row.label is Label.O_O
+    assert row.think == "Green.\n\nWait, it is blue."
+
+
+@pytest.mark.parametrize(
+    ("short_answer", "long_answer", "label"),
+    [("B", "B", Label.O_O), ("B", "A", Label.O_X), ("A", "B", Label.X_O), ("A", "Red", Label.X_X)],
+)
+def test_long_labels(
+    make_item: MakeItem,
+    make_short: MakeShort,
+    make_long: MakeLong,
+    short_answer: str,
+    long_answer: str,
+    label: Label,
+) -> None:
+    cot = make_short(f"x</think><answer>{short_answer}</answer>")
+    short = verify_short(cot, make_item(), CONFIG)
+    row = verify_long(
+        make_long(cot, f" y</think><answer>{long_answer}</answer>"), short, make_item(), CONFIG
+    )
+    assert (row.kept, row.label) == (True, label)
+
+
+def test_long_leak_only_in_added_text(
+    make_item: MakeItem, make_short: MakeShort, make_long: MakeLong
+) -> None:
+    cot = make_short("The text on the cap is blue.</think><answer>B</answer>")
+    short = verify_short(cot, make_item(), CONFIG)
+    clean = make_long(
+        cot,
+        " the texture is blue too.</think><answer>B</answer>",
+        short_think="The text on the cap is blue.",
+    )
+    assert verify_long(clean, short, make_item(), CONFIG).kept
+    leaky = make_long(cot, " as the description mentions, blue.</think><answer>B</answer>", index=1)
+    row = verify_long(leaky, short, make_item(), CONFIG)
+    assert (row.kept, row.drop_reason, row.label) == (False, "leak:description", Label.O_O)
+
+
+def test_long_drops(make_item: MakeItem, make_short: MakeShort, make_long: MakeLong) -> None:
+    item = make_item()
+    cot = make_short("x</think><answer>B</answer>")
+    short = verify_short(cot, item, CONFIG)
+    truncated = make_long(cot, " still going", finish_reason="length")
+    assert verify_long(truncated, short, item, CONFIG).drop_reason == "truncated"
+    ungraded = verify_short(make_short("x</think><answer>Purple</answer>", index=1), item, CONFIG)
+    row = verify_long(make_long(cot, " y</think><answer>B</answer>"), ungraded, item, CONFIG)
+    assert (row.kept, row.drop_reason, row.label) == (False, "short_ungraded", None)
+    leaky_cot = make_short(
+        "The description says blue.</think><answer>B</answer>", index=2, stand_in=True
+    )
+    leaky_short = verify_short(leaky_cot, item, CONFIG)
+    row = verify_long(
+        make_long(leaky_cot, " y</think><answer>B</answer>"), leaky_short, item, CONFIG
+    )
+    assert row.drop_reason == "short_leak:description"
+
+
+# --------------------------------------------------------------------------- shard
+
+
+def test_shard_one_row_per_trace_dedup_and_unknowns(
+    make_item: MakeItem, make_short: MakeShort, make_long: MakeLong
+) -> None:
+    item = make_item()
+    shorts = [
+        make_short("Blue.</think><answer>B</answer>", index=0),
+        make_short("Blue.</think><answer>(B)</answer>", index=1),  # same normalised response
+        make_short("Green.</think><answer>C</answer>", index=2),
+        make_short("Blue.</think><answer>B</answer>", mcq_id="unknown", index=3),
+    ]
+    longs = [
+        make_long(shorts[2], " no, blue.</think><answer>B</answer>", short_think="Green.", index=0),
+        make_long(
+            shorts[2], " no, blue.</think><answer>Blue</answer>", short_think="Green.", index=1
+        ),
+        make_long(
+            shorts[2], " truly green.</think><answer>C</answer>", short_think="Green.", index=2
+        ),
+        make_long(shorts[3], " blue.</think><answer>B</answer>", index=0),
+        make_long(shorts[0], " blue.</think><answer>B</answer>", index=0).model_copy(
+            update={"cot_id": "ghost"}
+        ),
+    ]
+    rows = verify_shard([item], shorts, longs, CONFIG)
+    assert len(rows) == len(shorts) + len(longs)
+    assert sorted(r.trace_id for r in rows) == sorted(
+        [s.cot_id for s in shorts] + [long.long_id for long in longs]
+    )
+    reasons = Counter(r.drop_reason for r in rows)
+    assert reasons == Counter({None: 4, "duplicate": 2, "unknown_mcq": 2, "unknown_short": 1})
+    duplicates = sorted(
+        (r for r in rows if r.kind == "short" and r.response.endswith("<answer>(B)</answer>")),
+        key=lambda r: r.trace_id,
+    )
+    assert [r.drop_reason for r in duplicates] == [None, "duplicate"]
+    assert Counter(r.label for r in rows if r.kept) == Counter(
+        {Label.O: 1, Label.X: 1, Label.X_O: 1, Label.X_X: 1}
+    )
+    assert verify_shard([item], shorts[::-1], longs[::-1], CONFIG) == rows
+
+
+def test_shard_over_real_outputs(
+    reference_items: list[tuple[dict[str, Any], Presentation]], make_short: MakeShort
+) -> None:
+    items: list[PresentedMCQ] = []
+    shorts: list[SimpleCot] = []
+    for row, presentation in reference_items:
+        mcq = MCQ(
+            mcq_id=row["mcq_id"],
+            image_id=row["image_id"],
+            question=row["question"],
+            options=presentation.options,
+            answer=row["gold_answer_text"],
+            reasoning_type=row["reasoning_type"],
+        )
+        items.append(PresentedMCQ(mcq=mcq, presentation=presentation))
+        shorts += [
+            make_short(text.removeprefix("<think>"), mcq_id=row["mcq_id"], index=i)
+            for i, text in enumerate(row["outputs"])
+        ]
+    rows = verify_shard(items, shorts, [], CONFIG)
+    assert len(rows) == 400
+    labels = Counter(r.label for r in rows)
+    assert labels[Label.O] == 234
+    assert all(
+        r.answer is not None and r.response.endswith(f"<answer>{r.answer}</answer>")
+        for r in rows
+        if r.kept
+    )
+    styles = {item.mcq.mcq_id: item.presentation.answer_style for item in items}
+    for r in rows:
+        if r.kept and styles[r.mcq_id] == "paren_letter":
+            assert r.answer in {"(A)", "(B)", "(C)", "(D)"}

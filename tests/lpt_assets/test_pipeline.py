@@ -1,0 +1,99 @@
+"""Every asset materialized on a temporary Dagster instance with the small real CPU model."""
+
+import json
+from pathlib import Path
+
+import pytest
+from dagster import AssetKey, DagsterInstance, instance_for_test
+
+from lpt.config import PipelineConfig
+from lpt.records import Caption, DpoPair, LongCot, PresentedMCQ, SftSample, SimpleCot, Verified
+from lpt_assets.cli import run_pipeline
+from lpt_assets.definitions import build_definitions
+from lpt_assets.registry import register_source
+from lpt_resources.storage import ParquetStore
+
+pytestmark = pytest.mark.slow
+
+TINY = {
+    "ask": {"questions_per_image": 3, "sampling": {"n": 1, "temperature": 0.7, "top_p": 0.95, "max_tokens": 400}},
+    "think": {"caption_stand_in": True, "sampling": {"n": 4, "temperature": 0.8, "top_p": 0.9, "max_tokens": 96}},
+    "think_harder": {"retry_max_tokens": 128, "sampling": {"n": 1, "temperature": 0.7, "top_p": 0.8, "top_k": 50, "max_tokens": 96}},
+}
+
+
+@pytest.fixture(scope="module")
+def pipeline_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pipeline")
+    config = PipelineConfig.model_validate({**TINY, "storage": str(root / "data"), "exports": str(root / "exports")})
+    store = ParquetStore(base=config.storage)
+    with instance_for_test(temp_dir=str(root / "home")) as instance:
+        registration = register_source("sample?limit=4&shard_size=2", store, instance)
+        run_pipeline(instance, config, registration.shards)
+        yield config, store, instance, registration.shards
+
+
+def test_registration_is_idempotent(pipeline_run):
+    _, store, instance, keys = pipeline_run
+    again = register_source("sample?limit=4&shard_size=2", store, instance)
+    assert again.shards == keys and again.added == []
+    assert instance.get_dynamic_partitions("shards") == keys
+
+
+def test_every_asset_materialized_for_every_shard(pipeline_run):
+    config, _, instance, keys = pipeline_run
+    partitioned = ["captions", "mcqs", "simple_cots", "long_cots", "verified", "sft_samples", "dpo_pairs"]
+    for name in partitioned:
+        done = instance.get_materialized_partitions(AssetKey(name))
+        assert done == set(keys), name
+    for name in ["llamafactory_export", "hf_dataset_export"]:
+        assert instance.get_latest_materialization_event(AssetKey(name)) is not None
+    event = instance.get_latest_materialization_event(AssetKey("simple_cots"))
+    metadata = event.asset_materialization.metadata
+    assert metadata["stand_in"].value is True
+    assert "caption stand-in" in metadata["perception"].value
+
+
+def test_dpo_pairs_trace_back_to_their_images(pipeline_run):
+    config, store, _, keys = pipeline_run
+
+    def table(name, model):
+        return [row for key in keys for row in store.read(name, key, model)]
+
+    captions = {c.image_id: c for c in table("captions", Caption)}
+    mcqs = {i.mcq.mcq_id: i for i in table("mcqs", PresentedMCQ)}
+    shorts = {c.cot_id: c for c in table("simple_cots", SimpleCot)}
+    longs = {c.long_id: c for c in table("long_cots", LongCot)}
+    traces = {v.trace_id: v for v in table("verified", Verified)}
+    pairs = table("dpo_pairs", DpoPair)
+    assert pairs, "the run mined no DPO pairs"
+    for pair in pairs:
+        for trace_id in (pair.chosen_id, pair.rejected_id):
+            trace = traces[trace_id]
+            assert trace.kept and trace.mcq_id == pair.mcq_id
+            short = shorts[trace.cot_id]
+            if trace.kind == "long":
+                assert longs[trace.long_id].cot_id == short.cot_id
+            assert short.mcq_id == pair.mcq_id
+        mcq = mcqs[pair.mcq_id]
+        caption = captions[mcq.mcq.image_id]
+        assert pair.image_id == caption.image_id
+        assert pair.image_path == caption.image_path and Path(caption.image_path).exists()
+    for sample in table("sft_samples", SftSample):
+        assert traces[sample.trace_id].kept
+        assert captions[mcqs[sample.mcq_id].mcq.image_id].image_path == sample.image_path
+
+
+def test_exports_name_existing_images(pipeline_run):
+    config, *_ = pipeline_run
+    folder = Path(config.exports) / "llamafactory"
+    info = json.loads((folder / "dataset_info.json").read_text())
+    dpo_entry = next(entry for entry in info.values() if entry.get("ranking"))
+    for entry in info.values():
+        rows = json.loads((folder / entry["file_name"]).read_text())
+        assert rows, entry["file_name"]
+        for row in rows:
+            assert all((folder / image).exists() for image in row["images"])
+    assert dpo_entry["file_name"] == "lpt_dpo.json"
+    provenance = (folder / "provenance.jsonl").read_text().splitlines()
+    assert len(provenance) == sum(len(json.loads((folder / e["file_name"]).read_text())) for e in info.values())
