@@ -140,6 +140,28 @@ def think_harder_prompt(
     return ChatPrompt(key=item.mcq.mcq_id, system="", user=user, prefill=prefill)
 
 
+def _regex_literal(text: str) -> str:
+    return "".join("\\" + ch if ch in r"\.^$*+?()[]{}|/-" else ch for ch in text)
+
+
+def answer_regex(presentation: Presentation) -> str:
+    """The answer in the style the prompt asked for: any option, so correctness stays the model's."""
+    if presentation.answer_style == "paren_letter":
+        return r"\([ABCD]\)"
+    if presentation.answer_style == "dot_letter":
+        return r"[ABCD]\."
+    return "(" + "|".join(_regex_literal(option) for option in presentation.options) + ")"
+
+
+def think_answer_regex(max_tokens: int, presentation: Presentation) -> str:
+    """The output shape after a "<think>" pre-fill, for engines with regex-constrained decoding
+    (for models too weak to keep the format on their own). The reasoning is capped below the
+    token budget (about three characters a token) so the model has to close it and answer
+    rather than run out of tokens mid-thought."""
+    think_chars = max(40, 3 * max_tokens - 60)
+    return rf"[^<]{{20,{think_chars}}}</think>\n<answer>{answer_regex(presentation)}</answer>"
+
+
 def ensure_full_stop(text: str) -> str:
     """Close the short CoT with a full stop so the cue starts a new sentence; keep its casing."""
     text = text.strip()

@@ -48,6 +48,7 @@ def to_request(
     n: int | None = None,
     max_tokens: int | None = None,
     json_schema: dict[str, Any] | None = None,
+    regex: str | None = None,
     image_max_side: int | None = None,
     salt: str = "",
 ) -> GenerationRequest:
@@ -71,6 +72,7 @@ def to_request(
             seed=seed,
         ),
         json_schema=json_schema,
+        regex=regex,
     )
     return request.model_copy(update={"request_id": request.fingerprint()[:24]})
 

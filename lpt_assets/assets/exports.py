@@ -22,7 +22,7 @@ def finished_rows(store: ParquetStore) -> tuple[list[str], list[SftSample], list
 
 def run_info(config: PipelineConfig) -> dict[str, object]:
     return {
-        "models": {role: settings.model for role, settings in config.engines.model_dump().items()},
+        "models": {role: settings["model"] for role, settings in config.engines.model_dump().items()},
         "config_fingerprints": {
             stage: getattr(config, stage).fingerprint()
             for stage in ("ask", "think", "think_harder", "verify", "select")

@@ -15,7 +15,7 @@ from dagster import (
 
 from lpt.config import EngineSettings, PipelineConfig, StageConfig
 from lpt.parse import mcq_json_schema
-from lpt.prompts import ask_prompt, think_prompt
+from lpt.prompts import ask_prompt, think_answer_regex, think_prompt
 from lpt.records import Caption, LongCot, PresentedMCQ, Quarantined, SimpleCot, stable_id
 from lpt.stages import long_cot, mcqs_from_response, plan_continuations, simple_cot_id
 from lpt_assets.generation import GenerationStats, generate, to_request
@@ -125,6 +125,7 @@ def build_generation_assets(config: PipelineConfig) -> list[AssetsDefinition]:
                 think_prompt(item, captions[item.mcq.image_id], stand_in=stand_in),
                 config.think.sampling,
                 image_max_side=config.think.image_max_side,
+                regex=think_answer_regex(config.think.sampling.max_tokens, item.presentation) if config.think.constrain_format else None,
             )
             for _, item in work
         ]
@@ -183,7 +184,10 @@ def build_generation_assets(config: PipelineConfig) -> list[AssetsDefinition]:
         shard_of = {c.cot_id: key for key in keys for c in shorts_by_shard[key]}
         plans = plan_continuations(items, captions, [c for k in keys for c in shorts_by_shard[k]], cfg, config.verify)
         engine = reasoner_engine.get()
-        requests = [to_request(p.prompt, cfg.sampling, n=len(p.sample_indices)) for p in plans]
+        def regex(plan, max_tokens: int) -> str | None:
+            return think_answer_regex(max_tokens, items[plan.cot.mcq_id].presentation) if cfg.constrain_format else None
+
+        requests = [to_request(p.prompt, cfg.sampling, n=len(p.sample_indices), regex=regex(p, cfg.sampling.max_tokens)) for p in plans]
         results, stats = generate(engine, requests)
         finished: dict[tuple[int, int], LongCot] = {}
         retry_work: list[tuple[int, int]] = []
@@ -198,7 +202,7 @@ def build_generation_assets(config: PipelineConfig) -> list[AssetsDefinition]:
                     prompt_tokens=result.prompt_tokens, completion_tokens=completion.completion_tokens, model=engine.model,
                 )
         retry_requests = [
-            to_request(plans[p].prompt, cfg.sampling, n=1, max_tokens=cfg.retry_max_tokens, salt=f"retry-{s}")
+            to_request(plans[p].prompt, cfg.sampling, n=1, max_tokens=cfg.retry_max_tokens, regex=regex(plans[p], cfg.retry_max_tokens), salt=f"retry-{s}")
             for p, s in retry_work
         ]
         retry_results, retry_stats = generate(engine, retry_requests)

@@ -42,6 +42,7 @@ class GenerationRequest(BaseModel):
     prefill: str | None = None
     sampling: SamplingParams = SamplingParams()
     json_schema: dict[str, Any] | None = None
+    regex: str | None = None  # structured output by regular expression (vLLM's `regex`)
     banned_words: tuple[str, ...] = ()
 
     def fingerprint(self) -> str:

@@ -84,21 +84,25 @@ class LoadedModel:
     _grammar_compiler: Any = None
     _grammars: dict[str, Any] = field(default_factory=dict)
 
-    def compiled_grammar(self, schema: dict[str, Any]) -> Any:
+    def compiled_grammar(self, schema: dict[str, Any] | None = None, regex: str | None = None) -> Any:
         import xgrammar as xgr
 
-        key = json.dumps(schema, sort_keys=True)
+        key = json.dumps({"schema": schema, "regex": regex}, sort_keys=True)
         if key not in self._grammars:
             if self._grammar_compiler is None:
                 info = xgr.TokenizerInfo.from_huggingface(
                     self.tokenizer, vocab_size=self.vocab_size, stop_token_ids=list(self.eos_ids)
                 )
                 self._grammar_compiler = xgr.GrammarCompiler(info)
-            # Property order is the schema's own (never sorted): it is the order the model writes.
-            # Compact JSON (no free whitespace) keeps small models from wandering into blank lines.
-            self._grammars[key] = self._grammar_compiler.compile_json_schema(
-                json.dumps(schema), any_whitespace=JSON_ANY_WHITESPACE
-            )
+            if regex is not None:
+                self._grammars[key] = self._grammar_compiler.compile_regex(regex)
+            else:
+                # Property order is the schema's own (never sorted): it is the order the model
+                # writes. Compact JSON (no free whitespace) keeps small models from wandering
+                # into blank lines.
+                self._grammars[key] = self._grammar_compiler.compile_json_schema(
+                    json.dumps(schema), any_whitespace=JSON_ANY_WHITESPACE
+                )
         return self._grammars[key]
 
 
@@ -256,7 +260,7 @@ class _LogprobRecorder:
 
 
 class _GrammarProcessor:
-    """xgrammar JSON-schema constraint, one GrammarMatcher per row of the batch.
+    """xgrammar constraint (JSON schema or regex), one GrammarMatcher per row of the batch.
 
     Unlike `xgrammar.contrib.hf.LogitsProcessor` it tolerates rows that ended for other reasons
     (stop strings, EOS padding): a row whose matcher terminated or rejected a token is left
@@ -319,7 +323,7 @@ def _group_key(req: GenerationRequest) -> str:
         {
             "temperature": s.temperature, "top_p": s.top_p, "top_k": s.top_k,
             "repetition_penalty": s.repetition_penalty, "max_tokens": s.max_tokens, "stop": list(s.stop),
-            "schema": req.json_schema, "banned": sorted(req.banned_words),
+            "schema": req.json_schema, "regex": req.regex, "banned": sorted(req.banned_words),
         },
         sort_keys=True,
     )
@@ -583,8 +587,8 @@ class TransformersEngine(Engine):
         processors = []
         if recorder is not None:
             processors.append(_as_processor(recorder))
-        if req0.json_schema is not None:
-            grammar = h.compiled_grammar(req0.json_schema)
+        if req0.json_schema is not None or req0.regex is not None:
+            grammar = h.compiled_grammar(req0.json_schema, req0.regex)
             processors.append(_as_processor(_GrammarProcessor([grammar] * len(batch), h.vocab_size)))
 
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
