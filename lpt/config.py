@@ -49,6 +49,7 @@ class ThinkConfig(StageConfig):
     image_max_side: int = 512
     caption_stand_in: bool = False  # a text model reads the description instead of the image
     constrain_format: bool = False  # force "…</think>\n<answer>…</answer>" (for weak models)
+    ban_leak_words_in_stand_in: bool = True  # a text model reading the description must not cite it
     sampling: Sampling = Sampling(
         n=10, temperature=0.7, top_p=0.8, repetition_penalty=1.05, max_tokens=1024
     )
@@ -63,6 +64,7 @@ class ThinkHarderConfig(StageConfig):
     expand_labels: tuple[Literal["O", "X"], ...] = ("O", "X")
     retry_max_tokens: int = 4096  # one retry for continuations cut by the token limit
     constrain_format: bool = False  # force "…</think>\n<answer>…</answer>" (for weak models)
+    ban_leak_words: bool = True  # the reasoner cannot write the verify stage's leak words at all
     sampling: Sampling = Sampling(n=3, temperature=0.7, top_p=0.8, top_k=50, max_tokens=2048)
 
 

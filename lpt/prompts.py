@@ -156,9 +156,9 @@ def answer_regex(presentation: Presentation) -> str:
 def think_answer_regex(max_tokens: int, presentation: Presentation) -> str:
     """The output shape after a "<think>" pre-fill, for engines with regex-constrained decoding
     (for models too weak to keep the format on their own). The reasoning is capped below the
-    token budget (about three characters a token) so the model has to close it and answer
-    rather than run out of tokens mid-thought."""
-    think_chars = max(40, 3 * max_tokens - 60)
+    token budget (two characters a token leaves room for the short tokens small models like)
+    so the model has to close it and answer rather than run out of tokens mid-thought."""
+    think_chars = max(40, 2 * max_tokens - 40)
     return rf"[^<]{{20,{think_chars}}}</think>\n<answer>{answer_regex(presentation)}</answer>"
 
 

@@ -49,6 +49,7 @@ def to_request(
     max_tokens: int | None = None,
     json_schema: dict[str, Any] | None = None,
     regex: str | None = None,
+    banned_words: tuple[str, ...] = (),
     image_max_side: int | None = None,
     salt: str = "",
 ) -> GenerationRequest:
@@ -73,6 +74,7 @@ def to_request(
         ),
         json_schema=json_schema,
         regex=regex,
+        banned_words=banned_words,
     )
     return request.model_copy(update={"request_id": request.fingerprint()[:24]})
 

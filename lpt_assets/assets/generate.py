@@ -126,6 +126,7 @@ def build_generation_assets(config: PipelineConfig) -> list[AssetsDefinition]:
                 config.think.sampling,
                 image_max_side=config.think.image_max_side,
                 regex=think_answer_regex(config.think.sampling.max_tokens, item.presentation) if config.think.constrain_format else None,
+                banned_words=config.verify.leak_words if stand_in and config.think.ban_leak_words_in_stand_in else (),
             )
             for _, item in work
         ]
@@ -187,7 +188,11 @@ def build_generation_assets(config: PipelineConfig) -> list[AssetsDefinition]:
         def regex(plan, max_tokens: int) -> str | None:
             return think_answer_regex(max_tokens, items[plan.cot.mcq_id].presentation) if cfg.constrain_format else None
 
-        requests = [to_request(p.prompt, cfg.sampling, n=len(p.sample_indices), regex=regex(p, cfg.sampling.max_tokens)) for p in plans]
+        banned = config.verify.leak_words if cfg.ban_leak_words else ()
+        requests = [
+            to_request(p.prompt, cfg.sampling, n=len(p.sample_indices), regex=regex(p, cfg.sampling.max_tokens), banned_words=banned)
+            for p in plans
+        ]
         results, stats = generate(engine, requests)
         finished: dict[tuple[int, int], LongCot] = {}
         retry_work: list[tuple[int, int]] = []
@@ -202,7 +207,7 @@ def build_generation_assets(config: PipelineConfig) -> list[AssetsDefinition]:
                     prompt_tokens=result.prompt_tokens, completion_tokens=completion.completion_tokens, model=engine.model,
                 )
         retry_requests = [
-            to_request(plans[p].prompt, cfg.sampling, n=1, max_tokens=cfg.retry_max_tokens, regex=regex(plans[p], cfg.retry_max_tokens), salt=f"retry-{s}")
+            to_request(plans[p].prompt, cfg.sampling, n=1, max_tokens=cfg.retry_max_tokens, regex=regex(plans[p], cfg.retry_max_tokens), banned_words=banned, salt=f"retry-{s}")
             for p, s in retry_work
         ]
         retry_results, retry_stats = generate(engine, retry_requests)
