@@ -101,12 +101,26 @@ class EngineSettings(BaseModel):
     """Which engine serves a role, and its settings (the fields of EngineResource)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
-    kind: Literal["transformers"] = "transformers"
-    model: str = "smollm2-135m-instruct"  # HF id, local path, or the bundled GGUF alias
+    kind: Literal["transformers", "openai"] = "transformers"
+    model: str = "smollm2-135m-instruct"  # HF id, local path, the bundled GGUF alias, or a served name
+    # transformers
     gguf_file: str | None = None
     dtype: str = "float32"
     device: str = "cpu"
     batch_size: int = 16
+    # openai: any OpenAI-compatible server; the key is read from `api_key_env` at call time
+    base_url: str | None = None
+    server_kind: Literal["vllm", "openai", "sglang", "llamacpp"] = "vllm"
+    api_key_env: str = "OPENAI_API_KEY"
+    max_concurrency: int = 32
+    timeout_s: float = 120.0
+    supports_images: bool = False
+    price_input_per_million: float | None = None
+    price_output_per_million: float | None = None
+
+    def output_identity(self) -> str:
+        """The settings that change what the model writes (not how fast): for code versions."""
+        return self.model_dump_json(include={"kind", "model", "gguf_file", "dtype", "base_url"})
 
 
 class Engines(BaseModel):

@@ -9,9 +9,9 @@ from __future__ import annotations
 import json
 import re
 from itertools import pairwise
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from lpt.records import LETTERS, MCQ, MCQDraft, Quarantined, Record, stable_id
 
@@ -139,8 +139,12 @@ class MCQItem(BaseModel):
     schema the engine enforces."""
 
     model_config = ConfigDict(extra="ignore", json_schema_extra={"additionalProperties": False})
-    question: str = Field(min_length=1)
-    options: list[str] = Field(min_length=4, max_length=4)
+    # Length bounds keep guided decoding concise: a question and its options fit in the
+    # token budget instead of running on until the limit cuts the JSON.
+    question: str = Field(min_length=10, max_length=200)
+    options: list[Annotated[str, StringConstraints(min_length=1, max_length=80)]] = Field(
+        min_length=4, max_length=4
+    )
     answer_letter: Literal["A", "B", "C", "D"]
     reasoning_type: ReasoningType
 

@@ -17,7 +17,7 @@ from lpt_assets.registry import register_source
 from lpt_assets.summary import render, summarize
 from lpt_resources.storage import ParquetStore
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__, pretty_exceptions_show_locals=False)
 
 REPO_DAGSTER_HOME = Path(__file__).resolve().parent.parent / "dagster_home"
 ConfigOption = Annotated[Path | None, typer.Option(help="Pipeline config (TOML); default $LPT_CONFIG or lpt.toml.")]

@@ -9,7 +9,6 @@ from lpt_assets.assets.curate import build_curation_assets
 from lpt_assets.assets.exports import build_export_assets
 from lpt_assets.assets.generate import build_generation_assets
 from lpt_assets.assets.ingest import captions
-from lpt_assets.partitions import shards
 from lpt_resources.engines.resource import EngineResource
 from lpt_resources.storage import ParquetStore
 
@@ -28,7 +27,6 @@ def build_definitions(config: PipelineConfig) -> Definitions:
     pipeline = define_asset_job(
         PIPELINE_JOB,
         selection=AssetSelection.assets(*partitioned),
-        partitions_def=shards,
         executor_def=in_process_executor,
         description="Every per-shard stage, captions to SFT samples and DPO pairs.",
     )
@@ -41,6 +39,7 @@ def build_definitions(config: PipelineConfig) -> Definitions:
     return Definitions(
         assets=[*partitioned, *exports],
         jobs=[pipeline, export],
+        executor=in_process_executor,  # also for ad-hoc `dagster asset materialize` runs
         resources={
             "store": ParquetStore(base=config.storage),
             "ask_engine": engine_resource(config.engines.ask),

@@ -28,6 +28,7 @@ class GenerationStats(BaseModel):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     engine_seconds: float = 0.0
+    estimated_cost_usd: float = 0.0  # where the engine has prices configured
 
     @property
     def tokens_per_second(self) -> float:
@@ -85,6 +86,7 @@ def generate(
     """All of a stage's requests go to the engine at once so it can batch them fully."""
     if not requests:
         return [], GenerationStats()
+    cost_before = _cost(engine)
     started = time.perf_counter()
     results = engine.generate(list(requests))
     seconds = time.perf_counter() - started
@@ -95,5 +97,11 @@ def generate(
         prompt_tokens=sum(r.prompt_tokens for r in results),
         completion_tokens=sum(c.completion_tokens for r in results for c in r.completions),
         engine_seconds=round(seconds, 3),
+        estimated_cost_usd=round(_cost(engine) - cost_before, 6),
     )
     return results, stats
+
+
+def _cost(engine: Engine) -> float:
+    stats = getattr(engine, "stats", None)
+    return stats.cost_usd if stats is not None else 0.0

@@ -1,4 +1,8 @@
-"""The real commands a user types: `lpt register` and `dagster job execute` for one shard."""
+"""The real commands a user types: `lpt register`, then Dagster's own CLI for one shard.
+
+Dagster 1.13's `dagster job execute` takes the code location by module (`-m`) and the
+partition as the `dagster/partition` tag; it has no `-w` or `--partition` options.
+"""
 
 import json
 import os
@@ -46,12 +50,13 @@ def test_register_then_dagster_job_execute_one_shard(tmp_path):
     again = _run([BIN / "lpt", "register", "sample?limit=1&shard_size=1&name=one"], env, REPO)
     assert "0 new" in again
     _run(
-        [BIN / "dagster", "job", "execute", "-w", "workspace.yaml", "-j", "lpt_pipeline", "--partition", "one-train-00000"],
+        [BIN / "dagster", "job", "execute", "-m", "lpt_assets.definitions", "-j", "lpt_pipeline",
+         "--tags", json.dumps({"dagster/partition": "one-train-00000"})],
         env,
         REPO,
     )
     for asset in ["captions", "mcqs", "simple_cots", "long_cots", "verified", "sft_samples", "dpo_pairs"]:
         assert (tmp_path / "data" / asset / "one-train-00000.parquet").exists(), asset
-    _run([BIN / "dagster", "job", "execute", "-w", "workspace.yaml", "-j", "lpt_exports"], env, REPO)
+    _run([BIN / "dagster", "job", "execute", "-m", "lpt_assets.definitions", "-j", "lpt_exports"], env, REPO)
     info = json.loads((tmp_path / "exports" / "llamafactory" / "dataset_info.json").read_text())
     assert any(entry.get("ranking") for entry in info.values())

@@ -30,7 +30,7 @@ GPU_POOL = "gpu"
 
 def stage_version(stage: StageConfig, engine: EngineSettings) -> str:
     """Prompt, sampling and model together: any change marks exactly this stage stale."""
-    return f"{stage.version}-{stable_id(stage.fingerprint(), engine.model_dump_json())[:12]}"
+    return f"{stage.version}-{stable_id(stage.fingerprint(), engine.output_identity())[:12]}"
 
 
 def _read_all(store: ParquetStore, asset_name: str, keys: list[str], model):

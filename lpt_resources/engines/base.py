@@ -73,6 +73,7 @@ class EngineStats(BaseModel):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     seconds: float = 0.0
+    cost_usd: float = 0.0  # estimated, for priced HTTP engines
 
     @property
     def tokens_per_second(self) -> float:

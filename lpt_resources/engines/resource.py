@@ -21,6 +21,14 @@ class EngineResource(ConfigurableResource):
     dtype: str = "float32"
     device: str = "cpu"
     batch_size: int = 16
+    base_url: str | None = None
+    server_kind: str = "vllm"
+    api_key_env: str = "OPENAI_API_KEY"
+    max_concurrency: int = 32
+    timeout_s: float = 120.0
+    supports_images: bool = False
+    price_input_per_million: float | None = None
+    price_output_per_million: float | None = None
 
     _engine: Engine | None = PrivateAttr(default=None)
 
@@ -40,7 +48,23 @@ class EngineResource(ConfigurableResource):
                 device=self.device,
                 batch_size=self.batch_size,
             )
-        raise ValueError(f"unknown engine kind {self.kind!r}; known: transformers")
+        if self.kind == "openai":
+            from lpt_resources.engines.openai_engine import OpenAIEngine
+
+            priced = self.price_input_per_million is not None and self.price_output_per_million is not None
+            return OpenAIEngine(
+                model=self.model,
+                base_url=self.base_url,
+                api_key_env=self.api_key_env,
+                server_kind=self.server_kind,
+                max_concurrency=self.max_concurrency,
+                timeout_s=self.timeout_s,
+                supports_images=self.supports_images,
+                prices={"input": self.price_input_per_million, "output": self.price_output_per_million}
+                if priced
+                else None,
+            )
+        raise ValueError(f"unknown engine kind {self.kind!r}; known: transformers, openai")
 
     def teardown_after_execution(self, context: InitResourceContext) -> None:
         if self._engine is not None:
@@ -48,4 +72,7 @@ class EngineResource(ConfigurableResource):
             self._engine = None
 
     def describe(self) -> dict[str, Any]:
+        """For metadata: what served the stage (never the key, only where it is read from)."""
+        if self.kind == "openai":
+            return {"kind": self.kind, "model": self.model, "base_url": self.base_url, "server_kind": self.server_kind}
         return {"kind": self.kind, "model": self.model, "dtype": self.dtype, "device": self.device}

@@ -270,7 +270,7 @@ class _GrammarProcessor:
         import xgrammar as xgr
 
         self.xgr = xgr
-        self.matchers = [xgr.GrammarMatcher(g) for g in compiled_grammars]
+        self.matchers = [xgr.GrammarMatcher(g) if g is not None else None for g in compiled_grammars]
         self.active = [g is not None for g in compiled_grammars]
         self.bitmask = xgr.allocate_token_bitmask(len(compiled_grammars), vocab_size)
         self.started = False
@@ -323,7 +323,7 @@ def _group_key(req: GenerationRequest) -> str:
         {
             "temperature": s.temperature, "top_p": s.top_p, "top_k": s.top_k,
             "repetition_penalty": s.repetition_penalty, "max_tokens": s.max_tokens, "stop": list(s.stop),
-            "schema": req.json_schema, "regex": req.regex, "banned": sorted(req.banned_words),
+            "banned": sorted(req.banned_words),
         },
         sort_keys=True,
     )
@@ -587,9 +587,16 @@ class TransformersEngine(Engine):
         processors = []
         if recorder is not None:
             processors.append(_as_processor(recorder))
-        if req0.json_schema is not None or req0.regex is not None:
-            grammar = h.compiled_grammar(req0.json_schema, req0.regex)
-            processors.append(_as_processor(_GrammarProcessor([grammar] * len(batch), h.vocab_size)))
+        # Each row carries its own constraint (or none), so differently constrained requests
+        # still share a batch: on a CPU the per-step overhead, not the batch width, sets the pace.
+        grammars = [
+            h.compiled_grammar(p.request.json_schema, p.request.regex)
+            if p.request.json_schema is not None or p.request.regex is not None
+            else None
+            for p, _ in batch
+        ]
+        if any(g is not None for g in grammars):
+            processors.append(_as_processor(_GrammarProcessor(grammars, h.vocab_size)))
 
         if not with_images:
             shared = self._shared_prefill(batch, inputs)

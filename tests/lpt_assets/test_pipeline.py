@@ -4,7 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
-from dagster import AssetKey, DagsterInstance, instance_for_test
+from dagster import AssetKey, instance_for_test
 
 from lpt.config import PipelineConfig
 from lpt.records import Caption, DpoPair, LongCot, PresentedMCQ, SftSample, SimpleCot, Verified
@@ -16,9 +16,18 @@ from lpt_resources.storage import ParquetStore
 pytestmark = pytest.mark.slow
 
 TINY = {
-    "ask": {"questions_per_image": 3, "sampling": {"n": 1, "temperature": 0.7, "top_p": 0.95, "max_tokens": 400}},
-    "think": {"caption_stand_in": True, "sampling": {"n": 4, "temperature": 0.8, "top_p": 0.9, "max_tokens": 96}},
-    "think_harder": {"retry_max_tokens": 128, "sampling": {"n": 1, "temperature": 0.7, "top_p": 0.8, "top_k": 50, "max_tokens": 96}},
+    "ask": {"questions_per_image": 3, "sampling": {"n": 1, "temperature": 0.7, "top_p": 0.95, "max_tokens": 300}},
+    "think": {
+        "caption_stand_in": True,
+        "constrain_format": True,
+        "sampling": {"n": 4, "temperature": 0.8, "top_p": 0.9, "max_tokens": 64},
+    },
+    "think_harder": {
+        "constrain_format": True,
+        "retry_max_tokens": 96,
+        "sampling": {"n": 1, "temperature": 0.7, "top_p": 0.8, "top_k": 50, "max_tokens": 64},
+    },
+    "engines": {role: {"batch_size": 64} for role in ("ask", "vlm", "reasoner")},
 }
 
 
@@ -27,6 +36,7 @@ def pipeline_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("pipeline")
     config = PipelineConfig.model_validate({**TINY, "storage": str(root / "data"), "exports": str(root / "exports")})
     store = ParquetStore(base=config.storage)
+    (root / "home").mkdir()
     with instance_for_test(temp_dir=str(root / "home")) as instance:
         registration = register_source("sample?limit=4&shard_size=2", store, instance)
         run_pipeline(instance, config, registration.shards)

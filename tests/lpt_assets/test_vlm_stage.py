@@ -5,7 +5,7 @@ from dagster import DagsterInstance, materialize
 from lpt.config import PipelineConfig
 from lpt.prompts import present
 from lpt.records import MCQ, Caption, PresentedMCQ, SimpleCot
-from lpt_assets.definitions import build_definitions
+from lpt_assets.assets.generate import build_generation_assets
 from lpt_resources.captions.sources import parse_spec, read_items
 from lpt_resources.captions.validate import check_shard
 from lpt_resources.engines.resource import EngineResource
@@ -40,8 +40,7 @@ def _run_stage2(tmp_path, vlm: EngineResource, stand_in: bool):
     )
     store = ParquetStore(base=config.storage)
     caption = _seed_tables(store, f"{config.storage}/images")
-    defs = build_definitions(config)
-    simple_cots = defs.resolve_assets_def("simple_cots")
+    simple_cots = next(a for a in build_generation_assets(config) if a.key.to_user_string() == "simple_cots")
     instance = DagsterInstance.ephemeral()
     instance.add_dynamic_partitions("shards", [SHARD])
     result = materialize(

@@ -65,6 +65,22 @@ def test_smollm2_loads_offline_and_answers(smol):
 
 
 @pytest.mark.slow
+def test_shared_prefill_for_n_samples_matches_separate_prompts(smol):
+    """The n samples of a request reuse one prefill; greedy decoding shows it changes nothing."""
+    prompt = "Name three colours of the rainbow."
+    [shared] = smol.generate([request("n3", prompt, temperature=0, max_tokens=12, n=3)])
+    [single] = smol.generate([request("n1", prompt, temperature=0, max_tokens=12)])
+    mixed = smol.generate(
+        [request("a", prompt, temperature=0, max_tokens=12, n=2), request("b", "Say hello.", temperature=0, max_tokens=12)]
+    )
+    [alone] = smol.generate([request("b1", "Say hello.", temperature=0, max_tokens=12)])
+    assert single.completions[0].text.strip()
+    assert [c.text for c in shared.completions] == [single.completions[0].text] * 3
+    assert [c.text for c in mixed[0].completions] == [single.completions[0].text] * 2
+    assert mixed[1].completions[0].text == alone.completions[0].text
+
+
+@pytest.mark.slow
 def test_prefill_renders_as_unfinished_assistant_turn(smol):
     req = request("p", "Is the sky blue?", system=THINK_SYSTEM, prefill="<think>", temperature=0, max_tokens=12)
     prompt = smol.render_prompt(req)
@@ -144,7 +160,7 @@ def test_structured_output_batch_is_valid_json(smol):
     reqs = [
         request(f"j{i}", f"Write one multiple-choice question with four options about this image: {t}.",
                 system=ChatMessage(role="system", content="You write quiz questions as JSON."),
-                temperature=0.7, max_tokens=100, seed=i, json_schema=schema)
+                temperature=0.7, max_tokens=220, seed=i, json_schema=schema)
         for i, t in enumerate(topics)
     ]
     results = smol.generate(reqs)
