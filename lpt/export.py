@@ -147,6 +147,14 @@ def _clean(text: str) -> str:
     return text.replace(IMAGE_PLACEHOLDER, "image")
 
 
+def _umask_mode(base: int) -> int:
+    """mkstemp/mkdtemp create private (0600/0700) entries; exports are for sharing, so they
+    get the permissions an ordinary file or folder would have."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return base & ~mask
+
+
 def _atomic_write_text(path: Path, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -155,6 +163,7 @@ def _atomic_write_text(path: Path, text: str) -> Path:
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp, _umask_mode(0o666))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -173,6 +182,7 @@ def _replace_dir(tmp: Path, target: Path) -> None:
         old = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.old-"))
         old.rmdir()
         os.replace(target, old)
+    os.chmod(tmp, _umask_mode(0o777))
     try:
         os.replace(tmp, target)
     except BaseException:

@@ -65,12 +65,14 @@ def run_pipeline(instance: DagsterInstance, config: PipelineConfig, keys: list[s
 def demo(
     config: ConfigOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+    source: Annotated[str, typer.Option(help="Caption source to run on.")] = "sample",
 ) -> None:
-    """Register the bundled sample, materialize every asset, print what came out."""
+    """Register the bundled sample (or another source), materialize every asset, print what
+    came out. A second run sends nothing the response cache already holds."""
     settings = _config(config)
     store = ParquetStore(base=settings.storage)
     with _instance() as instance:
-        registration = register_source("sample", store, instance)
+        registration = register_source(source, store, instance)
         run_pipeline(instance, settings, registration.shards)
         summary = summarize(store, instance, registration.shards, settings)
     typer.echo(json.dumps(summary, indent=2) if as_json else render(summary))

@@ -10,6 +10,7 @@ from pydantic import BaseModel
 
 from lpt.config import Sampling
 from lpt.prompts import ChatPrompt, seeded_rng
+from lpt_resources.cache import ResponseCache
 from lpt_resources.engines.base import (
     ChatMessage,
     Engine,
@@ -17,12 +18,15 @@ from lpt_resources.engines.base import (
     GenerationResult,
     SamplingParams,
 )
+from lpt_resources.engines.resource import EngineResource
 
 
 class GenerationStats(BaseModel):
-    """What a person wants to know about a stage's use of its engine."""
+    """What a person wants to know about a stage's use of its engine (tokens and seconds
+    count what was sent, not what came from the cache)."""
 
     requests_sent: int = 0
+    cache_hits: int = 0
     samples: int = 0
     failed_requests: int = 0
     prompt_tokens: int = 0
@@ -36,6 +40,7 @@ class GenerationStats(BaseModel):
 
     def add(self, other: GenerationStats) -> GenerationStats:
         merged = {k: getattr(self, k) + getattr(other, k) for k in GenerationStats.model_fields}
+        merged["engine_seconds"] = round(merged["engine_seconds"], 3)
         return GenerationStats(**merged)
 
     def metadata(self) -> dict[str, Any]:
@@ -81,25 +86,50 @@ def to_request(
 
 
 def generate(
-    engine: Engine, requests: Sequence[GenerationRequest]
+    engine: EngineResource, requests: Sequence[GenerationRequest], *, cache_base: str | None
 ) -> tuple[list[GenerationResult], GenerationStats]:
-    """All of a stage's requests go to the engine at once so it can batch them fully."""
-    if not requests:
-        return [], GenerationStats()
+    """Answer every request, from the response cache where it can. What is missing goes to the
+    engine in checkpoint batches (large enough to keep it busy), each written to the cache as
+    it completes: a crash loses at most the batch in flight, and a fully cached stage never
+    loads the model at all."""
+    cache = ResponseCache(cache_base, engine.cache_identity()) if cache_base else None
+    results: list[GenerationResult | None] = [None] * len(requests)
+    missing: list[int] = []
+    for index, request in enumerate(requests):
+        hit = cache.get(request) if cache else None
+        if hit is None:
+            missing.append(index)
+        else:
+            results[index] = hit
+    stats = GenerationStats(cache_hits=len(requests) - len(missing))
+    step = max(1, engine.checkpoint_every)
+    for start in range(0, len(missing), step):
+        chunk = missing[start : start + step]
+        batch = [requests[i] for i in chunk]
+        stats = stats.add(_send(engine.get(), batch, results, chunk))
+        if cache:
+            cache.put(batch, [results[i] for i in chunk])
+    return [r for r in results if r is not None], stats
+
+
+def _send(
+    engine: Engine, batch: list[GenerationRequest], results: list[GenerationResult | None], slots: list[int]
+) -> GenerationStats:
     cost_before = _cost(engine)
     started = time.perf_counter()
-    results = engine.generate(list(requests))
+    answers = engine.generate(batch)
     seconds = time.perf_counter() - started
-    stats = GenerationStats(
-        requests_sent=len(requests),
-        samples=sum(len(r.completions) for r in results),
-        failed_requests=sum(1 for r in results if r.error),
-        prompt_tokens=sum(r.prompt_tokens for r in results),
-        completion_tokens=sum(c.completion_tokens for r in results for c in r.completions),
+    for slot, answer in zip(slots, answers, strict=True):
+        results[slot] = answer
+    return GenerationStats(
+        requests_sent=len(batch),
+        samples=sum(len(r.completions) for r in answers),
+        failed_requests=sum(1 for r in answers if r.error),
+        prompt_tokens=sum(r.prompt_tokens for r in answers),
+        completion_tokens=sum(c.completion_tokens for r in answers for c in r.completions),
         engine_seconds=round(seconds, 3),
         estimated_cost_usd=round(_cost(engine) - cost_before, 6),
     )
-    return results, stats
 
 
 def _cost(engine: Engine) -> float:

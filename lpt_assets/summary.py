@@ -14,7 +14,7 @@ from lpt_assets.assets.curate import accuracy
 from lpt_resources.storage import ParquetStore
 
 GENERATION_STAGES = ("mcqs", "simple_cots", "long_cots")
-STATS_KEYS = ("requests_sent", "samples", "failed_requests", "prompt_tokens", "completion_tokens", "engine_seconds", "tokens_per_second")
+STATS_KEYS = ("requests_sent", "cache_hits", "samples", "failed_requests", "prompt_tokens", "completion_tokens", "engine_seconds", "tokens_per_second")
 
 
 def _rows(store: ParquetStore, asset: str, keys: list[str], model) -> list:

@@ -1,5 +1,6 @@
-"""The three generation stages. Each run hands all of its shards' requests to the engine at
-once (single-run backfills), then writes one table per shard."""
+"""The three generation stages. Each run gathers the requests of all its shards (single-run
+backfills: one model load), sends the engine what the response cache lacks in large batches,
+then writes one table per shard."""
 
 
 from collections import Counter, defaultdict
@@ -65,9 +66,8 @@ def build_generation_assets(config: PipelineConfig) -> list[AssetsDefinition]:
         by_shard = _read_all(store, "captions", keys, Caption)
         captions = [c for key in keys for c in by_shard[key]]
         schema = mcq_json_schema(config.ask.questions_per_image) if config.ask.structured_output else None
-        engine = ask_engine.get()
         requests = [to_request(ask_prompt(c, config.ask), config.ask.sampling, json_schema=schema) for c in captions]
-        results, stats = generate(engine, requests)
+        results, stats = generate(ask_engine, requests, cache_base=store.base)
         out: dict[str, list[PresentedMCQ]] = defaultdict(list)
         bad: dict[str, list[Quarantined]] = defaultdict(list)
         shard_of = {c.image_id: key for key in keys for c in by_shard[key]}
@@ -117,8 +117,7 @@ def build_generation_assets(config: PipelineConfig) -> list[AssetsDefinition]:
         keys = context.partition_keys
         captions = {c.image_id: c for cs in _read_all(store, "captions", keys, Caption).values() for c in cs}
         items_by_shard = _read_all(store, "mcqs", keys, PresentedMCQ)
-        engine = vlm_engine.get()
-        stand_in = _vlm_mode(engine, config.think.caption_stand_in)
+        stand_in = _vlm_mode(vlm_engine.get(), config.think.caption_stand_in)
         work = [(key, item) for key in keys for item in items_by_shard[key]]
         requests = [
             to_request(
@@ -130,7 +129,7 @@ def build_generation_assets(config: PipelineConfig) -> list[AssetsDefinition]:
             )
             for _, item in work
         ]
-        results, stats = generate(engine, requests)
+        results, stats = generate(vlm_engine, requests, cache_base=store.base)
         out: dict[str, list[SimpleCot]] = defaultdict(list)
         for (key, item), request, result in zip(work, requests, results, strict=True):
             for index, completion in enumerate(result.completions):
@@ -144,7 +143,7 @@ def build_generation_assets(config: PipelineConfig) -> list[AssetsDefinition]:
                         finish_reason=completion.finish_reason,
                         prompt_tokens=result.prompt_tokens,
                         completion_tokens=completion.completion_tokens,
-                        model=engine.model,
+                        model=vlm_engine.model,
                         stand_in=stand_in,
                     )
                 )
@@ -184,7 +183,6 @@ def build_generation_assets(config: PipelineConfig) -> list[AssetsDefinition]:
         shorts_by_shard = _read_all(store, "simple_cots", keys, SimpleCot)
         shard_of = {c.cot_id: key for key in keys for c in shorts_by_shard[key]}
         plans = plan_continuations(items, captions, [c for k in keys for c in shorts_by_shard[k]], cfg, config.verify)
-        engine = reasoner_engine.get()
         def regex(plan, max_tokens: int) -> str | None:
             return think_answer_regex(max_tokens, items[plan.cot.mcq_id].presentation) if cfg.constrain_format else None
 
@@ -193,7 +191,7 @@ def build_generation_assets(config: PipelineConfig) -> list[AssetsDefinition]:
             to_request(p.prompt, cfg.sampling, n=len(p.sample_indices), regex=regex(p, cfg.sampling.max_tokens), banned_words=banned)
             for p in plans
         ]
-        results, stats = generate(engine, requests)
+        results, stats = generate(reasoner_engine, requests, cache_base=store.base)
         finished: dict[tuple[int, int], LongCot] = {}
         retry_work: list[tuple[int, int]] = []
         for plan_index, (plan, result) in enumerate(zip(plans, results, strict=True)):
@@ -204,20 +202,20 @@ def build_generation_assets(config: PipelineConfig) -> list[AssetsDefinition]:
                     continue
                 finished[(plan_index, sample_index)] = long_cot(
                     plan, sample_index, completion.text, completion.finish_reason, attempts=1,
-                    prompt_tokens=result.prompt_tokens, completion_tokens=completion.completion_tokens, model=engine.model,
+                    prompt_tokens=result.prompt_tokens, completion_tokens=completion.completion_tokens, model=reasoner_engine.model,
                 )
         retry_requests = [
             to_request(plans[p].prompt, cfg.sampling, n=1, max_tokens=cfg.retry_max_tokens, regex=regex(plans[p], cfg.retry_max_tokens), banned_words=banned, salt=f"retry-{s}")
             for p, s in retry_work
         ]
-        retry_results, retry_stats = generate(engine, retry_requests)
+        retry_results, retry_stats = generate(reasoner_engine, retry_requests, cache_base=store.base)
         for (plan_index, sample_index), result in zip(retry_work, retry_results, strict=True):
             plan = plans[plan_index]
             completion = result.completions[0] if result.completions else None
             finished[(plan_index, sample_index)] = long_cot(
                 plan, sample_index, completion.text if completion else "", completion.finish_reason if completion else "error",
                 attempts=2, prompt_tokens=result.prompt_tokens,
-                completion_tokens=completion.completion_tokens if completion else 0, model=engine.model,
+                completion_tokens=completion.completion_tokens if completion else 0, model=reasoner_engine.model,
             )
         out: dict[str, list[LongCot]] = defaultdict(list)
         for (plan_index, _), row in sorted(finished.items()):

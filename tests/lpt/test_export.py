@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -377,3 +378,14 @@ def test_provenance_matches_rows(tmp_path, sft, dpo):
     again = write_provenance(list(reversed(sft)), list(reversed(kept)), tmp_path / "b",
                              run_info=RUN_INFO)
     assert again.read_bytes() == path.read_bytes()
+
+
+def test_exports_are_readable_by_others_like_ordinary_files(tmp_path, sft, dpo):
+    previous = os.umask(0o022)
+    try:
+        result = write_llamafactory(sft, dpo, tmp_path / "lf")
+        folder = write_hf_datasets(sft, dpo, tmp_path / "hf", card_context={})
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(result.sft_file.stat().st_mode) == 0o644
+    assert stat.S_IMODE((folder / "dpo").stat().st_mode) == 0o755

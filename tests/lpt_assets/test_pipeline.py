@@ -107,3 +107,30 @@ def test_exports_name_existing_images(pipeline_run):
     assert dpo_entry["file_name"] == "lpt_dpo.json"
     provenance = (folder / "provenance.jsonl").read_text().splitlines()
     assert len(provenance) == sum(len(json.loads((folder / e["file_name"]).read_text())) for e in info.values())
+
+
+def _engine_metadata(instance, asset: str) -> dict:
+    event = instance.get_latest_materialization_event(AssetKey(asset))
+    return {key: value.value for key, value in event.asset_materialization.metadata.items()}
+
+
+def test_rerun_sends_nothing_and_writes_the_same_rows(pipeline_run):
+    config, store, instance, keys = pipeline_run
+    before = {key: store.read_frame("dpo_pairs", key) for key in keys}
+    run_pipeline(instance, config, keys)
+    for stage in ("mcqs", "simple_cots", "long_cots"):
+        metadata = _engine_metadata(instance, stage)
+        assert metadata["requests_sent"] == 0, stage
+        assert metadata["cache_hits"] > 0, stage
+    assert all(store.read_frame("dpo_pairs", key).equals(before[key]) for key in keys)
+
+
+def test_changing_stage3_sampling_only_resends_stage3(pipeline_run):
+    config, _, instance, keys = pipeline_run
+    changed = config.model_copy(
+        update={"think_harder": config.think_harder.model_copy(update={"sampling": config.think_harder.sampling.model_copy(update={"temperature": 0.5})})}
+    )
+    run_pipeline(instance, changed, keys)
+    assert _engine_metadata(instance, "mcqs")["requests_sent"] == 0
+    assert _engine_metadata(instance, "simple_cots")["requests_sent"] == 0
+    assert _engine_metadata(instance, "long_cots")["requests_sent"] > 0
