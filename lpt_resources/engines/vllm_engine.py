@@ -35,18 +35,18 @@ engines ban them; a JSON schema or a regex becomes
 wins when both are given, as in the transformers engine). JSON comes without free whitespace,
 which keeps small models from wandering into blank lines: in vLLM that is the engine-wide
 `structured_outputs_config={"backend": "xgrammar", "disable_any_whitespace": True}` (the
-per-request flag is ignored by vLLM 0.32's backends), which `engine_kwargs` can replace. With a seed and n > 1, vLLM gives sample i
-the seed + i, so reruns repeat every sample exactly.
+per-request flag is ignored by vLLM 0.32's backends), which `engine_kwargs` can replace. With
+a seed and n > 1, vLLM gives sample i the seed + i, so reruns repeat every sample exactly.
 
 Parallelism: `tensor_parallel_size` goes to vLLM as is. `data_parallel_size` > 1 is served by
 independent replicas, one process each, with `tensor_parallel_size` GPUs apiece taken in order
 from CUDA_VISIBLE_DEVICES (or 0..N-1): vLLM's offline `LLM` refuses `data_parallel_size` > 1
 in one process (vLLM 0.32 raises "not supported for single-process usage" and points at its
-data-parallel example, which runs one `LLM` per process on its own share of the prompts;
-that is what the replicas do). Each `generate()` splits its requests over the replicas by
-estimated work and puts the results back in order. Replicas do not talk to each other, which
-is all a dense model needs; for vLLM's coordinated DP (MoE expert parallelism) run `vllm serve
---data-parallel-size N` and use the OpenAI engine.
+multi-process data-parallel example, where each process runs its own `LLM` on its own share of
+the prompts; that is what the replicas do). Each `generate()` splits its requests over the
+replicas by estimated work and puts the results back in order. Replicas do not talk to each
+other, which is all a dense model needs; for vLLM's coordinated DP (MoE expert parallelism)
+run `vllm serve --data-parallel-size N` and use the OpenAI engine.
 
 Memory on one GPU: every distinct settings key is a separate `vllm.LLM` and each takes
 `gpu_memory_utilization` of the GPU; roles that load different models at once must share it
@@ -461,13 +461,18 @@ class _ReplicaRunner:
     def run(self, items: list[_Item]) -> list[_Raw]:
         shares = split_work([it.cost for it in items], len(self.conns))
         sent: list[int] = []
+        answers: dict[int, tuple] = {}
         for rank, share in enumerate(shares):
             if share:
-                self.conns[rank].send(("run", [items[i] for i in share]))
-                sent.append(rank)
-        results: dict[int, _Raw] = {}
+                try:
+                    self.conns[rank].send(("run", [items[i] for i in share]))
+                    sent.append(rank)
+                except (OSError, EOFError) as exc:  # a replica that died earlier
+                    answers[rank] = ("failed", f"data-parallel replica {rank} is gone: {_describe(exc)}")
         for rank in sent:
-            answer = self._recv(rank)
+            answers[rank] = self._recv(rank)
+        results: dict[int, _Raw] = {}
+        for rank, answer in answers.items():
             if answer[0] == "done":
                 for raw in answer[1]:
                     results[raw.index] = raw

@@ -88,7 +88,10 @@ def test_build_messages_is_vllms_chat_format_for_images(tiny_qwen2_path, tiny_qw
         {"role": "system", "content": "You are a helpful assistant."},
         {"role": "user", "content": "first"},
         {"role": "assistant", "content": "ok"},
-        {"role": "user", "content": [{"type": "image_pil", "image_pil": img}, {"type": "text", "text": "What colour is it?"}]},
+        {"role": "user", "content": [
+            {"type": "image_pil", "image_pil": img},
+            {"type": "text", "text": "What colour is it?"},
+        ]},
         {"role": "assistant", "content": "It is"},
     ]
     assert VLLMEngine.build_messages(req) == [
@@ -258,7 +261,8 @@ def test_stop_strings(engine):
     text = free.completions[0].text
     assert len(text) >= 6
     stop = text[len(text) // 2 : len(text) // 2 + 3]
-    [stopped] = engine.generate([base.model_copy(update={"sampling": base.sampling.model_copy(update={"stop": (stop,)})})])
+    with_stop = base.model_copy(update={"sampling": base.sampling.model_copy(update={"stop": (stop,)})})
+    [stopped] = engine.generate([with_stop])
     c = stopped.completions[0]
     assert c.finish_reason == "stop"
     assert c.text == text[: text.index(stop)]
