@@ -129,8 +129,19 @@ class VLLMSettings:
         # Compact JSON is an engine-wide switch in vLLM (0.32 ignores the per-request flag) and
         # needs a named backend: xgrammar, the grammar engine the transformers engine uses too.
         kw["structured_outputs_config"] = {"backend": "xgrammar", "disable_any_whitespace": JSON_DISABLE_ANY_WHITESPACE}
+        if not _has_cuda():
+            # vLLM's CPU sampler cannot resume a seeded generator across prefill chunks ("CPU
+            # Generator does not use offset" kills the engine core), and every pipeline request
+            # is seeded: prefill whole prompts on CPU. GPUs keep chunked prefill.
+            kw["enable_chunked_prefill"] = False
         kw.update(self.engine_kwargs)
         return kw
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 # --------------------------------------------------------------------------------------------

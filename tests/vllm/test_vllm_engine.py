@@ -289,6 +289,16 @@ def test_seeded_sampling_is_reproducible(engine):
     assert [x.text for x in c.completions] != [x.text for x in a.completions]
 
 
+def test_many_seeded_long_prompts_in_one_batch(engine):
+    """Enough seeded prompt tokens that vLLM would chunk the prefill: on CPU that used to kill
+    the engine core ("CPU Generator does not use offset"); every pipeline request is seeded."""
+    text = "Describe the colours, textures and shapes in a busy market scene. " * 20
+    reqs = [request(f"s{i}", f"{text} ({i})", n=2, temperature=0.8, top_p=0.9, seed=i, max_tokens=8) for i in range(24)]
+    results = engine.generate(reqs)
+    assert all(r.error is None for r in results), results[0].error
+    assert all(r.prompt_tokens > 250 and len(r.completions) == 2 for r in results)
+
+
 def test_json_schema_output_parses_and_validates(engine):
     import jsonschema
 
