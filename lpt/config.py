@@ -140,7 +140,7 @@ class EngineSettings(BaseModel):
 
     def output_identity(self) -> str:
         """The settings that change what the model writes (not how fast): for code versions."""
-        return self.model_dump_json(include={"kind", "model", "gguf_file", "dtype", "base_url"})
+        return self.model_dump_json(include={"kind", "model", "gguf_file", "dtype", "base_url", "engine_kwargs"})
 
 
 class Engines(BaseModel):

@@ -104,7 +104,14 @@ class EngineResource(ConfigurableResource):
 
     def cache_identity(self) -> dict[str, Any]:
         """What makes two engines answer a request the same way (not how fast they do it)."""
-        return {"kind": self.kind, "model": self.model, "gguf_file": self.gguf_file, "dtype": self.dtype, "base_url": self.base_url}
+        return {
+            "kind": self.kind,
+            "model": self.model,
+            "gguf_file": self.gguf_file,
+            "dtype": self.dtype,
+            "base_url": self.base_url,
+            "engine_kwargs": self.engine_kwargs,  # e.g. quantization changes what vLLM writes
+        }
 
     def describe(self) -> dict[str, Any]:
         """For metadata: what served the stage (never the key, only where it is read from)."""
