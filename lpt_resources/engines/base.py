@@ -51,6 +51,18 @@ class GenerationRequest(BaseModel):
         return hashlib.sha256(blob.encode()).hexdigest()
 
 
+def banned_word_variants(words: tuple[str, ...]) -> list[str]:
+    """The words and their capitalised forms, as every engine bans them (servers that take
+    plain words add the leading-space variants themselves)."""
+    out: list[str] = []
+    for word in words:
+        w = word.strip()
+        for variant in (w, w.capitalize()):
+            if variant and variant not in out:
+                out.append(variant)
+    return out
+
+
 class Completion(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
     text: str  # generated text only, without the pre-fill

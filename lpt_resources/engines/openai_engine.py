@@ -66,7 +66,7 @@ import threading
 import time
 from typing import Any, Literal
 
-from .base import Completion, Engine, EngineStats, GenerationRequest, GenerationResult
+from .base import Completion, Engine, EngineStats, GenerationRequest, GenerationResult, banned_word_variants
 
 log = logging.getLogger(__name__)
 
@@ -170,18 +170,6 @@ def _image_data_url(path: str, max_side: int | None) -> str:
 def _schema_name(schema: dict[str, Any]) -> str:
     name = re.sub(r"[^A-Za-z0-9_-]", "_", str(schema.get("title") or "output"))[:64]
     return name or "output"
-
-
-def _banned_variants(words: tuple[str, ...]) -> list[str]:
-    """The words and their capitalised forms (as the transformers engine bans them); vLLM adds
-    the leading-space variants itself."""
-    out: list[str] = []
-    for word in words:
-        w = word.strip()
-        for v in (w, w.capitalize()):
-            if v and v not in out:
-                out.append(v)
-    return out
 
 
 class OpenAIEngine(Engine):
@@ -497,7 +485,7 @@ class OpenAIEngine(Engine):
 
         if req.banned_words:
             if kind == "vllm":
-                extra["bad_words"] = _banned_variants(req.banned_words)
+                extra["bad_words"] = banned_word_variants(req.banned_words)
             else:
                 self._warn_once("banned", f"{kind} server: banned words are not supported; ignored")
         if extra:

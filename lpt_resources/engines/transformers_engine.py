@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from .base import (
+    banned_word_variants,
     Completion,
     Engine,
     EngineStats,
@@ -650,11 +651,8 @@ class TransformersEngine(Engine):
         tok = self.handle().tokenizer
         seen: set[tuple[int, ...]] = set()
         out: list[list[int]] = []
-        for word in words:
-            w = word.strip()
-            if not w:
-                continue
-            for variant in (w, " " + w, w.capitalize(), " " + w.capitalize()):
+        for word in banned_word_variants(words):
+            for variant in (word, " " + word):
                 ids = tuple(tok(variant, add_special_tokens=False)["input_ids"])
                 if ids and ids not in seen:
                     seen.add(ids)

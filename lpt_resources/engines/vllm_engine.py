@@ -67,6 +67,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .base import (
+    banned_word_variants,
     Completion,
     Engine,
     EngineStats,
@@ -747,7 +748,7 @@ class VLLMEngine(Engine):
             kw["seed"] = s.seed
         if s.logprobs:
             kw["logprobs"] = 0  # the sampled token's own log-probability only
-        banned = _banned_variants(req.banned_words)
+        banned = banned_word_variants(req.banned_words)
         if banned:
             kw["bad_words"] = banned
         return kw
@@ -831,18 +832,6 @@ class VLLMEngine(Engine):
         st.completion_tokens += sum(c.completion_tokens for r in final for c in r.completions)
         st.seconds += time.perf_counter() - t0
         return final
-
-
-def _banned_variants(words: tuple[str, ...]) -> list[str]:
-    """The words and their capitalised forms (as the transformers engine bans them); vLLM adds
-    the leading-space variants itself."""
-    out: list[str] = []
-    for word in words:
-        w = word.strip()
-        for v in (w, w.capitalize()):
-            if v and v not in out:
-                out.append(v)
-    return out
 
 
 def _config_is_multimodal(model: str) -> bool:
