@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import tomllib
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
@@ -167,12 +168,19 @@ DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "lpt.toml"
 
 
 def load_config(path: str | os.PathLike[str] | None = None) -> PipelineConfig:
-    """Read a TOML config ($LPT_CONFIG, else lpt.toml beside the package); relative paths resolve
-    against the file's folder so a run does not depend on its working directory."""
+    """Read a TOML config ($LPT_CONFIG, else lpt.toml beside the package), then apply engine
+    overrides from the environment (`LPT_<ROLE>_<FIELD>`, e.g. LPT_REASONER_KIND=openai,
+    LPT_REASONER_BASE_URL=http://…): a cluster job can point a role at another engine without
+    editing the file. Relative paths resolve against the file's folder."""
     chosen = Path(path or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG)
-    if not chosen.exists():
-        return PipelineConfig()
-    raw = tomllib.loads(chosen.read_text())
+    raw = tomllib.loads(chosen.read_text()) if chosen.exists() else {}
+    engines = raw.setdefault("engines", {})
+    for role in Engines.model_fields:
+        for field, info in EngineSettings.model_fields.items():
+            value = os.environ.get(f"LPT_{role}_{field}".upper())
+            if value is not None:
+                parsed = json.loads(value) if _is_mapping(info.annotation) else value
+                engines.setdefault(role, {})[field] = parsed
     config = PipelineConfig.model_validate(raw)
     return config.model_copy(
         update={
@@ -180,6 +188,12 @@ def load_config(path: str | os.PathLike[str] | None = None) -> PipelineConfig:
             "exports": _resolve(config.exports, chosen.parent),
         }
     )
+
+
+def _is_mapping(annotation: object) -> bool:
+    """dict fields (also `dict | None`) come from the environment as JSON."""
+    candidates = (annotation, *typing.get_args(annotation))
+    return any(typing.get_origin(c) is dict for c in candidates)
 
 
 def _resolve(location: str, base: Path) -> str:
