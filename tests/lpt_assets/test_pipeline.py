@@ -9,7 +9,6 @@ from dagster import AssetKey, instance_for_test
 from lpt.config import PipelineConfig
 from lpt.records import Caption, DpoPair, LongCot, PresentedMCQ, SftSample, SimpleCot, Verified
 from lpt_assets.cli import run_pipeline
-from lpt_assets.definitions import build_definitions
 from lpt_assets.registry import register_source
 from lpt_resources.storage import ParquetStore
 
