@@ -23,10 +23,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import pytest  # noqa: E402
 
-if os.environ.get("LPT_REQUIRE_VLLM") == "1":
-    import vllm  # noqa: F401  - `make test-vllm`: a missing vLLM is a failure, never a skip
-else:
-    pytest.importorskip("vllm", reason="vLLM lives in .venv-vllm: run `make test-vllm`")
+import vllm  # noqa: E402,F401 - these run in .venv-vllm (`make test-vllm`): no vLLM is a failure
 
 from lpt_resources.engines.base import ChatMessage, GenerationRequest, SamplingParams  # noqa: E402
 from lpt_resources.engines.openai_engine import OpenAIEngine  # noqa: E402

@@ -17,10 +17,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import pytest  # noqa: E402
 
-if os.environ.get("LPT_REQUIRE_VLLM") == "1":
-    import vllm  # noqa: F401  - `make test-vllm`: a missing vLLM is a failure, never a skip
-else:
-    pytest.importorskip("vllm", reason="vLLM lives in .venv-vllm: run `make test-vllm`")
+import vllm  # noqa: E402,F401 - these run in .venv-vllm (`make test-vllm`): no vLLM is a failure
 
 from PIL import Image  # noqa: E402
 
