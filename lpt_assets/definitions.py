@@ -2,18 +2,30 @@
 
 from __future__ import annotations
 
-from dagster import AssetSelection, Definitions, define_asset_job, in_process_executor
+from dagster import AssetSelection, Definitions, define_asset_job
 
 from lpt.config import EngineSettings, PipelineConfig, load_config
 from lpt_assets.assets.curate import build_curation_assets
 from lpt_assets.assets.exports import build_export_assets
 from lpt_assets.assets.generate import build_generation_assets
 from lpt_assets.assets.ingest import captions
+from lpt_assets.checks import build_check_sensors, build_checks
+from lpt_assets.executors import executor_from_env
+from lpt_assets.schedules import build_backfill_schedule
+from lpt_assets.sensors import build_caption_sensor
 from lpt_resources.engines.resource import EngineResource
 from lpt_resources.storage import ParquetStore
 
 PIPELINE_JOB = "lpt_pipeline"
 EXPORT_JOB = "lpt_exports"
+# One job per stage, e.g. `lpt job execute -w workspace.yaml -j think_harder --partition KEY`.
+STAGE_JOBS = {
+    "ingest": ("captions",),
+    "ask": ("mcqs",),
+    "think": ("simple_cots",),
+    "think_harder": ("long_cots",),
+    "curate": ("verified", "sft_samples", "dpo_pairs"),
+}
 
 
 def engine_resource(settings: EngineSettings) -> EngineResource:
@@ -23,23 +35,29 @@ def engine_resource(settings: EngineSettings) -> EngineResource:
 def build_definitions(config: PipelineConfig) -> Definitions:
     partitioned = [captions, *build_generation_assets(config), *build_curation_assets(config)]
     exports = build_export_assets(config)
-    # One process per run: the engine loads once and serves every stage and shard of it.
     pipeline = define_asset_job(
         PIPELINE_JOB,
         selection=AssetSelection.assets(*partitioned),
-        executor_def=in_process_executor,
         description="Every per-shard stage, captions to SFT samples and DPO pairs.",
     )
     export = define_asset_job(
         EXPORT_JOB,
         selection=AssetSelection.assets(*exports),
-        executor_def=in_process_executor,
         description="LLaMA-Factory, LaCoT and Hugging Face exports of every finished shard.",
     )
+    stage_jobs = [
+        define_asset_job(name, selection=AssetSelection.assets(*assets), description=f"Stage {name}: {', '.join(assets)}.")
+        for name, assets in STAGE_JOBS.items()
+    ]
     return Definitions(
         assets=[*partitioned, *exports],
-        jobs=[pipeline, export],
-        executor=in_process_executor,  # also for ad-hoc `dagster asset materialize` runs
+        asset_checks=build_checks(config),  # blocking, per shard; jobs selecting an asset run its checks
+        jobs=[pipeline, export, *stage_jobs],
+        sensors=[build_caption_sensor(config.automation, PIPELINE_JOB), *build_check_sensors(config, [pipeline, *stage_jobs])],
+        schedules=[build_backfill_schedule(config.automation, PIPELINE_JOB)],
+        # Every job and ad-hoc run: in-process by default (one engine load serves every stage
+        # and shard of a run); LPT_EXECUTOR=celery|k8s ships steps to workers (README, Cluster).
+        executor=executor_from_env(),
         resources={
             "store": ParquetStore(base=config.storage),
             "ask_engine": engine_resource(config.engines.ask),

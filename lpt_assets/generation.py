@@ -109,7 +109,22 @@ def generate(
         stats = stats.add(_send(engine.get(), batch, results, chunk))
         if cache:
             cache.put(batch, [results[i] for i in chunk])
+    failed = [r for r in results if r is not None and r.error is not None and not r.refused]
+    if failed:
+        # A stage that wrote its tables without these rows would look done and stay short;
+        # failing it keeps the shard unmaterialized, and a rerun sends only these requests.
+        # Requests the engine refused for their own content come back as results instead, for
+        # the stage to quarantine: rerunning them would fail the same way forever.
+        raise EngineRequestsFailed(
+            f"{len(failed)} of {len(requests)} requests failed after the engine's retries "
+            f"(the other responses are cached; a rerun sends only the failed ones). "
+            f"First error: {failed[0].error}"
+        )
     return [r for r in results if r is not None], stats
+
+
+class EngineRequestsFailed(RuntimeError):
+    """Some requests still failed after the engine's own retries, for reasons not their own."""
 
 
 def _send(

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import base64
+import io
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from dagster import MetadataValue
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from lpt.records import Quarantined
 
@@ -42,3 +47,41 @@ def drop_metadata(quarantined: Sequence[Quarantined]) -> dict[str, Any]:
 
 def per_shard_table(rows: Sequence[Mapping[str, Any]]) -> MetadataValue:
     return markdown_table(rows, limit=1000)
+
+
+def figure_markdown(figure: Figure, alt: str) -> MetadataValue:
+    """A figure as Markdown with the PNG inline (a data URL): the UI shows it with no file
+    server, and it lives with the materialization it describes."""
+    FigureCanvasAgg(figure)  # Agg, never pyplot: no GUI backend, no global figure state
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=80, bbox_inches="tight")
+    encoded = base64.b64encode(buffer.getvalue()).decode("ascii")
+    return MetadataValue.md(f"![{alt}](data:image/png;base64,{encoded})")
+
+
+def _figure() -> tuple[Figure, Any]:
+    figure = Figure(figsize=(5.5, 3.0))
+    axes = figure.subplots()
+    axes.yaxis.set_major_locator(MaxNLocator(integer=True))  # counts are whole numbers
+    return figure, axes
+
+
+def histogram(values: Sequence[float], title: str, xlabel: str, bins: int = 20) -> MetadataValue:
+    if not values:
+        return MetadataValue.md(f"_{title}: nothing to plot_")
+    figure, axes = _figure()
+    axes.hist(values, bins=min(bins, max(len(set(values)), 1)), color="#4c72b0", edgecolor="white")
+    axes.set(title=title, xlabel=xlabel, ylabel="count")
+    return figure_markdown(figure, title)
+
+
+def bar_chart(counts: Mapping[str, int], title: str, ylabel: str = "count") -> MetadataValue:
+    """Bars sorted largest first, labels turned so long names stay readable."""
+    if not counts:
+        return MetadataValue.md(f"_{title}: nothing to plot_")
+    ordered = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+    figure, axes = _figure()
+    axes.bar([label for label, _ in ordered], [count for _, count in ordered], color="#55a868")
+    axes.set(title=title, ylabel=ylabel)
+    axes.tick_params(axis="x", labelrotation=30, labelsize=8)
+    return figure_markdown(figure, title)

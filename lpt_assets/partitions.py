@@ -1,5 +1,46 @@
-"""Image shards: one dynamic partition per fixed group of images from one caption source."""
+"""Image shards: one dynamic partition per fixed group of images from one caption source, and
+the few rules for grouping them into runs (ranges must be contiguous in registration order)."""
+
+from collections.abc import Collection, Iterator, Mapping, Sequence
 
 from dagster import DynamicPartitionsDefinition
+from dagster._core.storage.tags import (
+    ASSET_PARTITION_RANGE_END_TAG,
+    ASSET_PARTITION_RANGE_START_TAG,
+    PARTITION_NAME_TAG,
+)
 
 shards = DynamicPartitionsDefinition(name="shards")
+
+
+def chunks(keys: Sequence[str], size: int | None) -> Iterator[list[str]]:
+    """`keys` in pieces of at most `size` (all at once when None)."""
+    step = size or max(len(keys), 1)
+    for start in range(0, len(keys), step):
+        yield list(keys[start : start + step])
+
+
+def contiguous(ordered_keys: Sequence[str], chosen: Collection[str], limit: int | None = None) -> Iterator[list[str]]:
+    """Maximal runs of chosen keys in registration order, cut at `limit` keys: a partition-range
+    run can only name a contiguous range."""
+    run: list[str] = []
+    for key in ordered_keys:
+        if key in chosen:
+            run.append(key)
+        elif run:
+            yield from chunks(run, limit)
+            run = []
+    if run:
+        yield from chunks(run, limit)
+
+
+def shards_of_run(tags: Mapping[str, str], ordered_keys: Sequence[str]) -> list[str]:
+    """The shards a run covers, from its partition tag or its partition-range tags (none when
+    a range names a shard that is not registered)."""
+    if PARTITION_NAME_TAG in tags:
+        return [tags[PARTITION_NAME_TAG]]
+    position = {key: index for index, key in enumerate(ordered_keys)}
+    start, end = tags.get(ASSET_PARTITION_RANGE_START_TAG), tags.get(ASSET_PARTITION_RANGE_END_TAG)
+    if start not in position or end not in position:
+        return []
+    return list(ordered_keys[position[start] : position[end] + 1])

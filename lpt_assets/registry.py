@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dagster import DagsterInstance
 from pydantic import BaseModel
+from sqlalchemy.exc import IntegrityError
 
 from lpt_assets.partitions import shards
 from lpt_resources.captions.sources import ShardItem, parse_spec, read_items, shard
@@ -40,5 +41,10 @@ def register_source(spec_text: str, store: ParquetStore, instance: DagsterInstan
     known = set(instance.get_dynamic_partitions(shards.name))
     added = [key for key in keys if key not in known]
     if added:
-        instance.add_dynamic_partitions(shards.name, added)
+        try:
+            instance.add_dynamic_partitions(shards.name, added)
+        except IntegrityError:
+            # Another registration of the same source added some keys between Dagster's check
+            # and its insert; a second call sees them and adds only the rest.
+            instance.add_dynamic_partitions(shards.name, added)
     return Registration(source=spec.name, shards=keys, added=added, items=len(items))

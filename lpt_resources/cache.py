@@ -52,18 +52,22 @@ class ResponseCache:
 
     def put(self, requests: Sequence[GenerationRequest], results: Iterable[GenerationResult]) -> int:
         """Persist one completed batch; failed requests are not cached, so a rerun retries them."""
-        lines = []
-        for request, result in zip(requests, results, strict=True):
-            if result.error is not None:
-                continue
-            entry = {"key": self.key(request), "result": result.model_dump(mode="json", exclude={"request_id"})}
-            lines.append(json.dumps(entry, ensure_ascii=False))
-            self._load()[entry["key"]] = entry
-        if lines:
+        entries = [
+            {"key": self.key(request), "result": result.model_dump(mode="json", exclude={"request_id"})}
+            for request, result in zip(requests, results, strict=True)
+            if result.error is None
+        ]
+        if entries:
             self._fs.makedirs(self._root, exist_ok=True)
             name = f"batch-{uuid.uuid4().hex}.jsonl"
             temporary = f"{self._root}/.{name}.tmp"
-            with self._fs.open(temporary, "wt", encoding="utf-8") as handle:
-                handle.write("\n".join(lines) + "\n")
-            self._fs.mv(temporary, f"{self._root}/{name}")
-        return len(lines)
+            try:  # a full or failing disk leaves no half-written temporary behind either
+                with self._fs.open(temporary, "wt", encoding="utf-8") as handle:
+                    handle.write("".join(json.dumps(e, ensure_ascii=False) + "\n" for e in entries))
+                self._fs.mv(temporary, f"{self._root}/{name}")
+            finally:
+                if self._fs.exists(temporary):
+                    self._fs.rm(temporary)
+            # only what reached the disk counts as cached
+            self._load().update((e["key"], e) for e in entries)
+        return len(entries)

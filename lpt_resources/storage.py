@@ -116,9 +116,9 @@ class ParquetStore(ConfigurableResource):
         buffer = io.BytesIO()
         frame.write_parquet(buffer)
         temporary = f"{folder}/.{uuid.uuid4().hex}.tmp"
-        with fs.open(temporary, "wb") as handle:
-            handle.write(buffer.getvalue())
-        try:
+        try:  # a full or failing disk leaves no half-written temporary behind either
+            with fs.open(temporary, "wb") as handle:
+                handle.write(buffer.getvalue())
             fs.mv(temporary, target)
         finally:
             if fs.exists(temporary):

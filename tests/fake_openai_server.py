@@ -34,6 +34,7 @@ from __future__ import annotations
 import hashlib
 import json
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -113,7 +114,7 @@ class FakeOpenAIServer:
         class Handler(_Handler):
             fake = server
 
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd = _Server(("127.0.0.1", 0), Handler)
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
                                         daemon=True)
@@ -147,6 +148,12 @@ class FakeOpenAIServer:
             self.behaviours.append(behaviour)
         return behaviour
 
+    def reply(self, body: dict[str, Any], messages: list[dict[str, Any]], context: list[dict[str, Any]],
+              continuing: bool, schema: dict[str, Any] | None, tag: str) -> str | None:
+        """A subclass's own answer for one choice (`tag` is unique per conversation, seed and
+        choice); None keeps the generic replies below."""
+        return None
+
     def completion(self, body: dict[str, Any]) -> dict[str, Any]:
         messages = list(body.get("messages") or [])
         continuing = bool(body.get("continue_final_message")) and messages and messages[-1].get("role") == "assistant"
@@ -164,11 +171,12 @@ class FakeOpenAIServer:
         total = 0
         for i in range(n):
             tag = f"{key}-s{seed}-i{i}"
-            if schema is not None:
+            text = self.reply(body, messages, context, bool(continuing), schema, tag)
+            if text is None and schema is not None:
                 text = json.dumps(_object_for(schema, tag))
-            elif regex is not None:
+            elif text is None and regex is not None:
                 text = self.regex_reply
-            else:
+            elif text is None:
                 words = [f"w{j}-{tag}" for j in range(self.reply_words)]
                 if continuing:
                     words = ["continuing", *words]
@@ -234,6 +242,13 @@ def _object_for(schema: dict[str, Any], tag: str) -> dict[str, Any]:
         kind = props.get(name, {}).get("type", "string")
         out[name] = {"integer": 0, "number": 0.0, "boolean": False, "array": []}.get(kind, f"{name}-{tag}")
     return out
+
+
+class _Server(ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that hangs up (killed, or timed out) is part of the tests, not an error."""
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
 
 
 class _Handler(BaseHTTPRequestHandler):

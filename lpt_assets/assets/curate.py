@@ -17,12 +17,12 @@ from lpt.records import (
     SimpleCot,
     TrainingPrompt,
     Verified,
-    stable_id,
 )
 from lpt.select import mine_pairs, select_sft
 from lpt.verify import verify_shard
-from lpt_assets.metadata import markdown_table, per_shard_table, reason_counts
+from lpt_assets.metadata import bar_chart, markdown_table, per_shard_table, reason_counts
 from lpt_assets.partitions import shards
+from lpt_assets.versions import code_versions
 from lpt_resources.storage import ParquetStore
 
 
@@ -52,9 +52,10 @@ def training_prompts(items: list[PresentedMCQ], captions: list[Caption]) -> dict
 
 
 def build_curation_assets(config: PipelineConfig) -> list[AssetsDefinition]:
+    versions = code_versions(config)
     common = dict(partitions_def=shards, backfill_policy=BackfillPolicy.single_run(), group_name="curate", kinds={"parquet"})
 
-    @asset(code_version=f"{config.verify.version}-{stable_id(config.verify.fingerprint())[:12]}", deps=["long_cots"], **common)
+    @asset(code_version=versions["verified"], deps=["long_cots"], **common)
     def verified(context: AssetExecutionContext, store: ParquetStore) -> MaterializeResult:
         """Every short and long CoT graded strictly, labelled, filtered for leaks, truncation and
         duplicates (with the reason kept), and tagged with cognitive behaviours."""
@@ -71,6 +72,7 @@ def build_curation_assets(config: PipelineConfig) -> list[AssetsDefinition]:
             rows += shard_rows
             per_shard.append({"shard": key, "traces": len(shard_rows), "kept": sum(r.kept for r in shard_rows)})
         kept = [r for r in rows if r.kept]
+        drops = reason_counts(r.drop_reason for r in rows)
         behaviours = Counter()
         for r in kept:
             if r.kind == "long":
@@ -82,20 +84,20 @@ def build_curation_assets(config: PipelineConfig) -> list[AssetsDefinition]:
                 "accuracy_short": accuracy(rows, "short"),
                 "accuracy_long": accuracy(rows, "long"),
                 "labels": MetadataValue.json(dict(Counter(r.label.value for r in kept if r.label))),
-                "drop_reasons": MetadataValue.json(reason_counts(r.drop_reason for r in rows)),
+                "drop_reasons": markdown_table([{"reason": k, "rows": v} for k, v in drops.items()], limit=50),
+                "drop_reasons_chart": bar_chart(drops, "verified: dropped traces by reason", "traces"),
+                "mean_response_tokens_kept": round(sum(r.response_tokens for r in kept) / max(len(kept), 1), 1),
                 "behaviours_in_long_cots": MetadataValue.json(dict(behaviours)),
                 "per_shard": per_shard_table(per_shard),
                 "sample_rows": markdown_table([{"label": r.label.value if r.label else None, "response": r.response} for r in kept if r.kind == "long"] or [{"response": r.response} for r in kept]),
             }
         )
 
-    select_version = f"{config.select.version}-{stable_id(config.select.fingerprint())[:12]}"
-
     def _inputs(store: ParquetStore, key: str) -> tuple[list[Verified], dict[str, TrainingPrompt]]:
         prompts = training_prompts(store.read("mcqs", key, PresentedMCQ), store.read("captions", key, Caption))
         return store.read("verified", key, Verified), prompts
 
-    @asset(code_version=select_version, deps=[verified], **common)
+    @asset(code_version=versions["sft_samples"], deps=[verified], **common)
     def sft_samples(context: AssetExecutionContext, store: ParquetStore) -> MaterializeResult:
         """Correct short CoTs, correct extensions and self-corrections, about half X_O, with a
         length-weighted seeded subsample per MCQ."""
@@ -112,7 +114,7 @@ def build_curation_assets(config: PipelineConfig) -> list[AssetsDefinition]:
             }
         )
 
-    @asset(code_version=select_version, deps=[verified], **common)
+    @asset(code_version=versions["dpo_pairs"], deps=[verified], **common)
     def dpo_pairs(context: AssetExecutionContext, store: ParquetStore) -> MaterializeResult:
         """Typed preference pairs per MCQ: correctness pairs and compactness pairs (O > O_O)."""
         rows: list[DpoPair] = []
@@ -124,6 +126,7 @@ def build_curation_assets(config: PipelineConfig) -> list[AssetsDefinition]:
             metadata={
                 "rows_out": len(rows),
                 "pair_types": MetadataValue.json(dict(Counter(r.pair_type.value for r in rows))),
+                "pair_types_chart": bar_chart(Counter(r.pair_type.value for r in rows), "DPO pairs by type", "pairs"),
                 "sample_rows": markdown_table([{"type": r.pair_type.value, "chosen": r.chosen, "rejected": r.rejected} for r in rows]),
             }
         )

@@ -14,24 +14,29 @@ from dagster import (
     asset,
 )
 
-from lpt.config import EngineSettings, PipelineConfig, StageConfig
+from lpt.config import PipelineConfig
 from lpt.parse import mcq_json_schema
 from lpt.prompts import ask_prompt, think_answer_regex, think_prompt
-from lpt.records import Caption, LongCot, PresentedMCQ, Quarantined, SimpleCot, stable_id
+from lpt.records import Caption, LongCot, PresentedMCQ, Quarantined, SimpleCot
 from lpt.stages import long_cot, mcqs_from_response, plan_continuations, simple_cot_id
+from lpt_assets.executors import gpu_op_tags
 from lpt_assets.generation import GenerationStats, generate, to_request
-from lpt_assets.metadata import drop_metadata, markdown_table, per_shard_table
+from lpt_assets.metadata import drop_metadata, histogram, markdown_table, per_shard_table
 from lpt_assets.partitions import shards
-from lpt_resources.engines.base import Engine
+from lpt_assets.versions import code_versions
+from lpt_resources.engines.base import Engine, GenerationResult
 from lpt_resources.engines.resource import EngineResource
 from lpt_resources.storage import ParquetStore
 
 GPU_POOL = "gpu"
 
 
-def stage_version(stage: StageConfig, engine: EngineSettings) -> str:
-    """Prompt, sampling and model together: any change marks exactly this stage stale."""
-    return f"{stage.version}-{stable_id(stage.fingerprint(), engine.output_identity())[:12]}"
+def refused_by_engine(stage: str, item_id: str, result: GenerationResult) -> Quarantined:
+    """A request the engine refused for its own content (too long, say): the row is kept out
+    with the engine's words, and the rest of the shard goes on."""
+    if result.error:
+        return Quarantined(stage=stage, item_id=item_id, reason="engine_refused", detail=result.error)
+    return Quarantined(stage=stage, item_id=item_id, reason="no_output", detail="the engine returned no completion")
 
 
 def _read_all(store: ParquetStore, asset_name: str, keys: list[str], model):
@@ -51,13 +56,16 @@ def _vlm_mode(engine: Engine, stand_in_allowed: bool) -> bool:
 
 
 def build_generation_assets(config: PipelineConfig) -> list[AssetsDefinition]:
+    versions = code_versions(config)
+
     @asset(
         partitions_def=shards,
         backfill_policy=BackfillPolicy.single_run(),
-        code_version=stage_version(config.ask, config.engines.ask),
+        code_version=versions["mcqs"],
         group_name="generate",
         deps=["captions"],
         pool=GPU_POOL,
+        op_tags=gpu_op_tags(),
         kinds={"parquet"},
     )
     def mcqs(context: AssetExecutionContext, store: ParquetStore, ask_engine: EngineResource) -> MaterializeResult:
@@ -74,7 +82,7 @@ def build_generation_assets(config: PipelineConfig) -> list[AssetsDefinition]:
         for caption, result in zip(captions, results, strict=True):
             shard = shard_of[caption.image_id]
             if result.error or not result.completions:
-                bad[shard].append(Quarantined(stage="mcqs", item_id=caption.image_id, reason="engine_error", detail=result.error or "no output"))
+                bad[shard].append(refused_by_engine("mcqs", caption.image_id, result))
                 continue
             completion = result.completions[0]
             items, refused = mcqs_from_response(caption, completion.text, completion.finish_reason, config.ask)
@@ -106,10 +114,11 @@ def build_generation_assets(config: PipelineConfig) -> list[AssetsDefinition]:
     @asset(
         partitions_def=shards,
         backfill_policy=BackfillPolicy.single_run(),
-        code_version=stage_version(config.think, config.engines.vlm),
+        code_version=versions["simple_cots"],
         group_name="generate",
         deps=[mcqs],
         pool=GPU_POOL,
+        op_tags=gpu_op_tags(),
         kinds={"parquet"},
     )
     def simple_cots(context: AssetExecutionContext, store: ParquetStore, vlm_engine: EngineResource) -> MaterializeResult:
@@ -131,7 +140,10 @@ def build_generation_assets(config: PipelineConfig) -> list[AssetsDefinition]:
         ]
         results, stats = generate(vlm_engine, requests, cache_base=store.base)
         out: dict[str, list[SimpleCot]] = defaultdict(list)
+        bad: dict[str, list[Quarantined]] = defaultdict(list)
         for (key, item), request, result in zip(work, requests, results, strict=True):
+            if result.error or not result.completions:
+                bad[key].append(refused_by_engine("simple_cots", item.mcq.mcq_id, result))
             for index, completion in enumerate(result.completions):
                 out[key].append(
                     SimpleCot(
@@ -149,6 +161,7 @@ def build_generation_assets(config: PipelineConfig) -> list[AssetsDefinition]:
                 )
         for key in keys:
             store.write("simple_cots", key, out[key], SimpleCot)
+            store.write("simple_cots_quarantine", key, bad[key], Quarantined)
         cots = [c for key in keys for c in out[key]]
         return MaterializeResult(
             metadata={
@@ -157,6 +170,7 @@ def build_generation_assets(config: PipelineConfig) -> list[AssetsDefinition]:
                 "rows_in": len(work),
                 "rows_out": len(cots),
                 "truncated": sum(c.finish_reason == "length" for c in cots),
+                **drop_metadata([q for key in keys for q in bad[key]]),
                 **stats.metadata(),
                 "engine": MetadataValue.json(vlm_engine.describe()),
                 "per_shard": per_shard_table([{"shard": k, "mcqs": len(items_by_shard[k]), "short_cots": len(out[k])} for k in keys]),
@@ -167,10 +181,11 @@ def build_generation_assets(config: PipelineConfig) -> list[AssetsDefinition]:
     @asset(
         partitions_def=shards,
         backfill_policy=BackfillPolicy.single_run(),
-        code_version=stage_version(config.think_harder, config.engines.reasoner),
+        code_version=versions["long_cots"],
         group_name="generate",
         deps=[simple_cots],
         pool=GPU_POOL,
+        op_tags=gpu_op_tags(),
         kinds={"parquet"},
     )
     def long_cots(context: AssetExecutionContext, store: ParquetStore, reasoner_engine: EngineResource) -> MaterializeResult:
@@ -194,7 +209,10 @@ def build_generation_assets(config: PipelineConfig) -> list[AssetsDefinition]:
         results, stats = generate(reasoner_engine, requests, cache_base=store.base)
         finished: dict[tuple[int, int], LongCot] = {}
         retry_work: list[tuple[int, int]] = []
+        bad: dict[str, list[Quarantined]] = defaultdict(list)
         for plan_index, (plan, result) in enumerate(zip(plans, results, strict=True)):
+            if result.error or not result.completions:
+                bad[shard_of[plan.cot.cot_id]].append(refused_by_engine("long_cots", plan.cot.cot_id, result))
             for slot, completion in enumerate(result.completions):
                 sample_index = plan.sample_indices[slot]
                 if completion.finish_reason == "length" and cfg.retry_max_tokens > cfg.sampling.max_tokens:
@@ -222,6 +240,7 @@ def build_generation_assets(config: PipelineConfig) -> list[AssetsDefinition]:
             out[shard_of[plans[plan_index].cot.cot_id]].append(row)
         for key in keys:
             store.write("long_cots", key, out[key], LongCot)
+            store.write("long_cots_quarantine", key, bad[key], Quarantined)
         rows = [r for key in keys for r in out[key]]
         total: GenerationStats = stats.add(retry_stats)
         return MaterializeResult(
@@ -230,7 +249,10 @@ def build_generation_assets(config: PipelineConfig) -> list[AssetsDefinition]:
                 "rows_out": len(rows),
                 "retried_truncated": len(retry_work),
                 "still_truncated": sum(r.finish_reason == "length" for r in rows),
+                **drop_metadata([q for key in keys for q in bad[key]]),
                 "cues": MetadataValue.json(dict(Counter(r.cue for r in rows))),
+                "mean_continuation_tokens": round(sum(r.completion_tokens for r in rows) / max(len(rows), 1), 1),
+                "continuation_tokens": histogram([r.completion_tokens for r in rows], "long-CoT continuation length", "tokens"),
                 **total.metadata(),
                 "engine": MetadataValue.json(reasoner_engine.describe()),
                 "per_shard": per_shard_table([{"shard": k, "short_cots": len(shorts_by_shard[k]), "long_cots": len(out[k])} for k in keys]),

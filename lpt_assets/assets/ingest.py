@@ -11,12 +11,13 @@ from lpt_resources.captions.validate import CaptionLimits, check_shard
 from lpt_resources.storage import ParquetStore
 
 LIMITS = CaptionLimits()
+CAPTIONS_VERSION = f"captions-3-{stable_id(LIMITS.model_dump_json())[:8]}"  # bump when validate.py's rules change
 
 
 @asset(
     partitions_def=shards,
     backfill_policy=BackfillPolicy.single_run(),
-    code_version=f"captions-1-{stable_id(LIMITS.model_dump_json())[:8]}",
+    code_version=CAPTIONS_VERSION,
     group_name="ingest",
     kinds={"parquet"},
 )
@@ -39,6 +40,9 @@ def captions(context: AssetExecutionContext, store: ParquetStore) -> Materialize
             "rows_out": len(kept),
             **drop_metadata(quarantined),
             "per_shard": per_shard_table(per_shard),
+            "quarantined_rows": markdown_table(
+                [{"item_id": q.item_id, "reason": q.reason, "detail": q.detail} for q in quarantined], limit=20
+            ),
             "sample_rows": markdown_table(
                 [{"image_id": c.image_id, "size": f"{c.width}x{c.height}", "description": c.description} for c in kept]
             ),

@@ -6,14 +6,21 @@ in a sensor:
     sample                                  the bundled photos (ship inside scikit-image)
     docci:/data/docci?split=train&limit=500 DOCCI: docci_descriptions.jsonlines + images/
     manifest:/data/new/batch-07.jsonl       JSONL or Parquet rows: image (path), description[, image_id]
+                                            (paths stay inside the manifest's folder or `root=`;
+                                            URLs only with `allow_urls=true`)
     hf:org/name?split=train&image=img&description=caption&id=key   a `datasets` dataset (hub id or path)
 
 Shards are fixed, deterministic groups of items (sorted by image id), keyed
 `{source}-{split}-{index:05d}`; registering the same source again yields the same shards.
+
+A row that cannot be read at all (bad JSON, bytes that are not UTF-8, a URL where only paths
+are allowed, a repeated image id) still becomes an item, with `error` set to
+"reason_code: detail", so it reaches the quarantine instead of failing the whole file.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import io
 import json
@@ -27,6 +34,7 @@ from urllib.parse import parse_qsl
 import fsspec
 
 from lpt.records import Record
+from lpt_resources.captions.validate import invalid_utf8, is_url, mark_duplicates, path_escape_problem, printable
 
 SAMPLE_CAPTIONS = Path(__file__).resolve().parent / "sample" / "captions.jsonl"
 DEFAULT_SHARD_SIZE = 64
@@ -40,7 +48,8 @@ class ShardItem(Record):
     split: str
     image_ref: str  # local path or fsspec URL of the image file
     description: str
-    error: str | None = None  # why the row could not even be read, kept for the quarantine
+    error: str | None = None  # "reason_code: detail" when the row could not even be read
+    root: str = ""  # the folder the image file must really be in (symlinks resolved); "" unchecked
 
 
 class SourceSpec(Record):
@@ -88,11 +97,12 @@ def read_items(spec: SourceSpec, image_root: str) -> list[ShardItem]:
         # The paper's selection: a seeded shuffle of the sorted ids, then the first N.
         random.Random(int(spec.options.get("seed", 0))).shuffle(items)
         items = sorted(items[: int(limit)], key=lambda item: item.image_id)
-    return items
+    return mark_duplicates(items)
 
 
 def shard(spec: SourceSpec, items: list[ShardItem]) -> dict[str, list[ShardItem]]:
     split = spec.options.get("split", items[0].split if items else "all")
+    split = re.sub(r"[^A-Za-z0-9_]+", "-", split).strip("-") or "all"  # keys name files: no `/`, no `..`
     size = spec.shard_size
     return {
         f"{spec.name}-{split}-{index:05d}": items[start : start + size]
@@ -101,6 +111,7 @@ def shard(spec: SourceSpec, items: list[ShardItem]) -> dict[str, list[ShardItem]
 
 
 def _bad_row(spec: SourceSpec, index: int, reason: str) -> ShardItem:
+    """An item for a row we could not read; `reason` is "code: detail"."""
     return ShardItem(
         image_id=f"{spec.name}-row-{index:06d}",
         source=spec.name,
@@ -108,6 +119,40 @@ def _bad_row(spec: SourceSpec, index: int, reason: str) -> ShardItem:
         image_ref="",
         description="",
         error=reason,
+    )
+
+
+def _decode(raw: bytes) -> Any:
+    """A JSON line whose bytes need not all be UTF-8: bad bytes inside a string survive as
+    surrogates, so the row is still read and only that field is refused."""
+    return json.loads(raw.decode("utf-8", "surrogateescape"))
+
+
+def _row_item(
+    spec: SourceSpec,
+    index: int,
+    image_id: str,
+    image_ref: str,
+    description: str,
+    split: str,
+    root: str,
+    problem: str | None = None,
+) -> ShardItem:
+    """One readable row as an item (refused with `problem` when given); fields with bytes that
+    are not UTF-8 make it a bad row."""
+    for field, value in (("image id", image_id), ("image path", image_ref)):
+        where = invalid_utf8(value)
+        if where is not None:
+            return _bad_row(spec, index, f"unreadable_row: the {field} is not valid UTF-8 ({where})")
+    where = invalid_utf8(description)
+    return ShardItem(
+        image_id=image_id,
+        source=spec.name,
+        split=split,
+        image_ref=image_ref,
+        description=printable(description),
+        error=problem or (None if where is None else f"non_utf8_description: not valid UTF-8 ({where})"),
+        root=root,
     )
 
 
@@ -135,23 +180,29 @@ def _docci(spec: SourceSpec, image_root: str) -> Iterator[ShardItem]:
     with fsspec.open(f"{root}/docci_descriptions.jsonlines", "rb") as handle:
         for index, raw in enumerate(handle):
             try:
-                row = json.loads(raw.decode("utf-8"))
+                row = _decode(raw)
                 if row["split"] != split:
                     continue
-                yield ShardItem(
-                    image_id=str(row["example_id"]),
-                    source=spec.name,
-                    split=split,
-                    image_ref=f"{root}/images/{row['image_file']}",
-                    description=row["description"],
+                if not isinstance(row["image_file"], str) or not isinstance(row["description"], str):
+                    raise TypeError("image_file and description must be strings")
+                ref, images = f"{root}/images/{row['image_file']}", f"{root}/images"
+                yield _row_item(
+                    spec, index, str(row["example_id"]), ref, row["description"], split, root=images,
+                    problem=path_escape_problem(ref, images),
                 )
-            except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as error:
-                yield _bad_row(spec, index, f"unreadable row: {type(error).__name__}: {error}")
+            except (json.JSONDecodeError, KeyError, TypeError) as error:
+                yield _bad_row(spec, index, f"unreadable_row: {type(error).__name__}: {error}")
 
 
 def _manifest(spec: SourceSpec, image_root: str) -> Iterator[ShardItem]:
+    """Image paths are relative to the manifest (or absolute) and must stay inside its folder,
+    or inside `root=` when given, also once symlinks are resolved (unless `allow_symlinks=true`,
+    for a folder of links into another disk); URLs are refused unless `allow_urls=true`."""
     location = spec.location
     folder = location.rsplit("/", 1)[0] if "/" in location else "."
+    root = spec.options.get("root", folder)
+    allow_urls = spec.options.get("allow_urls", "false").lower() in {"1", "true", "yes"}
+    allow_symlinks = spec.options.get("allow_symlinks", "false").lower() in {"1", "true", "yes"}
     image_key = spec.options.get("image", "image")
     text_key = spec.options.get("description", "description")
     id_key = spec.options.get("id", "image_id")
@@ -163,37 +214,60 @@ def _manifest(spec: SourceSpec, image_root: str) -> Iterator[ShardItem]:
         image = row.get(image_key)
         description = row.get(text_key)
         if not isinstance(image, str) or not isinstance(description, str):
-            yield _bad_row(spec, index, f"row lacks string fields {image_key!r} and {text_key!r}")
+            yield _bad_row(spec, index, f"unreadable_row: row lacks string fields {image_key!r} and {text_key!r}")
             continue
-        ref = image if "://" in image or image.startswith("/") else f"{folder}/{image}"
-        yield ShardItem(
-            image_id=str(row.get(id_key) or Path(image).stem),
-            source=spec.name,
-            split=split,
-            image_ref=ref,
-            description=description,
-        )
+        image_id = str(row.get(id_key) or Path(image).stem)
+        if is_url(image):
+            refused = None if allow_urls else f"url_not_allowed: {image} (paths only; add allow_urls=true)"
+            yield _row_item(spec, index, image_id, image, description, split, root="", problem=refused)
+            continue
+        ref = image if image.startswith("/") else f"{folder}/{image}"
+        yield _row_item(spec, index, image_id, ref, description, split, root="" if allow_symlinks else root,
+                        problem=path_escape_problem(ref, root))
 
 
 def _manifest_rows(location: str) -> Iterator[tuple[int, dict[str, Any] | str]]:
     """Rows of a JSONL or Parquet manifest; an unreadable line yields its reason instead."""
     if location.endswith(".parquet"):
-        import polars as pl
+        import pyarrow as pa
+        import pyarrow.parquet as pq
 
         with fsspec.open(location, "rb") as handle:
-            frame = pl.read_parquet(io.BytesIO(handle.read()))
-        yield from enumerate(frame.to_dicts())
+            table = pq.read_table(io.BytesIO(handle.read()))
+        # Text columns are read as bytes and decoded per row, so one value that is not UTF-8
+        # refuses its row, not the file (polars would reject the whole file).
+        columns = {}
+        for name in table.column_names:
+            column = table.column(name)
+            if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+                columns[name] = [
+                    None if v is None else v.decode("utf-8", "surrogateescape")
+                    for v in column.cast(pa.large_binary()).to_pylist()
+                ]
+            else:
+                columns[name] = column.to_pylist()
+        for index in range(table.num_rows):
+            yield index, {name: values[index] for name, values in columns.items()}
         return
     with fsspec.open(location, "rb") as handle:
         for index, raw in enumerate(handle):
             if not raw.strip():
                 continue
             try:
-                row = json.loads(raw.decode("utf-8"))
-            except (UnicodeDecodeError, json.JSONDecodeError) as error:
-                yield index, f"unreadable line: {type(error).__name__}: {error}"
+                row = _decode(raw)
+            except json.JSONDecodeError as error:
+                yield index, f"unreadable_row: line {index + 1} is not JSON: {error}"
                 continue
-            yield index, row if isinstance(row, dict) else "line is not a JSON object"
+            yield index, row if isinstance(row, dict) else f"unreadable_row: line {index + 1} is not a JSON object"
+
+
+def _file_name(image_id: str) -> str:
+    """A file name for an id: the id itself when it is plain, else a cleaned form plus a hash,
+    so "a/b" and "a_b" never share a file and no id can name a path outside the folder."""
+    clean = re.sub(r"[^A-Za-z0-9._-]+", "_", image_id)[:100].lstrip(".")
+    if clean == image_id:
+        return clean
+    return f"{clean}-{hashlib.sha256(image_id.encode('utf-8', 'surrogatepass')).hexdigest()[:12]}"
 
 
 def _hf(spec: SourceSpec, image_root: str) -> Iterator[ShardItem]:
@@ -220,7 +294,7 @@ def _hf(spec: SourceSpec, image_root: str) -> Iterator[ShardItem]:
         if isinstance(image, str):
             ref = image
         elif image is not None and hasattr(image, "save"):
-            ref = f"{folder}/{re.sub(r'[^A-Za-z0-9._-]+', '_', image_id)}.png"
+            ref = f"{folder}/{_file_name(image_id)}.png"
             if not fs.exists(ref):
                 buffer = io.BytesIO()
                 image.save(buffer, format="PNG")

@@ -77,6 +77,15 @@ class GenerationResult(BaseModel):
     prompt_tokens: int
     completions: list[Completion] = Field(default_factory=list)  # n of them, in sample order
     error: str | None = None  # set when the request failed as a whole; completions is empty
+    # Who failed: "request" when this request's own content cannot be served (too long for the
+    # model, an unreadable image, a 400 from the server) and the row is refused; "engine" (or
+    # unset) when the engine, server or its config failed and a rerun may succeed.
+    error_kind: Literal["request", "engine"] | None = None
+
+    @property
+    def refused(self) -> bool:
+        """The request itself cannot be served: quarantine it rather than fail the stage."""
+        return self.error is not None and self.error_kind == "request"
 
 
 class EngineStats(BaseModel):

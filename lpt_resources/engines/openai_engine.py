@@ -103,6 +103,15 @@ def _retryable(exc: BaseException) -> bool:
     return isinstance(exc, httpx2.TransportError)
 
 
+def _refused_by_server(exc: BaseException) -> bool:
+    """The server judged this request unservable (too long for the context, a schema it cannot
+    compile, an image it cannot read): 400, 413 or 422. Auth, unknown-model and rate errors
+    are the deployment's, not the request's."""
+    import openai
+
+    return isinstance(exc, openai.APIStatusError) and exc.status_code in (400, 413, 422)
+
+
 def _retry_after(exc: BaseException | None) -> float | None:
     """Seconds asked for by a `Retry-After` / `retry-after-ms` header, if any."""
     response = getattr(exc, "response", None)
@@ -329,8 +338,10 @@ class OpenAIEngine(Engine):
                 self._check_supported(req)
                 image_url = await asyncio.to_thread(_image_data_url, req.image, req.image_max_side) if req.image else None
                 base = self._request_kwargs(req, image_url)
-            except Exception as exc:  # noqa: BLE001 - a bad request must not sink the batch
-                return self._failed(req, 0, exc, key), 0, 0
+            except RequestNotSupported as exc:  # the engine's config, not this request
+                return self._failed(req, 0, exc, key, kind="engine"), 0, 0
+            except Exception as exc:  # noqa: BLE001 - a bad request (its image) must not sink the batch
+                return self._failed(req, 0, exc, key, kind="request"), 0, 0
 
             n = req.sampling.n
             completions: list[Completion] = []
@@ -355,14 +366,17 @@ class OpenAIEngine(Engine):
                     if prompt_tokens is None:
                         prompt_tokens = p_tokens
             except Exception as exc:  # noqa: BLE001 - reported on this request only
-                return self._failed(req, prompt_tokens or 0, exc, key), billed_prompt, billed_completion
+                kind = "request" if _refused_by_server(exc) else "engine"
+                return self._failed(req, prompt_tokens or 0, exc, key, kind=kind), billed_prompt, billed_completion
             result = GenerationResult(request_id=req.request_id, prompt_tokens=prompt_tokens or 0, completions=completions)
             return result, billed_prompt, billed_completion
 
-    def _failed(self, req: GenerationRequest, prompt_tokens: int, exc: BaseException, key: str) -> GenerationResult:
+    def _failed(
+        self, req: GenerationRequest, prompt_tokens: int, exc: BaseException, key: str, *, kind: Literal["request", "engine"]
+    ) -> GenerationResult:
         msg = self._redact(_describe(exc), key)
         log.warning("request %s failed: %s", req.request_id, msg)
-        return GenerationResult(request_id=req.request_id, prompt_tokens=prompt_tokens, error=msg)
+        return GenerationResult(request_id=req.request_id, prompt_tokens=prompt_tokens, error=msg, error_kind=kind)
 
     async def _call(
         self, client: Any, key: str, http_slots: asyncio.Semaphore, request_id: str, kwargs: dict[str, Any]

@@ -26,6 +26,8 @@ class EngineResource(ConfigurableResource):
     api_key_env: str = "OPENAI_API_KEY"
     max_concurrency: int = 32
     timeout_s: float = 120.0
+    max_retries: int = 6
+    backoff_initial_s: float = 1.0
     supports_images: bool = False
     price_input_per_million: float | None = None
     price_output_per_million: float | None = None
@@ -73,6 +75,8 @@ class EngineResource(ConfigurableResource):
                 server_kind=self.server_kind,
                 max_concurrency=self.max_concurrency,
                 timeout_s=self.timeout_s,
+                max_retries=self.max_retries,
+                backoff_initial_s=self.backoff_initial_s,
                 supports_images=self.supports_images,
                 prices={"input": self.price_input_per_million, "output": self.price_output_per_million}
                 if priced

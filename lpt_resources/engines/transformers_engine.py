@@ -19,6 +19,7 @@ import importlib.util
 import io
 import json
 import logging
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -413,8 +414,13 @@ class TransformersEngine(Engine):
 
     # ---- prompt building
 
-    def _chat(self, req: GenerationRequest, with_image: bool) -> list[dict[str, Any]]:
-        messages: list[dict[str, Any]] = [{"role": m.role, "content": m.content} for m in req.messages]
+    def _chat(
+        self, req: GenerationRequest, with_image: bool, contents: list[str] | None = None
+    ) -> list[dict[str, Any]]:
+        """Chat messages for the template; `contents` stands in for the messages' texts (the
+        pre-fill last), as `_encode` does to find where each text lands."""
+        texts = contents or [m.content for m in req.messages] + ([req.prefill] if req.prefill is not None else [])
+        messages: list[dict[str, Any]] = [{"role": m.role, "content": t} for m, t in zip(req.messages, texts)]
         if with_image:
             last_user = max(i for i, m in enumerate(messages) if m["role"] == "user")
             messages[last_user]["content"] = [
@@ -422,14 +428,16 @@ class TransformersEngine(Engine):
                 {"type": "text", "text": messages[last_user]["content"]},
             ]
         if req.prefill is not None:
-            messages.append({"role": "assistant", "content": req.prefill})
+            messages.append({"role": "assistant", "content": texts[-1]})
         return messages
 
-    def render_prompt(self, req: GenerationRequest, *, with_image: bool | None = None) -> str:
+    def render_prompt(
+        self, req: GenerationRequest, *, with_image: bool | None = None, contents: list[str] | None = None
+    ) -> str:
         """The prompt text: the chat template with the pre-fill as an unfinished assistant turn."""
         tok = self.handle().tokenizer
         with_image = bool(req.image) if with_image is None else with_image
-        messages = self._chat(req, with_image)
+        messages = self._chat(req, with_image, contents)
         if req.prefill is not None:
             return tok.apply_chat_template(messages, tokenize=False, continue_final_message=True)
         return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
@@ -464,12 +472,32 @@ class TransformersEngine(Engine):
             pixel_values, grid = feats["pixel_values"], feats["image_grid_thw"]
             merge = int(getattr(h.image_processor, "merge_size", 2))
             n_tokens = int(grid[0].prod().item()) // (merge * merge)
-            pad = "<|image_pad|>"
-            if text.count(pad) != 1:
-                raise ValueError(f"expected one {pad} in the rendered prompt, found {text.count(pad)}")
-            text = text.replace(pad, pad * n_tokens)
-        ids = h.tokenizer(text, add_special_tokens=False)["input_ids"]
-        return _Prepared(index, req, list(ids), pixel_values, grid)
+        else:
+            n_tokens = 0
+        return _Prepared(index, req, self._encode(req, text, n_tokens), pixel_values, grid)
+
+    def _encode(self, req: GenerationRequest, text: str, image_tokens: int) -> list[int]:
+        """Token ids of the rendered prompt. Message texts are data: when one holds the text of
+        a special token (a description with `<|im_end|>` in it), only the template's own markup
+        becomes special tokens, and the texts are encoded with special tokens split into plain
+        text, so no input can open or close a turn. Other prompts are encoded whole, as before."""
+        tok = self.handle().tokenizer
+        texts = [m.content for m in req.messages] + ([req.prefill] if req.prefill is not None else [])
+        specials = [t.content for t in tok.added_tokens_decoder.values() if t.special]
+        if not any(s in t for t in texts for s in specials):
+            return list(tok(_expand_image_pad(text, image_tokens), add_special_tokens=False)["input_ids"])
+        marks = [f"\ue000{i}\ue001" if t else "" for i, t in enumerate(texts)]  # "" stays "": templates test it
+        marked = _expand_image_pad(self.render_prompt(req, contents=marks), image_tokens)
+        parts = re.split("(\ue000\\d+\ue001)", marked)
+        if sorted(p for p in parts if p in marks and p) != sorted(m for m in marks if m):
+            raise ValueError("the chat template altered a message holding special-token text; refused")
+        ids: list[int] = []
+        for part in parts:
+            if part and part in marks:
+                ids += tok(texts[marks.index(part)], add_special_tokens=False, split_special_tokens=True)["input_ids"]
+            elif part:
+                ids += tok(part, add_special_tokens=False)["input_ids"]
+        return ids
 
     # ---- generation
 
@@ -483,7 +511,9 @@ class TransformersEngine(Engine):
             try:
                 prepared.append(self._prepare(i, req))
             except Exception as exc:  # noqa: BLE001 - one bad request must not sink the rest
-                results[i] = GenerationResult(request_id=req.request_id, prompt_tokens=0, error=_describe(exc))
+                message = _describe(exc)
+                kind = "engine" if message == "model does not take images" else "request"
+                results[i] = GenerationResult(request_id=req.request_id, prompt_tokens=0, error=message, error_kind=kind)
 
         groups: dict[str, list[_Prepared]] = {}
         for p in prepared:
@@ -513,8 +543,9 @@ class TransformersEngine(Engine):
                     completions[p.index][s] = comp
             for p in group:
                 if p.index in failed:
-                    results[p.index] = GenerationResult(
-                        request_id=p.request.request_id, prompt_tokens=len(p.input_ids), error=failed[p.index]
+                    results[p.index] = GenerationResult(  # it failed alone, while its batch ran
+                        request_id=p.request.request_id, prompt_tokens=len(p.input_ids), error=failed[p.index],
+                        error_kind="request",
                     )
                 else:
                     comps = completions[p.index]
@@ -701,6 +732,16 @@ class TransformersEngine(Engine):
             else:
                 lo = mid + 1
         return lo
+
+
+def _expand_image_pad(text: str, image_tokens: int) -> str:
+    """Qwen2.5-VL's one `<|image_pad|>` becomes one per image token (none without an image)."""
+    if not image_tokens:
+        return text
+    pad = "<|image_pad|>"
+    if text.count(pad) != 1:
+        raise ValueError(f"expected one {pad} in the rendered prompt, found {text.count(pad)}")
+    return text.replace(pad, pad * image_tokens)
 
 
 def _describe(exc: BaseException) -> str:

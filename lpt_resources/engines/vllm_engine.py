@@ -64,7 +64,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from .base import (
     banned_word_variants,
@@ -171,6 +171,7 @@ class _Sample:
 class _Raw:
     index: int
     error: str | None = None
+    error_kind: Literal["request", "engine"] = "engine"  # see GenerationResult.error_kind
     prompt: str | None = None
     prompt_tokens: int = 0
     samples: list[_Sample] = field(default_factory=list)
@@ -260,8 +261,8 @@ def _run_enqueued(llm: Any, items: list[_Item]) -> list[_Raw]:
             params = _sampling_params(item)
             ids = llm.enqueue_chat([item.messages], params, use_tqdm=False, **_chat_flags(item))
             queued[ids[0]] = item.index
-        except Exception as exc:  # noqa: BLE001 - one bad request must not sink the rest
-            results[item.index] = _Raw(index=item.index, error=_describe(exc))
+        except Exception as exc:  # noqa: BLE001 - one bad request (too long, say) must not sink the rest
+            results[item.index] = _Raw(index=item.index, error=_describe(exc), error_kind="request")
     if queued:
         try:
             outputs = llm.wait_for_completion(use_tqdm=False)
@@ -303,8 +304,8 @@ def _run_chat_groups(llm: Any, items: list[_Item]) -> list[_Raw]:
                 try:
                     out = llm.chat([item.messages], [params], use_tqdm=False, **_chat_flags(item))[0]
                     results[item.index] = _to_raw(item, out)
-                except Exception as exc2:  # noqa: BLE001
-                    results[item.index] = _Raw(index=item.index, error=_describe(exc2))
+                except Exception as exc2:  # noqa: BLE001 - it failed alone
+                    results[item.index] = _Raw(index=item.index, error=_describe(exc2), error_kind="request")
     return [results[it.index] for it in items]
 
 
@@ -675,6 +676,7 @@ class VLLMEngine(Engine):
         self.last_prompts: dict[str, str] = {}
         self._handle: LoadedLLM | None = None
         self._supports_images: bool | None = None
+        self._special_texts: tuple[str, ...] | None = None
 
     # ---- lifecycle
 
@@ -762,9 +764,22 @@ class VLLMEngine(Engine):
             return {"json": req.json_schema, "disable_any_whitespace": JSON_DISABLE_ANY_WHITESPACE}
         return None
 
+    def special_texts(self) -> tuple[str, ...]:
+        """The text of every special token of the model's tokenizer ("<|im_end|>", …)."""
+        if self._special_texts is None:
+            llm = self._handle.llm if self._handle is not None else None
+            self._special_texts = _special_texts(llm.get_tokenizer() if llm is not None else None, self.model)
+        return self._special_texts
+
     def _item(self, index: int, req: GenerationRequest) -> _Item:
         if not req.messages or not any(m.role == "user" for m in req.messages):
             raise ValueError("a request needs at least one user message")
+        texts = [m.content for m in req.messages] + [req.prefill or ""]
+        found = sorted({s for s in self.special_texts() if any(s in t for t in texts)})
+        if found:
+            # vLLM tokenises the rendered chat with special tokens parsed, so this text would
+            # act as chat markup (open or close a turn): the request is refused, not injected.
+            raise ValueError(f"a message holds special-token text {found}; refused as it would act as chat markup")
         image = load_image(req.image, req.image_max_side) if req.image else None
         if image is not None and not self.supports_images:
             raise ValueError("model does not take images")
@@ -792,7 +807,9 @@ class VLLMEngine(Engine):
             try:
                 items.append(self._item(i, req))
             except Exception as exc:  # noqa: BLE001 - one bad request must not sink the rest
-                results[i] = GenerationResult(request_id=req.request_id, prompt_tokens=0, error=_describe(exc))
+                message = _describe(exc)
+                kind = "engine" if message == "model does not take images" else "request"
+                results[i] = GenerationResult(request_id=req.request_id, prompt_tokens=0, error=message, error_kind=kind)
 
         raws: list[_Raw] = []
         if items:
@@ -804,7 +821,7 @@ class VLLMEngine(Engine):
             req = requests[raw.index]
             if raw.error is not None:
                 results[raw.index] = GenerationResult(request_id=req.request_id, prompt_tokens=raw.prompt_tokens,
-                                                      error=raw.error)
+                                                      error=raw.error, error_kind=raw.error_kind)
                 continue
             if self.record_prompts and raw.prompt is not None:
                 self.last_prompts[req.request_id] = raw.prompt
@@ -832,6 +849,19 @@ class VLLMEngine(Engine):
         st.completion_tokens += sum(c.completion_tokens for r in final for c in r.completions)
         st.seconds += time.perf_counter() - t0
         return final
+
+
+def _special_texts(tokenizer: Any, model: str) -> tuple[str, ...]:
+    """Special-token texts from vLLM's tokenizer, or the checkpoint's (data-parallel replicas
+    keep theirs in other processes)."""
+    if tokenizer is None:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(model)
+    decoder = getattr(tokenizer, "added_tokens_decoder", None) or {}
+    texts = {t.content for t in decoder.values() if getattr(t, "special", False)}
+    texts |= set(getattr(tokenizer, "all_special_tokens", None) or ())
+    return tuple(sorted(t for t in texts if t))
 
 
 def _config_is_multimodal(model: str) -> bool:

@@ -180,3 +180,75 @@ def test_grade_never_raises(answer: str | None) -> None:
     assert (verdict.letter is None) == (verdict.reason is not None)
     if answer is not None:
         assert designated_letters(answer, PRESENTATION) <= set(LETTERS)
+
+
+# --------------------------------------------------------------------------- bad shapes
+
+CYRILLIC_VE = "\u0412"  # looks like Latin B
+
+
+@pytest.mark.parametrize(
+    ("answer", "letter", "reason"),
+    [
+        # Compatibility forms read as the letter a person sees (NFKC).
+        ("（Ｂ）", "B", None),
+        ("Ｂ", "B", None),
+        ("ｂ", "B", None),
+        ("Ｂｌｕｅ", "B", None),
+        ("Blue\u00a0", "B", None),  # NBSP
+        # Invisible format and control characters never change a verdict.
+        ("B\u200b", "B", None),  # zero-width space
+        ("\u200dB\u200c", "B", None),  # zero-width joiner / non-joiner
+        ("\u202eB", "B", None),  # right-to-left override
+        ("\u200f(B)\u200e", "B", None),  # RTL / LTR marks
+        ("\ufeffB.", "B", None),  # byte-order mark
+        ("B\x00", "B", None),  # NUL
+        ("(B) Blue\r\n", "B", None),  # CRLF
+        ("**(B)** 😀", "B", None),  # emoji beside a letter
+        ("Ⓑ", "B", None),  # circled letter: NFKC makes it B
+        # Look-alikes from other scripts and letters with marks are other characters.
+        (f"({CYRILLIC_VE})", None, "no_option"),
+        (CYRILLIC_VE, None, "no_option"),
+        ("B\u0301", None, "no_option"),  # B with a combining acute
+        ("😀", None, "no_option"),
+        # Invisible-only answers are blank.
+        ("\u200b\u200d", None, "no_answer"),
+        ("\x00", None, "no_answer"),
+        # Several options, in shapes the earlier grader read as one.
+        ("B. A.", None, "several_options"),
+        ("B) A)", None, "several_options"),
+        ("B. Blue. A. Red.", None, "several_options"),
+        ("Option A or (B)", None, "several_options"),
+        ("(C), A., (C)", None, "several_options"),
+        ("(B) or (a)", None, "several_options"),  # a bracketed lower-case letter is a letter
+        ("（Ａ） or (B)", None, "several_options"),
+        ("B\nA.", None, "several_options"),  # a bare letter alone on the first line counts
+    ],
+)
+def test_unicode_and_several_option_shapes(
+    answer: str, letter: str | None, reason: str | None
+) -> None:
+    verdict = grade(answer, PRESENTATION)
+    assert (verdict.letter, verdict.reason) == (letter, reason)
+    assert verdict.correct == (letter == "B")
+
+
+def test_letters_inside_option_texts_do_not_count_twice() -> None:
+    """An option's own text may look like a letter ("A. Lincoln", "Vitamin C."): written with
+    its own letter, it designates that option only."""
+    presentation = Presentation(
+        option_style="dot",
+        answer_style="dot_letter",
+        options=["Vitamin C", "A. Lincoln", "Zinc", "Iron"],
+        gold_letter="B",
+    )
+    for answer in ("B. A. Lincoln", "(B) A. Lincoln", "A. Lincoln (B)", "A. Lincoln"):
+        assert grade(answer, presentation).letter == "B", answer
+    assert grade("(A) Vitamin C.", presentation).letter == "A"
+    assert grade("A. Lincoln (A)", presentation).reason == "several_options"
+
+
+def test_very_long_answer_is_graded() -> None:
+    """A 100k-character answer (a model stuck in a loop) is read, not refused or choked on."""
+    assert grade("Blue " * 20_000, PRESENTATION).reason == "no_option"
+    assert grade("(B) " + "very " * 20_000, PRESENTATION).letter == "B"

@@ -10,6 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lpt.parse import (
+    MCQ_REASONS,
+    TRACE_ERRORS,
     MCQItem,
     MCQSet,
     canonical_reasoning_type,
@@ -22,7 +24,9 @@ from lpt.parse import (
     strip_option_letters,
     validate_drafts,
 )
-from lpt.records import MCQDraft, stable_id
+from lpt.config import AskConfig
+from lpt.records import Caption, FinishReason, MCQDraft, Quarantined, stable_id
+from lpt.stages import mcqs_from_response
 
 # --------------------------------------------------------------------------- parse_cot
 
@@ -32,11 +36,11 @@ from lpt.records import MCQDraft, stable_id
     [
         (" I see blue.</think>\n<answer>B</answer>", "I see blue.", "B", None),
         ("<think> I see blue.</think><answer> (B) </answer>", "I see blue.", "(B)", None),
-        (
+        (  # an answer inside the reasoning is a second answer: never kept
             "I see <answer>A</answer> blue.</think><answer>B</answer>",
             "I see <answer>A</answer> blue.",
-            "B",
             None,
+            "tag_in_think",
         ),
         ("x</think><answer>B</answer> and again <answer>B</answer>", "x", "B", None),
         ("", None, None, "empty"),
@@ -385,3 +389,245 @@ def test_mcq_parsers_never_raise(text: str) -> None:
 def test_json_parser_never_raises_on_arbitrary_json(value: object) -> None:
     drafts_from_json(json.dumps({"questions": value}))
     drafts_from_json(json.dumps(value))
+
+
+# --------------------------------------------------------------------------- bad shapes: traces
+
+
+@pytest.mark.parametrize(
+    ("text", "think", "answer", "error"),
+    [
+        # No tags, unclosed tags, cut by the token limit.
+        ("The answer is B.", "The answer is B.", None, "no_think_close"),
+        ("I think <answer>B</answer>", "I think <answer>B</answer>", None, "no_think_close"),
+        ("The iris is bl", "The iris is bl", None, "no_think_close"),
+        ("x</think><answer>(B", "x", None, "unclosed_answer"),
+        ("x</think><answer>B</ans", "x", None, "unclosed_answer"),
+        ("x</think>\n<ans", "x", None, "no_answer"),
+        # Tags repeated or misplaced.
+        ("<think><think> x</think><answer>B</answer>", "x", "B", None),
+        ("x <think> y</think><answer>B</answer>", "x <think> y", None, "tag_in_think"),
+        ("x </answer> y</think><answer>B</answer>", "x </answer> y", None, "tag_in_think"),
+        ("x</think></think><answer>B</answer>", "x", "B", None),
+        # Several answers.
+        ("x</think><answer>B</answer><answer>(B)</answer>", "x", None, "multiple_answers"),
+        ("x</think><answer>B</answer>\n<answer>B</answer>", "x", "B", None),
+        # Empty output, empty or invisible answers.
+        ("\u200b\u200d\ufeff", None, None, "empty"),
+        ("\x00", None, None, "empty"),
+        ("x</think><answer>\u200b</answer>", "x", None, "empty_answer"),
+        # Unicode that must pass through unchanged.
+        ("x\r\n</think>\r\n<answer>B</answer>\r\n", "x", "B", None),
+        ("x 😀 \x00 y</think><answer>（Ｂ）</answer>", "x 😀 \x00 y", "（Ｂ）", None),
+        ("x\u00a0</think><answer>\u200fB\u200e</answer>", "x", "\u200fB\u200e", None),
+        # Lone surrogates cannot be stored anywhere: refused before anything else.
+        ("x\ud800</think><answer>B</answer>", None, None, "invalid_unicode"),
+    ],
+)
+def test_trace_bad_shapes(
+    text: str, think: str | None, answer: str | None, error: str | None
+) -> None:
+    parsed = parse_cot(text)
+    assert (parsed.think, parsed.answer, parsed.error) == (think, answer, error)
+    assert error is None or error in TRACE_ERRORS
+
+
+def test_trace_very_long_output() -> None:
+    """100k characters of reasoning parse in one pass; a long loop with no close is refused."""
+    body = "The iris looks blue. " * 5_000
+    parsed = parse_cot(body + "</think><answer>B</answer>")
+    assert (parsed.answer, len(parsed.think or "")) == ("B", len(body.strip()))
+    assert parse_cot(body).error == "no_think_close"
+    assert parse_cot("x</think>" + "<answer>" * 20_000).error == "unclosed_answer"
+
+
+# --------------------------------------------------------------------------- bad shapes: JSON MCQs
+
+
+def test_json_truncated_by_token_limit_keeps_complete_items() -> None:
+    full = json.dumps({"questions": [_item(), _item(question="What is on the mug?"), _item()]})
+    cut = full[: full.rindex('"answer_letter"')]  # the third item is cut mid-way
+    drafts, errors = drafts_from_json(cut)
+    assert [d.question for d in drafts] == ["What colour is the mug?", "What is on the mug?"]
+    assert errors == ["truncated_json"]
+    assert drafts_from_json(full[:20]) == ([], ["no_json"])  # cut before any complete item
+
+
+@pytest.mark.parametrize(
+    ("item", "error"),
+    [
+        (_item(options=["Red", "Blue", "Green"]), "invalid_item:0:options"),
+        (_item(options=["Red", "Blue", "Green", "Black", "White"]), "invalid_item:0:options"),
+        (_item(options=["Red", 2, "Green", "Black"]), "invalid_item:0:options.1"),
+        (_item(options=["Red", "", "Green", "Black"]), "invalid_item:0:options.1"),
+        (_item(options="Red, Blue, Green, Black"), "invalid_item:0:options"),
+        (_item(answer_letter="E"), "invalid_item:0:answer_letter"),
+        (_item(answer_letter="b"), "invalid_item:0:answer_letter"),
+        (_item(answer_letter=2), "invalid_item:0:answer_letter"),
+        (_item(question="Why?"), "invalid_item:0:question"),
+        (_item(question=None), "invalid_item:0:question"),
+        (_item(reasoning_type="vibes"), "invalid_item:0:reasoning_type"),
+        ({k: v for k, v in _item().items() if k != "options"}, "invalid_item:0:options"),
+        (["not", "an", "object"], "invalid_item:0:item"),
+        (_item(question="What colour is the mug\ud800?"), "invalid_item:0:question"),  # "\ud800"
+    ],
+)
+def test_json_schema_violations(item: Any, error: str) -> None:
+    assert drafts_from_json(json.dumps({"questions": [item]})) == ([], [error])
+
+
+@pytest.mark.parametrize(
+    ("text", "error"),
+    [
+        ("", "no_json"),
+        ("{'questions': []}", "no_json"),  # Python, not JSON
+        ('{"questions": [{"question": "What colour is the mug?",}]}', "no_json"),
+        ("[" * 100_000, "no_json"),  # degenerate repetition
+        ('{"a": [1, ' * 20_000, "no_json"),
+        ('{"questions": [' + "x" * 100_000, "no_json"),
+        ('{"questions": {"q": 1}}', "no_questions"),
+        ('{"questions": "x"}\ud800', "invalid_unicode"),  # a raw lone surrogate
+    ],
+)
+def test_json_broken(text: str, error: str) -> None:
+    assert drafts_from_json(text) == ([], [error])
+
+
+@pytest.mark.parametrize(
+    ("options", "reason"),
+    [
+        (["Red", "Ｂｌｕｅ", "Green", "Blue"], "duplicate_options"),  # full-width twin
+        (["Red", "Bl\u200bue", "Green", "Blue"], "duplicate_options"),  # zero-width inside
+        (["Red", "Blue\u00a0", "Green", "Blue"], "duplicate_options"),  # NBSP
+        (["Red", "Cafe\u0301", "Green", "Café"], "duplicate_options"),  # decomposed twin
+        (["Red", "\u200b", "Green", "Blue"], "empty_field"),
+        (["Red", "B\u0412ue", "Green", "Black"], None),  # Cyrillic look-alike: distinct text
+    ],
+)
+def test_validation_reads_unicode_as_seen(options: list[str], reason: str | None) -> None:
+    """Options that only differ in compatibility forms or invisible characters are the same
+    option. Look-alikes from other scripts are not detected: they stay distinct options."""
+    kept, quarantined = validate_drafts("img", [_draft(options=options, answer="Green")], 0.9)
+    assert [q.reason for q in quarantined] == ([reason] if reason else [])
+    assert len(kept) == (0 if reason else 1)
+
+
+@pytest.mark.parametrize(
+    ("draft", "reason"),
+    [
+        (_draft(answer="(B) Green"), "ambiguous_answer"),  # the letter and the text disagree
+        (_draft(answer="B or C"), "ambiguous_answer"),
+        (_draft(answer="(B), (C)"), "ambiguous_answer"),
+        (_draft(question="?!\u200b"), "empty_field"),
+        (_draft(question="What colour is the mug\ud800?"), "invalid_unicode"),
+        (_draft(options=["Red", "Blue", "Green\udfff", "Black"]), "invalid_unicode"),
+    ],
+)
+def test_validation_bad_keys_and_text(draft: MCQDraft, reason: str) -> None:
+    kept, quarantined = validate_drafts("img", [draft], 0.9)
+    assert kept == [] and [q.reason for q in quarantined] == [reason]
+    assert reason in MCQ_REASONS and quarantined[0].detail
+    assert quarantined[0].item_id.isascii()
+
+
+def test_validation_resolves_agreeing_letter_and_text() -> None:
+    kept, _ = validate_drafts("img", [_draft(answer="(C) Green"), _draft(answer="c.")], 1.01)
+    assert [m.answer for m in kept] == ["Green"]  # "c." names no option: lower-case, dotted
+
+
+# --------------------------------------------------------------------------- bad shapes: tagged
+
+
+def _block(choices: str, answer: str, question: str = "How many birds are there?") -> str:
+    return f"<question>{question}</question><choices>{choices}</choices><answer>{answer}</answer>"
+
+
+@pytest.mark.parametrize(
+    ("text", "errors", "reasons"),
+    [
+        ("No tags at all.", ["no_questions"], []),
+        ("<question>How many birds are there?<choices>(A) 1 (B) 2", ["missing_question:0"], []),
+        (_block("(A) One (B) Two (C) Three (D) Four", "(E)"), [], ["answer_not_in_options"]),
+        (_block("(A) One (B) Two (C) Three (D) Four", "A or B"), [], ["ambiguous_answer"]),
+        (_block("(A) One (B) Two (C) Three (D) Four", "(B) Three"), [], ["ambiguous_answer"]),
+        (_block("(A) One (B) Two (C) Three", "B"), [], ["option_count"]),
+        (_block("(A) 1 (B) 2 (C) 3 (D) 4 (E) 5", "B"), [], ["option_count"]),
+        (_block("One, Two, Three, Four", "Two"), ["no_options:0"], []),
+        # Full-width letters are not option markers here: the choices cannot be split.
+        (_block("（Ａ） One （Ｂ） Two （Ｃ） Three （Ｄ） Four", "（Ｂ）"), ["no_options:0"], []),
+        (_block("(A) One (B) Two (C) Three (D) Four", "B") + "\ud800", ["invalid_unicode"], []),
+        (_block("(A) One (B) Two (C) Three (D) Four", ""), [], ["empty_field"]),
+    ],
+)
+def test_tagged_bad_shapes(text: str, errors: list[str], reasons: list[str]) -> None:
+    drafts, found = drafts_from_tagged(text)
+    assert found == errors
+    kept, quarantined = validate_drafts("img", drafts, 0.9)
+    assert [q.reason for q in quarantined] == reasons and kept == []
+
+
+def test_tagged_unicode_and_crlf_pass_through() -> None:
+    text = _block("(A) 😀 One\r\n(B) Two\u00a0birds\r\n(C) Three\r\n(D) Four", "(B)\r\n")
+    drafts, errors = drafts_from_tagged(text)
+    kept, quarantined = validate_drafts("img", drafts, 0.9)
+    assert errors == [] and quarantined == []
+    assert kept[0].options == ["😀 One", "Two birds", "Three", "Four"]  # NBSP is spacing
+    assert kept[0].answer == "Two birds"
+    assert drafts_from_tagged(_block("(A) 1 (B) 2 (C) 3 (D) 4", "(B"))[0][0].answer == "2"
+
+
+# --------------------------------------------------------------------------- the ask stage
+
+_CAPTION = Caption(
+    image_id="img1",
+    source="sample",
+    split="train",
+    image_path="/tmp/img1.png",
+    description="Two birds on a wire.",
+    width=8,
+    height=8,
+)
+
+
+def _reasons(refused: list[Quarantined]) -> list[tuple[str, str]]:
+    return [(q.reason, q.detail) for q in refused]
+
+
+def test_ask_keeps_the_expected_formats_reasons_when_the_fallback_finds_nothing() -> None:
+    text = json.dumps({"questions": [_item(options=["Red", "Blue", "Green"])]})
+    items, refused = mcqs_from_response(_CAPTION, text, "stop", AskConfig(structured_output=True))
+    assert items == [] and _reasons(refused) == [("unparsable", "invalid_item:0:options")]
+    tagged = "<question>How many birds are there?</question>"
+    tagged_config = AskConfig(structured_output=False)
+    items, refused = mcqs_from_response(_CAPTION, tagged, "stop", tagged_config)
+    assert items == [] and _reasons(refused) == [("unparsable", "missing_choices:0")]
+
+
+def test_ask_falls_back_to_the_other_format() -> None:
+    tagged = _block("(A) One (B) Two (C) Three (D) Four", "B")
+    items, refused = mcqs_from_response(_CAPTION, tagged, "stop", AskConfig(structured_output=True))
+    assert [i.mcq.answer for i in items] == ["Two"] and refused == []
+
+
+def test_ask_truncated_json_keeps_complete_questions() -> None:
+    full = json.dumps({"questions": [_item(), _item(question="What is on the mug?")]})
+    cut = full[: full.rindex('"reasoning_type"')]
+    items, refused = mcqs_from_response(_CAPTION, cut, "length", AskConfig())
+    assert [i.mcq.question for i in items] == ["What colour is the mug?"]
+    assert [q.reason for q in refused] == ["truncated_response", "unparsable"]
+    assert refused[1].detail == "truncated_json"
+
+
+@pytest.mark.parametrize(
+    ("text", "finish", "reasons"),
+    [
+        ("", "stop", [("unparsable", "no_json")]),
+        ("", "error", [("engine_error", "the engine reported an error for this response")]),
+        ("x\ud800", "stop", [("unparsable", "invalid_unicode")]),
+    ],
+)
+def test_ask_empty_failed_and_unencodable(
+    text: str, finish: FinishReason, reasons: list[tuple[str, str]]
+) -> None:
+    items, refused = mcqs_from_response(_CAPTION, text, finish, AskConfig())
+    assert items == [] and _reasons(refused) == reasons

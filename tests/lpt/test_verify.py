@@ -6,10 +6,11 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
+import polars as pl
 import pytest
 
 from lpt.config import VerifyConfig
-from lpt.records import MCQ, Label, LongCot, Presentation, PresentedMCQ, SimpleCot
+from lpt.records import MCQ, Label, LongCot, Presentation, PresentedMCQ, SimpleCot, Verified
 from lpt.verify import (
     find_leaks,
     render_response,
@@ -18,6 +19,7 @@ from lpt.verify import (
     verify_shard,
     verify_short,
 )
+from lpt_resources.storage import to_frame
 
 CONFIG = VerifyConfig()
 MakeItem = Callable[..., PresentedMCQ]
@@ -310,3 +312,114 @@ def test_shard_over_real_outputs(
     for r in rows:
         if r.kept and styles[r.mcq_id] == "paren_letter":
             assert r.answer in {"(A)", "(B)", "(C)", "(D)"}
+
+
+# --------------------------------------------------------------------------- bad shapes
+
+
+@pytest.mark.parametrize(
+    ("text", "finish", "reason"),
+    [
+        ("The iris is blue.</think><answer>B</answer>", "length", "truncated"),  # cut, complete
+        ("The iris is blue and", "length", "truncated"),
+        ("", "stop", "empty"),
+        ("\u200b\ufeff", "stop", "empty"),
+        ("The answer is (B).", "stop", "no_think_close"),  # no tags at all
+        ("Blue.</think><answer>(B)", "stop", "unclosed_answer"),
+        ("Blue.</think><answer>B</answer><answer>A</answer>", "stop", "multiple_answers"),
+        ("Blue <answer>B</answer>.</think><answer>B</answer>", "stop", "tag_in_think"),
+        ("Blue.</think><answer>(A) or (B)</answer>", "stop", "several_options"),
+        ("Blue.</think><answer>B. A.</answer>", "stop", "several_options"),
+        ("Blue.</think><answer>(\u0412)</answer>", "stop", "no_option"),  # Cyrillic Ve
+        ("Blue.</think><answer>\u200b</answer>", "stop", "empty_answer"),
+        ("Blue\ud800.</think><answer>B</answer>", "stop", "invalid_unicode"),
+    ],
+)
+def test_shard_bad_shapes(
+    make_item: MakeItem, make_short: MakeShort, text: str, finish: str, reason: str
+) -> None:
+    # Ids hash the text in these factories: give odd texts a clean one's id.
+    short = make_short("placeholder", finish_reason=finish).model_copy(update={"text": text})
+    (row,) = verify_shard([make_item()], [short], [], CONFIG)
+    assert (row.kept, row.drop_reason, row.label, row.answer, row.response) == (
+        False,
+        reason,
+        None,
+        None,
+        "",
+    )
+
+
+@pytest.mark.parametrize(
+    ("raw", "answer"),
+    [("（Ｂ）", "(B)"), ("Ｂｌｕｅ", "(B)"), ("\u200fB\u200e", "(B)"), ("B\x00", "(B)")],
+)
+def test_shard_reads_unicode_answers_and_normalises_them(
+    make_item: MakeItem, make_short: MakeShort, raw: str, answer: str
+) -> None:
+    text = f"The iris is blue 😀.\r\n</think>\r\n<answer>{raw}</answer>\r\n"
+    (row,) = verify_shard([make_item()], [make_short(text)], [], CONFIG)
+    assert (row.kept, row.label, row.answer_raw, row.answer) == (True, Label.O, raw, answer)
+    assert row.response == "<think>\nThe iris is blue 😀.\n</think>\n<answer>(B)</answer>"
+
+
+def test_shard_very_long_trace(make_item: MakeItem, make_short: MakeShort) -> None:
+    body = "I look at the iris again. " * 4_000  # about 100k characters
+    short = make_short(body + "</think><answer>B</answer>")
+    (row,) = verify_shard([make_item()], [short], [], CONFIG)
+    assert (row.kept, row.label, row.response_tokens) == (True, Label.O, 6 * 4_000 + 3)
+
+
+@pytest.mark.parametrize(
+    ("continuation", "finish", "reason"),
+    [
+        (" so it is blue.</think><answer>B</answer>", "length", "truncated"),
+        (" so it is", "stop", "no_think_close"),
+        (" blue.</think><answer>B</answer><answer>C</answer>", "stop", "multiple_answers"),
+        (" blue <answer>C</answer>.</think><answer>B</answer>", "stop", "tag_in_think"),
+        (" blue.</think><answer>B or C</answer>", "stop", "several_options"),
+        ("\ud83d blue.</think><answer>B</answer>", "stop", "invalid_unicode"),
+    ],
+)
+def test_shard_long_bad_shapes(
+    make_item: MakeItem,
+    make_short: MakeShort,
+    make_long: MakeLong,
+    continuation: str,
+    finish: str,
+    reason: str,
+) -> None:
+    cot = make_short("Green.</think><answer>C</answer>")
+    long = make_long(cot, "placeholder", short_think="Green.", finish_reason=finish)
+    long = long.model_copy(update={"continuation": continuation})
+    short_row, long_row = verify_shard([make_item()], [cot], [long], CONFIG)
+    assert short_row.kept and short_row.label is Label.X
+    assert (long_row.kept, long_row.drop_reason, long_row.label) == (False, reason, None)
+
+
+def test_every_row_can_be_written(
+    tmp_path: Any, make_item: MakeItem, make_short: MakeShort, make_long: MakeLong
+) -> None:
+    """Rows from odd outputs (lone surrogates, NUL, RTL marks, emoji) go to real Parquet."""
+    texts = [
+        "x\ud800</think><answer>B</answer>",
+        "x\x00\u202e😀</think><answer>\u200bB</answer>",
+        "\udfff",
+        "x</think><answer>\ud800</answer>",
+    ]
+    shorts = [
+        make_short(str(i), index=i).model_copy(update={"text": text})
+        for i, text in enumerate(texts)
+    ]
+    longs = [
+        make_long(shorts[1], "y").model_copy(
+            update={"continuation": " y\ud800</think><answer>B</answer>"}
+        )
+    ]
+    rows = verify_shard([make_item()], shorts, longs, CONFIG)
+    path = tmp_path / "verified.parquet"
+    to_frame(rows, Verified).write_parquet(path)
+    assert pl.read_parquet(path)["drop_reason"].to_list() == [r.drop_reason for r in rows]
+    assert sorted(str(r.drop_reason) for r in rows) == sorted(
+        ["invalid_unicode", "None", "invalid_unicode", "invalid_unicode", "invalid_unicode"]
+    )

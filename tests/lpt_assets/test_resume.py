@@ -12,23 +12,12 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+from tests.small_config import SMALL_TOML
+
 BIN = Path(sys.executable).parent
 CHECKPOINT = 2
 
-CONFIG = f"""
-storage = "data"
-exports = "exports"
-[ask]
-questions_per_image = 2
-sampling = {{ n = 1, temperature = 0.7, top_p = 0.95, max_tokens = 240 }}
-[think]
-caption_stand_in = true
-constrain_format = true
-sampling = {{ n = 2, temperature = 0.8, top_p = 0.9, max_tokens = 48 }}
-[think_harder]
-constrain_format = true
-retry_max_tokens = 64
-sampling = {{ n = 1, temperature = 0.7, top_p = 0.8, top_k = 50, max_tokens = 48 }}
+CONFIG = SMALL_TOML + f"""
 [engines.ask]
 checkpoint_every = {CHECKPOINT}
 [engines.vlm]

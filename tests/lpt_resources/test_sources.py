@@ -83,7 +83,7 @@ def test_manifest_bad_rows_are_quarantined_with_reasons(tmp_path):
     reasons = sorted(q.reason for q in quarantined)
     assert reasons == sorted(
         ["duplicate_image_id", "missing_image", "empty_image", "corrupt_image", "tiny_image",
-         "empty_description", "unreadable_row", "unreadable_row"]
+         "blank_description", "unreadable_row", "unreadable_row"]
     )
     assert all(q.detail for q in quarantined)
 
@@ -95,7 +95,7 @@ def test_truncated_image_is_caught(tmp_path):
     (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 3])
     (tmp_path / "m.jsonl").write_text(json.dumps({"image": "cut.jpg", "description": DESCRIPTION}) + "\n")
     _, quarantined = check_shard(read_items(parse_spec(f"manifest:{tmp_path}/m.jsonl"), str(tmp_path)))
-    assert [q.reason for q in quarantined] == ["corrupt_image"]
+    assert [q.reason for q in quarantined] == ["truncated_image"]
 
 
 def test_hf_dataset_with_image_column(tmp_path):

@@ -201,6 +201,7 @@ def test_text_model_refuses_images_but_serves_the_rest(tiny_qwen2_path, astronau
             request("txt", "What is this?", max_tokens=3),
         ])
         assert img.error == "model does not take images" and img.completions == []
+        assert img.error_kind == "engine"  # the deployment's choice of model: fail, don't quarantine
         assert txt.error is None and txt.completions[0].completion_tokens == 3
     finally:
         engine.close()
@@ -221,7 +222,7 @@ def test_failing_batch_is_retried_request_by_request(tiny_qwen2_path, monkeypatc
         reqs.insert(1, request("poison", "hello", max_tokens=2))
         results = engine.generate(reqs)
         assert [r.request_id for r in results] == ["ok0", "poison", "ok1", "ok2"]
-        assert results[1].error == "RuntimeError: boom"
+        assert results[1].error == "RuntimeError: boom" and results[1].refused  # it failed alone
         assert all(r.error is None and len(r.completions) == 2 for r in results if r.request_id != "poison")
     finally:
         engine.close()

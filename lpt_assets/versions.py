@@ -1,0 +1,39 @@
+"""Code versions of the per-shard assets, chained down the pipeline.
+
+Dagster marks an asset stale when its own code version changes, but not its descendants until
+the asset is rematerialized. Each stage's version therefore folds in the version of the stage
+it reads from: after a change to stage 3's prompt, sampling or model, the UI (and the backfill
+schedule) shows stage 3 and everything after it stale for every shard, and stages 1 and 2
+fresh, before anything has run.
+"""
+
+from lpt.config import EngineSettings, PipelineConfig, StageConfig
+from lpt.records import stable_id
+from lpt_assets.assets.ingest import CAPTIONS_VERSION
+
+
+def stage_version(stage: StageConfig, engine: EngineSettings | None, upstream: str, *extra: object) -> str:
+    """Readable stage version, then a hash of its config, its engine's output identity and its upstream."""
+    identity = engine.output_identity() if engine is not None else ""
+    return f"{stage.version}-{stable_id(stage.fingerprint(), identity, upstream, *extra)[:12]}"
+
+
+def code_versions(config: PipelineConfig) -> dict[str, str]:
+    """asset name -> code version. Stages that ban the verify stage's leak words at decode time
+    depend on that list too."""
+    leak_words = config.verify.leak_words
+    think, harder = config.think, config.think_harder
+    versions = {"captions": CAPTIONS_VERSION}
+    versions["mcqs"] = stage_version(config.ask, config.engines.ask, versions["captions"])
+    versions["simple_cots"] = stage_version(
+        think,
+        config.engines.vlm,
+        versions["mcqs"],
+        leak_words if think.caption_stand_in and think.ban_leak_words_in_stand_in else (),
+    )
+    versions["long_cots"] = stage_version(
+        harder, config.engines.reasoner, versions["simple_cots"], leak_words if harder.ban_leak_words else ()
+    )
+    versions["verified"] = stage_version(config.verify, None, versions["long_cots"])
+    versions["sft_samples"] = versions["dpo_pairs"] = stage_version(config.select, None, versions["verified"])
+    return versions
