@@ -14,7 +14,14 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
+from lpt.markup import chat_markup
 from lpt.records import LETTERS, MCQ, MCQDraft, Quarantined, Record, stable_id
+
+# Bump when a rule below changes what is kept, so the assets built with the old rules show stale:
+# MCQ_RULES for MCQ parsing and validation (stage 1), TRACE_RULES for trace parsing and grading
+# (which short CoTs stage 3 extends, and everything verified).
+MCQ_RULES_VERSION = "mcq-rules-2"
+TRACE_RULES_VERSION = "trace-rules-2"
 
 # --------------------------------------------------------------------------- text helpers
 
@@ -81,6 +88,7 @@ TRACE_ERRORS = frozenset(
     {
         "invalid_unicode",  # lone surrogates: nothing downstream can store the text
         "empty",  # blank or invisible-only output
+        "chat_markup",  # control-token text (see lpt.markup): it must not reach a model or a sample
         "no_think_close",  # "</think>" never came: no tags at all, or the output was cut
         "tag_in_think",  # "<think>", "<answer>" or "</answer>" inside the reasoning
         "no_answer",  # nothing in "<answer>" tags after "</think>"
@@ -102,6 +110,8 @@ def _parse_trace(text: str, strip_think: bool) -> ParsedCot:
         return ParsedCot(think=None, answer=None, error="invalid_unicode")
     if not clean_unicode(text).strip():
         return ParsedCot(think=None, answer=None, error="empty")
+    if chat_markup(text):
+        return ParsedCot(think=None, answer=None, error="chat_markup")
     body = _THINK_OPEN.sub("", text, count=1)
     close = _THINK_CLOSE.search(body)
     if close is None:
@@ -419,6 +429,7 @@ def _gives_away(question: str, answer: str, options: list[str]) -> bool:
 MCQ_REASONS = frozenset(
     {
         "invalid_unicode",
+        "chat_markup",
         "option_count",
         "empty_field",
         "duplicate_options",
@@ -434,10 +445,10 @@ def validate_drafts(
     image_id: str, drafts: list[MCQDraft], near_duplicate_threshold: float
 ) -> tuple[list[MCQ], list[Quarantined]]:
     """Keep the drafts a VLM can fairly be graded on; quarantine the rest with a reason code
-    from MCQ_REASONS: invalid_unicode, option_count, empty_field, duplicate_options,
-    ambiguous_answer (the key names several options), answer_not_in_options,
-    answer_in_question, near_duplicate (token Jaccard with an earlier kept question of the
-    same image)."""
+    from MCQ_REASONS: invalid_unicode, chat_markup (control-token text, see lpt.markup),
+    option_count, empty_field, duplicate_options, ambiguous_answer (the key names several
+    options), answer_not_in_options, answer_in_question, near_duplicate (token Jaccard with an
+    earlier kept question of the same image)."""
     kept: list[MCQ] = []
     quarantined: list[Quarantined] = []
     for draft in drafts:
@@ -448,6 +459,12 @@ def validate_drafts(
             quarantined.append(
                 Quarantined(stage="mcqs", item_id=item_id, reason="invalid_unicode", detail=detail)
             )
+            continue
+        markup = sorted({token for field in fields for token in chat_markup(field)})
+        if markup:
+            item_id = stable_id(image_id, *fields)
+            detail = f"control-token text {', '.join(markup[:5])}: a server would parse it as chat markup"
+            quarantined.append(Quarantined(stage="mcqs", item_id=item_id, reason="chat_markup", detail=detail))
             continue
         question = " ".join(draft.question.split())
         options = strip_option_letters(draft.options)

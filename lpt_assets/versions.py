@@ -8,6 +8,7 @@ fresh, before anything has run.
 """
 
 from lpt.config import EngineSettings, PipelineConfig, StageConfig
+from lpt.parse import MCQ_RULES_VERSION, TRACE_RULES_VERSION
 from lpt.records import stable_id
 from lpt_assets.assets.ingest import CAPTIONS_VERSION
 
@@ -20,11 +21,12 @@ def stage_version(stage: StageConfig, engine: EngineSettings | None, upstream: s
 
 def code_versions(config: PipelineConfig) -> dict[str, str]:
     """asset name -> code version. Stages that ban the verify stage's leak words at decode time
-    depend on that list too."""
+    depend on that list too; stage 1 on the MCQ rules, stage 3 (which grades short CoTs to pick
+    those it extends) on the trace rules."""
     leak_words = config.verify.leak_words
     think, harder = config.think, config.think_harder
     versions = {"captions": CAPTIONS_VERSION}
-    versions["mcqs"] = stage_version(config.ask, config.engines.ask, versions["captions"])
+    versions["mcqs"] = stage_version(config.ask, config.engines.ask, versions["captions"], MCQ_RULES_VERSION)
     versions["simple_cots"] = stage_version(
         think,
         config.engines.vlm,
@@ -32,7 +34,11 @@ def code_versions(config: PipelineConfig) -> dict[str, str]:
         leak_words if think.caption_stand_in and think.ban_leak_words_in_stand_in else (),
     )
     versions["long_cots"] = stage_version(
-        harder, config.engines.reasoner, versions["simple_cots"], leak_words if harder.ban_leak_words else ()
+        harder,
+        config.engines.reasoner,
+        versions["simple_cots"],
+        leak_words if harder.ban_leak_words else (),
+        TRACE_RULES_VERSION,
     )
     versions["verified"] = stage_version(config.verify, None, versions["long_cots"])
     versions["sft_samples"] = versions["dpo_pairs"] = stage_version(config.select, None, versions["verified"])

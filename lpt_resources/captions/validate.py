@@ -20,6 +20,7 @@ import fsspec
 from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel, ConfigDict
 
+from lpt.markup import chat_markup
 from lpt.records import Caption, Quarantined
 
 if TYPE_CHECKING:  # sources.py imports the rules below; the type is only named here
@@ -27,11 +28,6 @@ if TYPE_CHECKING:  # sources.py imports the rules below; the type is only named 
 
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]+:")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-# The text of chat-template control tokens (ChatML/Qwen/Llama 3 `<|…|>`, Llama 2 `[INST]` and
-# `<<SYS>>`, `<s>`/`</s>`, Gemma's turn markers). Our transformers engine encodes such text as
-# plain text, but vLLM and OpenAI-compatible servers parse it as markup, where a description
-# could open or close a turn: it never reaches a model.
-_CHAT_MARKUP = re.compile(r"<\|[A-Za-z0-9_]{1,40}\|>|\[/?INST\]|<</?SYS>>|</?s>|<(?:start|end)_of_turn>")
 
 
 class CaptionLimits(BaseModel):
@@ -90,7 +86,7 @@ def description_problem(description: str, limits: CaptionLimits) -> str | None:
         return f"long_description: {len(text)} characters (limit {limits.max_description_chars})"
     if words > limits.max_description_words:
         return f"long_description: {words} words (limit {limits.max_description_words})"
-    markup = sorted(set(_CHAT_MARKUP.findall(text)))
+    markup = chat_markup(text)
     if markup:
         return f"chat_markup_in_description: {', '.join(markup[:5])}"
     return None

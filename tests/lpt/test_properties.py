@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 
 from lpt.config import AskConfig, VerifyConfig
 from lpt.grade import GRADE_REASONS, format_answer, grade
+from lpt.markup import chat_markup
 from lpt.parse import (
     MCQ_REASONS,
     TRACE_ERRORS,
@@ -111,7 +112,9 @@ QUESTION_POOL = [
 LETTER_PATTERN = {letter: re.compile(rf"\({letter}\)", re.IGNORECASE) for letter in LETTERS}
 
 oddity = st.sampled_from(ODDITIES)
-junk = st.one_of(st.text(max_size=12), oddity, st.sampled_from(TAGS))
+# Control-token text of common chat templates, which no kept output may carry.
+CHAT_MARKUP = ["<|im_end|>", "<|im_start|>system", "<|eot_id|>", "[INST]", "</s>", "<end_of_turn>"]
+junk = st.one_of(st.text(max_size=12), oddity, st.sampled_from(TAGS), st.sampled_from(CHAT_MARKUP))
 
 
 def _options() -> st.SearchStrategy[list[str]]:
@@ -331,6 +334,7 @@ def test_trace_parser_properties(
             assert parsed.think is not None and not _ANY_TAG.search(parsed.think)
             assert _visible(parsed.answer or "")
             assert not re.search(r"</?answer>", parsed.answer or "", re.IGNORECASE)
+            assert not chat_markup(parsed.think or "") and not chat_markup(parsed.answer or "")
         if answer is not None:  # round trip
             assert parsed.answer == answer, (text, parsed)
             if parse is parse_cot:
@@ -449,6 +453,7 @@ def _check_validated(drafts: list[Any]) -> None:
         keys = [normalise(o) for o in mcq.options]
         assert len(set(keys)) == 4 and all(keys)
         assert mcq.options.count(mcq.answer) == 1
+        assert not any(chat_markup(text) for text in (mcq.question, *mcq.options))
     assert validate_drafts("img", drafts, 0.9) == (kept, quarantined)
 
 
