@@ -13,7 +13,6 @@ first `generate()`; `close()` gives the engine's reference back and the last one
 from __future__ import annotations
 
 import copy
-import gc
 import hashlib
 import importlib.util
 import io
@@ -34,6 +33,7 @@ from .base import (
     GenerationRequest,
     GenerationResult,
 )
+from .shared import SharedModels, UsesSharedModel
 
 log = logging.getLogger(__name__)
 
@@ -106,16 +106,6 @@ class LoadedModel:
                     json.dumps(schema), any_whitespace=JSON_ANY_WHITESPACE
                 )
         return self._grammars[key]
-
-
-_REGISTRY: dict[tuple, LoadedModel] = {}
-_REGISTRY_LOCK = threading.Lock()
-
-
-def loaded_models() -> dict[tuple, LoadedModel]:
-    """A snapshot of what this process has loaded (for tests and diagnostics)."""
-    with _REGISTRY_LOCK:
-        return dict(_REGISTRY)
 
 
 def _model_source(model: str, gguf_file: str | None) -> tuple[str, str | None]:
@@ -195,33 +185,8 @@ def _find_chat_template(source: str) -> str | None:
     return None
 
 
-def _acquire(key: tuple) -> LoadedModel:
-    with _REGISTRY_LOCK:
-        handle = _REGISTRY.get(key)
-        if handle is None:
-            handle = _load(key)
-            _REGISTRY[key] = handle
-        handle.refs += 1
-        return handle
-
-
-def _release(key: tuple) -> None:
-    with _REGISTRY_LOCK:
-        handle = _REGISTRY.get(key)
-        if handle is None:
-            return
-        handle.refs -= 1
-        if handle.refs > 0:
-            return
-        del _REGISTRY[key]
-        device = handle.device
-    del handle
-    gc.collect()
-    if device.startswith("cuda"):
-        import torch
-
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+_MODELS: SharedModels[tuple, LoadedModel] = SharedModels(_load)
+loaded_models = _MODELS.snapshot
 
 
 # --------------------------------------------------------------------------------------------
@@ -339,7 +304,7 @@ def _batch_seed(rows: list[tuple[_Prepared, int]]) -> int:
     return int.from_bytes(h.digest()[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF
 
 
-class TransformersEngine(Engine):
+class TransformersEngine(UsesSharedModel[tuple, LoadedModel], Engine):
     """transformers `generate()` behind the batch interface.
 
     Args:
@@ -371,32 +336,11 @@ class TransformersEngine(Engine):
         self.device = device
         self.batch_size = batch_size
         self.stats = EngineStats()
-        self._key = (model, gguf_file, self.dtype, device)
-        self._handle: LoadedModel | None = None
+        self._models = _MODELS
+        self._model_key = (model, gguf_file, self.dtype, device)
         self._model_type: str | None = None
 
-    # ---- lifecycle
-
-    def handle(self) -> LoadedModel:
-        """The shared loaded model, loading it on first use."""
-        if self._handle is None:
-            self._handle = _acquire(self._key)
-        return self._handle
-
-    @property
-    def load_seconds(self) -> float | None:
-        return self._handle.load_seconds if self._handle else None
-
-    def close(self) -> None:
-        if self._handle is not None:
-            self._handle = None
-            _release(self._key)
-
-    def __del__(self) -> None:  # pragma: no cover - best effort
-        try:
-            self.close()
-        except Exception:  # noqa: BLE001
-            pass
+    # ---- capabilities
 
     @property
     def supports_images(self) -> bool:  # type: ignore[override]

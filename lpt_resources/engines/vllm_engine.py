@@ -74,6 +74,7 @@ from .base import (
     GenerationRequest,
     GenerationResult,
 )
+from .shared import SharedModels, UsesSharedModel
 
 log = logging.getLogger(__name__)
 
@@ -529,16 +530,6 @@ class LoadedLLM:
         return getattr(self.runner, "llm", None)
 
 
-_REGISTRY: dict[VLLMSettings, LoadedLLM] = {}
-_REGISTRY_LOCK = threading.Lock()
-
-
-def loaded_engines() -> dict[VLLMSettings, LoadedLLM]:
-    """A snapshot of what this process has loaded (for tests and diagnostics)."""
-    with _REGISTRY_LOCK:
-        return dict(_REGISTRY)
-
-
 def _load(key: VLLMSettings) -> LoadedLLM:
     t0 = time.perf_counter()
     runner = _ReplicaRunner(key) if key.data_parallel_size > 1 else _LocalRunner(key)
@@ -548,41 +539,14 @@ def _load(key: VLLMSettings) -> LoadedLLM:
     return LoadedLLM(key=key, runner=runner, load_seconds=seconds, is_multimodal=runner.is_multimodal)
 
 
-def _acquire(key: VLLMSettings) -> LoadedLLM:
-    with _REGISTRY_LOCK:
-        handle = _REGISTRY.get(key)
-        if handle is None:
-            handle = _load(key)
-            _REGISTRY[key] = handle
-        handle.refs += 1
-        return handle
-
-
-def _release(key: VLLMSettings) -> None:
-    with _REGISTRY_LOCK:
-        handle = _REGISTRY.get(key)
-        if handle is None:
-            return
-        handle.refs -= 1
-        if handle.refs > 0:
-            return
-        del _REGISTRY[key]
+def _close(handle: LoadedLLM) -> None:
     with handle.lock:
         handle.runner.close()
-    del handle
-    gc.collect()
 
 
-@atexit.register
-def _close_all() -> None:  # pragma: no cover - interpreter exit
-    with _REGISTRY_LOCK:
-        handles = list(_REGISTRY.values())
-        _REGISTRY.clear()
-    for handle in handles:
-        try:
-            handle.runner.close()
-        except Exception:  # noqa: BLE001
-            pass
+_ENGINES: SharedModels[VLLMSettings, LoadedLLM] = SharedModels(_load, _close)
+loaded_engines = _ENGINES.snapshot
+atexit.register(_ENGINES.close_all)
 
 
 # --------------------------------------------------------------------------------------------
@@ -610,7 +574,7 @@ def load_image(location: str, max_side: int | None) -> Any:
 # The engine
 
 
-class VLLMEngine(Engine):
+class VLLMEngine(UsesSharedModel[VLLMSettings, LoadedLLM], Engine):
     """`vllm.LLM` in this process behind the batch interface.
 
     Args:
@@ -674,37 +638,16 @@ class VLLMEngine(Engine):
         # of the last generate() call in `last_prompts`: for tests and debugging.
         self.record_prompts = False
         self.last_prompts: dict[str, str] = {}
-        self._handle: LoadedLLM | None = None
+        self._models, self._model_key = _ENGINES, self.settings
         self._supports_images: bool | None = None
         self._special_texts: tuple[str, ...] | None = None
 
     # ---- lifecycle
 
-    def handle(self) -> LoadedLLM:
-        """The shared loaded engine, loading it on first use."""
-        if self._handle is None:
-            self._handle = _acquire(self.settings)
-        return self._handle
-
     @property
     def llm(self) -> Any:
         """The underlying `vllm.LLM` (loads it; None with data-parallel replicas)."""
         return self.handle().llm
-
-    @property
-    def load_seconds(self) -> float | None:
-        return self._handle.load_seconds if self._handle else None
-
-    def close(self) -> None:
-        if self._handle is not None:
-            self._handle = None
-            _release(self.settings)
-
-    def __del__(self) -> None:  # pragma: no cover - best effort
-        try:
-            self.close()
-        except Exception:  # noqa: BLE001
-            pass
 
     @property
     def supports_images(self) -> bool:  # type: ignore[override]
