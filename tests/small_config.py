@@ -1,5 +1,8 @@
 """The small pipeline config that subprocess tests write as `lpt.toml`: the bundled SmolLM2 with
-budgets small enough for a 2-core machine, two questions per image, two short CoTs per MCQ."""
+budgets small enough for a 2-core machine, two questions per image, two short CoTs per MCQ;
+`SMALL` is the same config as a dict, for tests that build a `PipelineConfig` in process."""
+
+import tomllib
 
 SMALL_TOML = """
 storage = "data"
@@ -16,3 +19,4 @@ constrain_format = true
 retry_max_tokens = 64
 sampling = { n = 1, temperature = 0.7, top_p = 0.8, top_k = 50, max_tokens = 48 }
 """
+SMALL = tomllib.loads(SMALL_TOML)

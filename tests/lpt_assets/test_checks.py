@@ -21,21 +21,9 @@ from lpt_assets.metadata import bar_chart, figure_markdown
 from lpt_assets.partitions import contiguous, shards_of_run
 from lpt_assets.registry import register_source
 from lpt_resources.storage import ParquetStore
+from tests.small_config import SMALL as SMALL_CONFIG
 
-SMALL = {
-    "ask": {"questions_per_image": 2, "sampling": {"n": 1, "temperature": 0.7, "top_p": 0.95, "max_tokens": 240}},
-    "think": {
-        "caption_stand_in": True,
-        "constrain_format": True,
-        "sampling": {"n": 2, "temperature": 0.8, "top_p": 0.9, "max_tokens": 48},
-    },
-    "think_harder": {
-        "constrain_format": True,
-        "retry_max_tokens": 64,
-        "sampling": {"n": 1, "temperature": 0.7, "top_p": 0.8, "top_k": 50, "max_tokens": 48},
-    },
-    "engines": {role: {"batch_size": 64} for role in ("ask", "vlm", "reasoner")},
-}
+SMALL = {**SMALL_CONFIG, "engines": {role: {"batch_size": 64} for role in ("ask", "vlm", "reasoner")}}
 # shard 00000 holds two images (four MCQs proposed), shard 00001 one image (two)
 SOURCE = "sample?limit=3&shard_size=2"
 DOWNSTREAM_OF_MCQS = ["simple_cots", "long_cots", "verified", "sft_samples", "dpo_pairs"]
