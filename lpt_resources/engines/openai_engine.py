@@ -245,8 +245,8 @@ class OpenAIEngine(Engine):
             f"api_key_env={self.api_key_env!r}, max_concurrency={self.max_concurrency})"
         )
 
-    def close(self) -> None:
-        """Nothing to free: each `generate()` call opens and closes its own HTTP client."""
+    def close(self, park: bool = False) -> None:
+        """Nothing to free: each stream opens and closes its own HTTP client."""
 
     # ---- public entry point
 

@@ -393,7 +393,7 @@ class TransformersEngine(UsesSharedModel[tuple, LoadedModel], Engine):
             return tok.apply_chat_template(messages, tokenize=False, continue_final_message=True)
         return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
-    def _prepare(self, index: int, req: GenerationRequest, images: ImagePrefetcher) -> _Prepared:
+    def _prepare(self, index: int, req: GenerationRequest, images: ImagePrefetcher | None = None) -> _Prepared:
         h = self.handle()
         if not req.messages or not any(m.role == "user" for m in req.messages):
             raise ValueError("a request needs at least one user message")
@@ -402,7 +402,8 @@ class TransformersEngine(UsesSharedModel[tuple, LoadedModel], Engine):
         if req.image:
             if not h.is_vl:
                 raise ValueError("model does not take images")
-            image = images.get((req.image, req.image_max_side), partial(load_image, req.image, req.image_max_side))
+            load = partial(load_image, req.image, req.image_max_side)
+            image = images.get((req.image, req.image_max_side), load) if images is not None else load()
             feats = h.image_processor(images=[image], return_tensors="pt")
             pixel_values, grid = feats["pixel_values"], feats["image_grid_thw"]
             merge = int(getattr(h.image_processor, "merge_size", 2))

@@ -800,9 +800,10 @@ class VLLMEngine(UsesSharedModel[VLLMSettings, LoadedLLM], Engine):
                 return None
             tag, req, image = staged.popleft()
             try:
-                if image is not None and not self.supports_images:
+                loaded = image.result() if image is not None else None  # an unreadable image is the request's fault
+                if loaded is not None and not self.supports_images:
                     raise ValueError(NO_IMAGES)
-                return self._item(tag, req, image.result() if image is not None else None)
+                return self._item(tag, req, loaded)
             except Exception as exc:  # noqa: BLE001 - one bad request must not sink the rest
                 message = _describe(exc)
                 return _Raw(index=tag, error=message, error_kind="engine" if message == NO_IMAGES else "request")

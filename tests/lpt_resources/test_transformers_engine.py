@@ -60,7 +60,7 @@ def test_smollm2_loads_offline_and_answers(smol):
     assert 0 < c.completion_tokens <= 16
     assert smol.load_seconds is not None and smol.load_seconds > 0
     assert smol.name == "transformers" and smol.model == "smollm2-135m-instruct"
-    assert smol.supports_json_schema and not smol.supports_images
+    assert not smol.supports_images
     assert smol.stats.requests >= 1 and smol.stats.completion_tokens >= c.completion_tokens
 
 
@@ -177,7 +177,7 @@ def test_structured_output_batch_is_valid_json(smol):
 
 
 def test_registry_shares_one_model_per_process(tiny_qwen2_path):
-    key = (str(tiny_qwen2_path), None, "float32", "cpu")
+    key = (str(tiny_qwen2_path), None, "float32", "cpu", None)
     a = TransformersEngine(str(tiny_qwen2_path), batch_size=4)
     b = TransformersEngine(str(tiny_qwen2_path))
     assert key not in te.loaded_models()  # lazy: nothing loads before the first generate()

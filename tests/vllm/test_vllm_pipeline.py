@@ -53,8 +53,8 @@ def _config(root, models: dict[str, str]) -> PipelineConfig:
         {
             "storage": str(root / "data"),
             "exports": str(root / "exports"),
-            "ask": {"questions_per_image": 2, "sampling": {"n": 1, "max_tokens": 200}},
-            "think": {"caption_stand_in": True, "constrain_format": True, "sampling": {"n": 2, "max_tokens": 40}},
+            "ask": {"questions_per_image": 3, "sampling": {"n": 1, "max_tokens": 300}},
+            "think": {"caption_stand_in": True, "constrain_format": True, "sampling": {"n": 4, "max_tokens": 40}},
             "think_harder": {"constrain_format": True, "retry_max_tokens": 48, "sampling": {"n": 1, "max_tokens": 40}},
             "checks": {"enabled": False},  # random weights write nonsense; the mechanics are the point
             "engines": {role: {**ENGINE, "model": model} for role, model in models.items()},
@@ -65,7 +65,7 @@ def _config(root, models: dict[str, str]) -> PipelineConfig:
 def _run(root, config: PipelineConfig) -> None:
     (root / "home").mkdir()
     with instance_for_test(temp_dir=str(root / "home")) as instance:
-        registration = register_source("sample?limit=2&shard_size=2", ParquetStore(base=config.storage), instance)
+        registration = register_source("sample?limit=4&shard_size=2", ParquetStore(base=config.storage), instance)
         run_pipeline(instance, config, registration.shards)
         for stage in ("mcqs", "simple_cots", "long_cots"):
             assert instance.get_materialized_partitions(AssetKey(stage)) == set(registration.shards), stage
