@@ -156,13 +156,21 @@ def card(
         for name in config_names(text)
         if rows[name.removesuffix("_text")]
     ]
-    # The split sizes also key `datasets`' cache of a local folder, which otherwise keeps serving
-    # the rows it first read after parts are added, replaced or removed.
+    # `datasets` keys its cache of a local folder by the folder's name and this metadata alone:
+    # without sizes here it would keep serving the rows it first read after parts are added,
+    # replaced or removed (and mix up two exports both named `hf`).
     infos = [
         {
             "config_name": c["config_name"],
-            "splits": [{"name": "train", "num_examples": rows[c["config_name"].removesuffix("_text")]}],
+            "splits": [
+                {
+                    "name": "train",
+                    "num_bytes": totals.hf_bytes.get(c["config_name"], 0),
+                    "num_examples": rows[c["config_name"].removesuffix("_text")],
+                }
+            ],
             "download_size": totals.hf_bytes.get(c["config_name"], 0),
+            "dataset_size": totals.hf_bytes.get(c["config_name"], 0),
         }
         for c in configs
     ]

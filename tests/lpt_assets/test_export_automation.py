@@ -79,7 +79,7 @@ def test_sensor_and_schedule_runs_lead_to_current_exports(tmp_path):
         assert request.job_name in (None, EXPORT_JOB)
         assert _run(defs, EXPORT_JOB, instance, request).success
         assert all(shards == {first, second} for shards in _exported(tmp_path).values())
-        dpo = load_dataset(str(tmp_path / "exports" / "hf"), "dpo", split="train")
+        dpo = load_dataset(str(tmp_path / "exports" / "hf"), "dpo", split="train", cache_dir=str(tmp_path / "hf-cache"))
         stored = [p for key in (first, second) for p in store.read("dpo_pairs", key, DpoPair)]
         assert sorted(dpo["pair_id"]) == sorted(p.pair_id for p in stored)
         assert dpo[0]["images"][0].size[0] > 0  # decoded from the bytes in the Parquet
@@ -120,7 +120,7 @@ def test_sensor_and_schedule_runs_lead_to_current_exports(tmp_path):
         assert metadata["shards_dropped"] == [second] and metadata["shards"] == 1
         assert all(shards == {first} for shards in _exported(tmp_path).values())
         assert store.exists("dpo_pairs", second)
-        dpo = load_dataset(str(tmp_path / "exports" / "hf"), "dpo", split="train")
+        dpo = load_dataset(str(tmp_path / "exports" / "hf"), "dpo", split="train", cache_dir=str(tmp_path / "hf-cache"))
         assert set(dpo["image_id"]) == {p.image_id for p in store.read("dpo_pairs", first, DpoPair)}
 
         # a new shard: the export run writes that shard alone
