@@ -133,6 +133,12 @@ class Folder:
             raise
         return target
 
+    def clear_staging(self) -> None:
+        staging = self.path(f"{STATE_DIR}/staging")
+        if self.local and os.path.isdir(staging):
+            for name in os.listdir(staging):
+                Path(staging, name).unlink(missing_ok=True)
+
     def read(self, relative: str) -> bytes | None:
         """The file's bytes, or None when there is no such file."""
         try:

@@ -112,6 +112,7 @@ class Exporter:
     def begin(self, rebuild: bool = False) -> ExportBatch:
         """A batch on the committed state; `rebuild` (forced when there is no usable state)
         starts the totals from nothing and, at commit, removes every shard it was not given."""
+        self.folder.clear_staging()  # what a killed batch left half-written
         raw = self.folder.read(STATE_FILE)
         previous = ExportState.model_validate_json(raw) if raw is not None else None
         usable = self.state()
