@@ -42,7 +42,8 @@ from tests.pipeline_model_server import PipelineModelServer
 REPO = Path(__file__).resolve().parent.parent
 LPT = Path(sys.executable).parent / "lpt"
 SOURCE = "sample?limit=6&shard_size=2"
-CHECKPOINT = 2
+CHECKPOINT = 2  # results per cache write
+CONCURRENCY = 2  # HTTP calls at once: few, so a kill lands with work both cached and in flight
 TIMEOUT_S = 1.0  # the engine's per-call timeout; "timeout" faults sleep longer than this
 RUN_LIMIT_S = 300.0
 MAX_RERUNS = 3
@@ -60,7 +61,7 @@ READ_ONLY = "Read-only file system"
 def config_text(store: Path, base_url: str) -> str:
     engines = "".join(
         f'[engines.{role}]\nkind = "openai"\nmodel = "fake-{role}"\nbase_url = "{base_url}"\n'
-        f"checkpoint_every = {CHECKPOINT}\ntimeout_s = {TIMEOUT_S}\nmax_retries = 3\nbackoff_initial_s = 0.05\n"
+        f"flush_every = {CHECKPOINT}\nmax_concurrency = {CONCURRENCY}\ntimeout_s = {TIMEOUT_S}\nmax_retries = 3\nbackoff_initial_s = 0.05\n"
         for role in ROLES
     )
     return f"""
@@ -260,7 +261,7 @@ def progress(ws: Workspace) -> str:
 
 
 def cache_batches(ws: Workspace, role: str) -> int:
-    return len(files(ws.data / "response_cache", f"fake-{role}-*/batch-*.jsonl"))
+    return len(files(ws.data / "response_cache", f"fake-{role}-*/*/*/part-*.jsonl"))
 
 
 # ------------------------------------------------------------------------------------ snapshots
@@ -285,7 +286,7 @@ def snapshot(ws: Workspace) -> tuple[dict[str, Counter[str]], list[str]]:
     for table in TABLES:
         for path in files(ws.data / table, "*.parquet"):
             read(path, lambda p: pl.read_parquet(p).to_dicts())
-    for path in files(ws.data / "response_cache", "*/batch-*.jsonl"):
+    for path in files(ws.data / "response_cache", "*/*/*/part-*.jsonl"):
         try:
             for line in path.read_text().splitlines():
                 json.loads(line)

@@ -10,7 +10,7 @@ import typing
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from lpt.records import PairType
 
@@ -100,12 +100,18 @@ class SelectConfig(StageConfig):
     seed: int = 0
 
 
+# What decides an engine's answers (not where it is served or how fast): the response cache's
+# identity and, through the code versions, when stages are stale.
+OUTPUT_IDENTITY_FIELDS = ("kind", "model", "revision", "gguf_file", "dtype", "engine_kwargs")
+
+
 class EngineSettings(BaseModel):
     """Which engine serves a role, and its settings (the fields of EngineResource)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
     kind: Literal["transformers", "openai", "vllm"] = "transformers"
     model: str = "smollm2-135m-instruct"  # HF id, local path, the bundled GGUF alias, or a served name
+    revision: str | None = None  # a hub repository's branch, tag or commit
     # transformers (dtype also for vllm, where it defaults to bfloat16)
     gguf_file: str | None = None
     dtype: str = "float32"
@@ -122,7 +128,14 @@ class EngineSettings(BaseModel):
     supports_images: bool = False
     price_input_per_million: float | None = None
     price_output_per_million: float | None = None
-    checkpoint_every: int = 256  # requests per cached batch: a crash loses at most this many
+    # Streaming: results reach the response cache in groups of `flush_every`, or after
+    # `flush_seconds`, whichever comes first (a crash loses at most those and what is in flight);
+    # `queue_depth` requests are kept in flight (None: twice vLLM's max_num_seqs, twice
+    # max_concurrency); progress is logged every `progress_seconds`.
+    flush_every: int = Field(default=64, ge=1)
+    flush_seconds: float = Field(default=10.0, gt=0)
+    queue_depth: int | None = Field(default=None, ge=1)
+    progress_seconds: float = Field(default=30.0, gt=0)
     # vllm: in-process `vllm.LLM` (None: vLLM's own default); see lpt_resources/engines/vllm_engine.py
     tensor_parallel_size: int = 1
     data_parallel_size: int = 1  # replicas, one process each
@@ -144,8 +157,9 @@ class EngineSettings(BaseModel):
         return data
 
     def output_identity(self) -> str:
-        """The settings that change what the model writes (not how fast): for code versions."""
-        return self.model_dump_json(include={"kind", "model", "gguf_file", "dtype", "base_url", "engine_kwargs"})
+        """The settings that change what the model writes (not how fast, nor where it is
+        served): for code versions."""
+        return self.model_dump_json(include=set(OUTPUT_IDENTITY_FIELDS))
 
 
 class Engines(BaseModel):

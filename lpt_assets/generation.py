@@ -1,10 +1,27 @@
-"""The bridge from the method's prompts to an engine's batch interface."""
+"""The bridge from the method's prompts to an engine: one stream per stage run.
+
+`GenerationRun` takes a stage's work (shard, request, context), lazily and grouped by shard,
+answers what the response cache holds, and streams the rest through the engine, which keeps
+its queue full from the stage's first request to its last: no checkpoint barrier, no drain.
+Each result is handed back as it finishes, and written to the cache in small groups (every
+`flush_every` results or `flush_seconds`), so a crash loses only what was in flight. A result
+may add follow-up work (a truncated continuation's retry), which joins the same stream at once.
+When a shard's last result is in, a `ShardDone` says so, so the stage can write that shard's
+tables while the engine goes on with the next. Progress (done/total, tokens per second, time
+left) goes to the log at least every `progress_seconds`.
+"""
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
-from collections.abc import Sequence
-from typing import Any
+from collections import Counter, defaultdict, deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel
 
@@ -13,12 +30,16 @@ from lpt.prompts import ChatPrompt, seeded_rng
 from lpt_resources.cache import ResponseCache
 from lpt_resources.engines.base import (
     ChatMessage,
-    Engine,
     GenerationRequest,
     GenerationResult,
+    RequestFeed,
     SamplingParams,
 )
 from lpt_resources.engines.resource import EngineResource
+
+C = TypeVar("C")
+
+log = logging.getLogger(__name__)
 
 
 class GenerationStats(BaseModel):
@@ -37,11 +58,6 @@ class GenerationStats(BaseModel):
     @property
     def tokens_per_second(self) -> float:
         return round(self.completion_tokens / self.engine_seconds, 2) if self.engine_seconds else 0.0
-
-    def add(self, other: GenerationStats) -> GenerationStats:
-        merged = {k: getattr(self, k) + getattr(other, k) for k in GenerationStats.model_fields}
-        merged["engine_seconds"] = round(merged["engine_seconds"], 3)
-        return GenerationStats(**merged)
 
     def metadata(self) -> dict[str, Any]:
         return {**self.model_dump(), "tokens_per_second": self.tokens_per_second}
@@ -85,68 +101,313 @@ def to_request(
     return request.model_copy(update={"request_id": request.fingerprint()[:24]})
 
 
-def generate(
-    engine: EngineResource, requests: Sequence[GenerationRequest], *, cache_base: str | None
-) -> tuple[list[GenerationResult], GenerationStats]:
-    """Answer every request, from the response cache where it can. What is missing goes to the
-    engine in checkpoint batches (large enough to keep it busy), each written to the cache as
-    it completes: a crash loses at most the batch in flight, and a fully cached stage never
-    loads the model at all."""
-    cache = ResponseCache(cache_base, engine.cache_identity()) if cache_base else None
-    results: list[GenerationResult | None] = [None] * len(requests)
-    missing: list[int] = []
-    for index, request in enumerate(requests):
-        hit = cache.get(request) if cache else None
-        if hit is None:
-            missing.append(index)
-        else:
-            results[index] = hit
-    stats = GenerationStats(cache_hits=len(requests) - len(missing))
-    step = max(1, engine.checkpoint_every)
-    for start in range(0, len(missing), step):
-        chunk = missing[start : start + step]
-        batch = [requests[i] for i in chunk]
-        stats = stats.add(_send(engine.get(), batch, results, chunk))
-        if cache:
-            cache.put(batch, [results[i] for i in chunk])
-    failed = [r for r in results if r is not None and r.error is not None and not r.refused]
-    if failed:
-        # A stage that wrote its tables without these rows would look done and stay short;
-        # failing it keeps the shard unmaterialized, and a rerun sends only these requests.
-        # Requests the engine refused for their own content come back as results instead, for
-        # the stage to quarantine: rerunning them would fail the same way forever.
-        raise EngineRequestsFailed(
-            f"{len(failed)} of {len(requests)} requests failed after the engine's retries "
-            f"(the other responses are cached; a rerun sends only the failed ones). "
-            f"First error: {failed[0].error}"
-        )
-    return [r for r in results if r is not None], stats
-
-
 class EngineRequestsFailed(RuntimeError):
     """Some requests still failed after the engine's own retries, for reasons not their own."""
 
 
-def _send(
-    engine: Engine, batch: list[GenerationRequest], results: list[GenerationResult | None], slots: list[int]
-) -> GenerationStats:
-    cost_before = _cost(engine)
-    started = time.perf_counter()
-    answers = engine.generate(batch)
-    seconds = time.perf_counter() - started
-    for slot, answer in zip(slots, answers, strict=True):
-        results[slot] = answer
-    return GenerationStats(
-        requests_sent=len(batch),
-        samples=sum(len(r.completions) for r in answers),
-        failed_requests=sum(1 for r in answers if r.error),
-        prompt_tokens=sum(r.prompt_tokens for r in answers),
-        completion_tokens=sum(c.completion_tokens for r in answers for c in r.completions),
-        engine_seconds=round(seconds, 3),
-        estimated_cost_usd=round(_cost(engine) - cost_before, 6),
+@dataclass(frozen=True)
+class Answer(Generic[C]):
+    """One request's result, with the shard and the caller's context it was sent with."""
+
+    shard: str
+    request: GenerationRequest
+    result: GenerationResult
+    context: C
+    cached: bool
+
+
+@dataclass(frozen=True)
+class ShardDone:
+    """Every request of the shard (follow-ups included) is answered and cached. `failed`
+    counts requests that failed for the engine's reasons: such a shard must not be written."""
+
+    shard: str
+    failed: int
+
+
+FollowUp = Callable[[Answer[C]], Iterable[tuple[GenerationRequest, C]]]
+
+
+@dataclass
+class _Work(Generic[C]):
+    shard: str
+    request: GenerationRequest
+    context: C
+
+
+class _Feed(RequestFeed):
+    """The engine's feed: follow-ups first, then the stage's work read lazily, cache hits
+    answered on the way (the engine gets its first request as soon as one is missing)."""
+
+    def __init__(self, run: GenerationRun[Any]) -> None:
+        super().__init__()
+        self._run = run
+
+    def push_front(self, entry: tuple[int, GenerationRequest]) -> None:
+        self._queue.appendleft(entry)
+
+    def take(self) -> tuple[int, GenerationRequest] | None:
+        entry = super().take()
+        while entry is None and (tag := self._run._next_work()) is not None:
+            entry = self._run._route(tag)
+        if entry is not None:
+            self._run._sending()
+        return entry
+
+
+class GenerationRun(Generic[C]):
+    """One stage's work through one engine. Iterate it for `Answer`s and `ShardDone`s; after
+    the iteration, `stats` holds what was sent and read. `work` must come grouped by shard
+    (a shard's items contiguous); `total` (how many items `work` holds) sizes the progress
+    reports. Raises `EngineRequestsFailed` at the end when requests failed for the engine's
+    reasons (after caching every other result)."""
+
+    def __init__(
+        self,
+        engine: EngineResource,
+        work: Iterable[tuple[str, GenerationRequest, C]],
+        *,
+        stage: str,
+        cache_base: str | None,
+        total: int | None = None,
+        follow_up: FollowUp[C] | None = None,
+        report: Callable[[str], None] = log.info,
+    ) -> None:
+        self._engine = engine
+        self._source: Iterator[tuple[str, GenerationRequest, C]] | None = iter(work)
+        self._stage = stage
+        self._cache = ResponseCache(cache_base, engine.cache_identity()) if cache_base else None
+        self._follow_up = follow_up
+        self._report = report
+        self._work: dict[int, _Work[C]] = {}
+        self._ready: deque[tuple[int, GenerationResult] | ShardDone] = deque()
+        self._pending: Counter[str] = Counter()
+        self._failed: Counter[str] = Counter()
+        self._open_shard: str | None = None
+        self._unwritten: dict[str, list[tuple[GenerationRequest, GenerationResult]]] = defaultdict(list)
+        self._unwritten_count = 0
+        self._last_flush = time.monotonic()
+        self._expected = total or 0  # the work's size as announced, plus follow-ups
+        self._registered = 0
+        self._answered = 0
+        self._first_error: str | None = None
+        self.stats = GenerationStats()
+        self.started = time.monotonic()
+        self.first_request_at: float | None = None  # seconds from the start to the engine's first request
+        self._engine_started: float | None = None
+        self._last_report = self.started
+        self._report_lock = threading.Lock()
+
+    # ---- the work, read lazily
+
+    def _next_work(self) -> int | None:
+        """Read the next work item (None when the work is exhausted)."""
+        if self._source is None:
+            return None
+        try:
+            shard, request, context = next(self._source)
+        except StopIteration:
+            self._source = None
+            self._seal(self._open_shard)
+            return None
+        if shard != self._open_shard:
+            self._seal(self._open_shard)
+            self._open_shard = shard
+        return self._register(shard, request, context)
+
+    def _register(self, shard: str, request: GenerationRequest, context: C) -> int:
+        tag = self._registered
+        self._registered += 1
+        self._work[tag] = _Work(shard, request, context)
+        self._pending[shard] += 1
+        return tag
+
+    def _seal(self, shard: str | None) -> None:
+        """No more work will come for this shard: done now if nothing of it is pending."""
+        if shard is not None and self._pending[shard] == 0:
+            self._shard_done(shard)
+
+    def _route(self, tag: int) -> tuple[int, GenerationRequest] | None:
+        """A cache hit joins the answers ready to hand back; a miss goes to the engine."""
+        work = self._work[tag]
+        hit = self._cache.get(work.request, self._partition(work.shard)) if self._cache else None
+        if hit is not None:
+            self._ready.append((tag, hit))
+            return None
+        return tag, work.request
+
+    def _sending(self) -> None:
+        if self.first_request_at is None:
+            self.first_request_at = time.monotonic() - self.started
+
+    def _partition(self, shard: str) -> str:
+        return f"{self._stage}/{shard}"
+
+    # ---- streaming
+
+    def __iter__(self) -> Iterator[Answer[C] | ShardDone]:
+        feed = _Feed(self)
+        try:
+            while True:
+                yield from self._drain_ready(feed)
+                first = feed.take()
+                if first is None:
+                    if self._ready:
+                        continue
+                    break
+                feed.push_front(first)
+                engine = self._engine.get()
+                cost_before = engine.stats.cost_usd
+                self._engine_started = self._engine_started or time.monotonic()
+                stream_started = time.monotonic()
+                with self._heartbeat():
+                    for tag, result in engine.stream(feed):
+                        yield from self._handed_back(tag, result, cached=False, feed=feed)
+                        yield from self._drain_ready(feed)
+                self.stats.engine_seconds = round(self.stats.engine_seconds + time.monotonic() - stream_started, 3)
+                self.stats.estimated_cost_usd = round(self.stats.estimated_cost_usd + engine.stats.cost_usd - cost_before, 6)
+        finally:
+            self._flush()
+        self._progress(final=True)
+        failed = sum(self._failed.values())
+        if failed:
+            # A stage that wrote its tables without these rows would look done and stay short;
+            # failing it keeps the shards unmaterialized, and a rerun sends only these requests.
+            # Requests the engine refused for their own content come back as results instead,
+            # for the stage to quarantine: rerunning them would fail the same way forever.
+            raise EngineRequestsFailed(
+                f"{failed} of {self._registered} requests failed after the engine's retries "
+                f"(the other responses are cached; a rerun sends only the failed ones). "
+                f"First error: {self._first_error}"
+            )
+
+    def _drain_ready(self, feed: _Feed) -> Iterator[Answer[C] | ShardDone]:
+        while self._ready:
+            item = self._ready.popleft()
+            if isinstance(item, ShardDone):
+                yield item
+            else:
+                yield from self._handed_back(*item, cached=True, feed=feed)
+
+    def _handed_back(self, tag: int, result: GenerationResult, *, cached: bool, feed: _Feed) -> Iterator[Answer[C] | ShardDone]:
+        work = self._work.pop(tag)
+        answer = Answer(work.shard, work.request, result, work.context, cached)
+        self._account(answer)
+        for request, context in self._follow_up(answer) if self._follow_up else ():
+            entry = self._route(self._register(work.shard, request, context))
+            if entry is not None:
+                feed.put(*entry)
+            self._expected += 1
+        yield answer
+        self._pending[work.shard] -= 1
+        sealed = work.shard != self._open_shard or self._source is None
+        if self._pending[work.shard] == 0 and sealed:
+            self._shard_done(work.shard)
+        self._progress()
+
+    def _account(self, answer: Answer[C]) -> None:
+        result, stats = answer.result, self.stats
+        self._answered += 1
+        if answer.cached:
+            stats.cache_hits += 1
+            return
+        stats.requests_sent += 1
+        stats.samples += len(result.completions)
+        stats.prompt_tokens += result.prompt_tokens if result.error is None else 0
+        stats.completion_tokens += sum(c.completion_tokens for c in result.completions)
+        if result.error is not None:
+            stats.failed_requests += 1
+            if not result.refused:
+                self._failed[answer.shard] += 1
+                self._first_error = self._first_error or result.error
+            return
+        if self._cache is not None:
+            self._unwritten[answer.shard].append((answer.request, result))
+            self._unwritten_count += 1
+            settings = self._engine
+            if self._unwritten_count >= settings.flush_every or time.monotonic() - self._last_flush >= settings.flush_seconds:
+                self._flush()
+
+    def _shard_done(self, shard: str) -> None:
+        self._flush(shard)
+        if self._cache is not None:
+            partition = self._partition(shard)
+            self._cache.compact(partition)
+            self._cache.forget(partition)
+        self._ready.append(ShardDone(shard, self._failed[shard]))
+
+    def _flush(self, shard: str | None = None) -> None:
+        """Write waiting results to the cache: one shard's, or every shard's."""
+        if self._cache is None:
+            return
+        for key in [shard] if shard is not None else list(self._unwritten):
+            answered = self._unwritten.pop(key, [])
+            if answered:
+                self._cache.put(self._partition(key), answered)
+                self._unwritten_count -= len(answered)
+        if shard is None:
+            self._last_flush = time.monotonic()
+
+    # ---- progress
+
+    @contextmanager
+    def _heartbeat(self) -> Iterator[None]:
+        """Progress reports while the engine works, even while no result comes back (a loading
+        model, a static batch running for minutes)."""
+        stop = threading.Event()
+
+        def beat() -> None:
+            while not stop.wait(self._engine.progress_seconds / 4):
+                self._progress()
+
+        thread = threading.Thread(target=beat, name=f"lpt-progress-{self._stage}", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
+
+    def _progress(self, final: bool = False) -> None:
+        now = time.monotonic()
+        with self._report_lock:
+            if not final and now - self._last_report < self._engine.progress_seconds:
+                return
+            self._last_report = now
+        stats = self.stats
+        total = max(self._expected, self._registered)
+        parts = [f"{self._stage}: {self._answered:,}/{total:,} requests answered"]
+        if stats.cache_hits:
+            parts.append(f"{stats.cache_hits:,} from the cache")
+        if stats.failed_requests:
+            parts.append(f"{stats.failed_requests:,} failed")
+        if self._engine_started is not None:
+            elapsed = now - self._engine_started
+            parts.append(f"engine running for {timedelta(seconds=round(elapsed))}")
+            if stats.requests_sent:
+                parts.append(f"{stats.completion_tokens / elapsed:,.1f} tokens/s")
+                left = total - self._answered
+                if left and not final:
+                    parts.append(f"about {timedelta(seconds=round(left * elapsed / stats.requests_sent))} left")
+        self._report(", ".join(parts) + (" (done)" if final else ""))
+
+
+def generate(
+    engine: EngineResource,
+    requests: Sequence[GenerationRequest],
+    *,
+    cache_base: str | None,
+    stage: str = "requests",
+    shard: str = "all",
+) -> tuple[list[GenerationResult], GenerationStats]:
+    """Every request's result, in order, through one `GenerationRun` (for callers that want
+    all the results at once: tests, benchmarks, small tools)."""
+    run: GenerationRun[int] = GenerationRun(
+        engine, ((shard, request, index) for index, request in enumerate(requests)),
+        stage=stage, cache_base=cache_base, total=len(requests),
     )
-
-
-def _cost(engine: Engine) -> float:
-    stats = getattr(engine, "stats", None)
-    return stats.cost_usd if stats is not None else 0.0
+    results: list[GenerationResult | None] = [None] * len(requests)
+    for event in run:
+        if isinstance(event, Answer):
+            results[event.context] = event.result
+    return [r for r in results if r is not None], run.stats

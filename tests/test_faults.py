@@ -77,9 +77,9 @@ def test_a_full_disk_leaves_no_partial_cache_batch_and_caches_nothing(tiny_disk)
     requests = [_request(f"q{i}") for i in range(3)]
     big = [GenerationResult(request_id=r.request_id, prompt_tokens=1, completions=[Completion(text="x" * 40_000, finish_reason="stop", completion_tokens=1)]) for r in requests]
     with pytest.raises(OSError, match="No space left"):
-        cache.put(requests, big)
+        cache.put("stage/shard", list(zip(requests, big)))
     assert not [p for p in tiny_disk.rglob("*") if p.is_file()]
-    assert cache.get(requests[0]) is None  # what never reached the disk is not a hit
+    assert cache.get(requests[0], "stage/shard") is None  # what never reached the disk is not a hit
 
 
 def test_a_full_disk_leaves_no_partial_table(tiny_disk):
@@ -105,7 +105,7 @@ def test_failed_requests_fail_the_stage_after_caching_the_rest(tmp_path):
         return 503 if any(m["content"] in failing for m in body["messages"]) else None
 
     with FakeOpenAIServer(rule=rule) as server:
-        engine = EngineResource(kind="openai", model="m", base_url=server.base_url, checkpoint_every=1, max_retries=0)
+        engine = EngineResource(kind="openai", model="m", base_url=server.base_url, flush_every=1, max_retries=0)
         prompts = [ChatPrompt(key=k, system="", user=k) for k in ("one", "always", "two")]
         requests = [to_request(p, Sampling(n=1, max_tokens=8)) for p in prompts]
         with pytest.raises(EngineRequestsFailed, match="1 of 3 requests failed"):
@@ -126,7 +126,7 @@ def test_a_request_the_server_refuses_is_returned_for_quarantine_not_raised(tmp_
         return 400 if any(m["content"] == "too long" for m in body["messages"]) else None
 
     with FakeOpenAIServer(rule=rule) as server:
-        engine = EngineResource(kind="openai", model="m", base_url=server.base_url, checkpoint_every=1, max_retries=3)
+        engine = EngineResource(kind="openai", model="m", base_url=server.base_url, flush_every=1, max_retries=3)
         prompts = [ChatPrompt(key=k, system="", user=k) for k in ("one", "too long", "two")]
         requests = [to_request(p, Sampling(n=1, max_tokens=8)) for p in prompts]
         results, stats = generate(engine, requests, cache_base=str(tmp_path))

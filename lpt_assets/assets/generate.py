@@ -1,12 +1,16 @@
-"""The three generation stages. Each run gathers the requests of all its shards (single-run
-backfills: one model load), sends the engine what the response cache lacks in large batches,
-then writes one table per shard."""
-
+"""The three generation stages. Each run streams the requests of all its shards through one
+engine (single-run backfills: one model load), shard after shard, and writes each shard's tables
+as soon as that shard's last answer is in. When its step ends, a stage gives its engine back:
+parked for the next stage of the run if that stage uses the same settings, freed otherwise,
+so one GPU holds one model at a time."""
 
 from collections import Counter, defaultdict
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from dagster import (
     AssetExecutionContext,
+    AssetKey,
     AssetsDefinition,
     BackfillPolicy,
     MaterializeResult,
@@ -14,13 +18,13 @@ from dagster import (
     asset,
 )
 
-from lpt.config import PipelineConfig
+from lpt.config import EngineSettings, PipelineConfig
 from lpt.parse import mcq_json_schema
 from lpt.prompts import ask_prompt, think_answer_regex, think_prompt
 from lpt.records import Caption, LongCot, PresentedMCQ, Quarantined, SimpleCot
-from lpt.stages import long_cot, mcqs_from_response, plan_continuations, simple_cot_id
+from lpt.stages import ContinuationPlan, long_cot, mcqs_from_response, plan_continuations, simple_cot_id
 from lpt_assets.executors import gpu_op_tags
-from lpt_assets.generation import GenerationStats, generate, to_request
+from lpt_assets.generation import Answer, GenerationRun, ShardDone, to_request
 from lpt_assets.metadata import drop_metadata, histogram, markdown_table, per_shard_table
 from lpt_assets.partitions import shards
 from lpt_assets.versions import code_versions
@@ -55,8 +59,73 @@ def _vlm_mode(engine: Engine, stand_in_allowed: bool) -> bool:
     )
 
 
+def _assets_in_run(context: AssetExecutionContext) -> set[AssetKey]:
+    selection = context.run.asset_selection
+    return set(selection) if selection is not None else set(context.job_def.asset_layer.executable_asset_keys)
+
+
+def _release(context: AssetExecutionContext, engine: EngineResource, settings: EngineSettings,
+             next_stage: tuple[str, EngineSettings] | None) -> None:
+    """Give the stage's engine back: parked when the next stage runs in this run with the same
+    settings (it picks the loaded model up), freed otherwise."""
+    park = (
+        next_stage is not None
+        and next_stage[1] == settings
+        and AssetKey(next_stage[0]) in _assets_in_run(context)
+    )
+    engine.release(park=park)
+
+
+class ShardTables:
+    """Rows per shard as answers stream in, each shard's rows in the order of its work (answers
+    arrive in the order they finish), written when the shard is done."""
+
+    def __init__(self, store: ParquetStore, keys: list[str], table: str, model: type, quarantine: str,
+                 order: Callable[[Any], Any] | None = None) -> None:
+        self._store, self._table, self._model, self._quarantine = store, table, model, quarantine
+        self._order = order  # rows of one work item, in this order
+        self.rows: dict[str, dict[int, list]] = {key: defaultdict(list) for key in keys}
+        self.refused: dict[str, list[Quarantined]] = {key: [] for key in keys}
+        self.written: dict[str, list] = {}
+
+    def add(self, shard: str, position: int, rows: list) -> None:
+        self.rows[shard][position] += rows
+
+    def write(self, shard: str) -> None:
+        ordered = [
+            row
+            for _, rows in sorted(self.rows.pop(shard).items())
+            for row in (sorted(rows, key=self._order) if self._order else rows)
+        ]
+        self._store.write(self._table, shard, ordered, self._model)
+        self._store.write(self._quarantine, shard, self.refused[shard], Quarantined)
+        self.written[shard] = ordered
+
+    def write_empty(self, keys: list[str], work: dict[str, int]) -> None:
+        """Shards with no work at all never stream: their (empty) tables are written now."""
+        for key in keys:
+            if not work[key]:
+                self.write(key)
+
+    def events(self, run: GenerationRun) -> Iterator[Answer]:
+        """The run's answers; each finished shard is written on the way."""
+        for event in run:
+            if isinstance(event, ShardDone):
+                if not event.failed:
+                    self.write(event.shard)
+            else:
+                yield event
+
+    def all_rows(self) -> list:
+        return [row for rows in self.written.values() for row in rows]
+
+    def all_refused(self) -> list[Quarantined]:
+        return [q for key in self.written for q in self.refused[key]]
+
+
 def build_generation_assets(config: PipelineConfig) -> list[AssetsDefinition]:
     versions = code_versions(config)
+    engines = config.engines
 
     @asset(
         partitions_def=shards,
@@ -72,38 +141,41 @@ def build_generation_assets(config: PipelineConfig) -> list[AssetsDefinition]:
         """Four-option questions that need a close look at the image, validated and presented."""
         keys = context.partition_keys
         by_shard = _read_all(store, "captions", keys, Caption)
-        captions = [c for key in keys for c in by_shard[key]]
         schema = mcq_json_schema(config.ask.questions_per_image) if config.ask.structured_output else None
-        requests = [to_request(ask_prompt(c, config.ask), config.ask.sampling, json_schema=schema) for c in captions]
-        results, stats = generate(ask_engine, requests, cache_base=store.base)
-        out: dict[str, list[PresentedMCQ]] = defaultdict(list)
-        bad: dict[str, list[Quarantined]] = defaultdict(list)
-        shard_of = {c.image_id: key for key in keys for c in by_shard[key]}
-        for caption, result in zip(captions, results, strict=True):
-            shard = shard_of[caption.image_id]
-            if result.error or not result.completions:
-                bad[shard].append(refused_by_engine("mcqs", caption.image_id, result))
-                continue
-            completion = result.completions[0]
-            items, refused = mcqs_from_response(caption, completion.text, completion.finish_reason, config.ask)
-            out[shard] += items
-            bad[shard] += refused
-        per_shard = []
-        for key in keys:
-            store.write("mcqs", key, out[key], PresentedMCQ)
-            store.write("mcqs_quarantine", key, bad[key], Quarantined)
-            per_shard.append({"shard": key, "images": len(by_shard[key]), "mcqs": len(out[key]), "refused": len(bad[key])})
-        made = [i for key in keys for i in out[key]]
-        refused_all = [q for key in keys for q in bad[key]]
+        tables = ShardTables(store, keys, "mcqs", PresentedMCQ, "mcqs_quarantine")
+        tables.write_empty(keys, {key: len(by_shard[key]) for key in keys})
+        work = (
+            (key, to_request(ask_prompt(caption, config.ask), config.ask.sampling, json_schema=schema), (position, caption))
+            for key in keys
+            for position, caption in enumerate(by_shard[key])
+        )
+        run = GenerationRun(ask_engine, work, stage="mcqs", cache_base=store.base,
+                            total=sum(map(len, by_shard.values())), report=context.log.info)
+        try:
+            for answer in tables.events(run):
+                position, caption = answer.context
+                result = answer.result
+                if result.error or not result.completions:
+                    tables.refused[answer.shard].append(refused_by_engine("mcqs", caption.image_id, result))
+                    continue
+                completion = result.completions[0]
+                items, refused = mcqs_from_response(caption, completion.text, completion.finish_reason, config.ask)
+                tables.add(answer.shard, position, items)
+                tables.refused[answer.shard] += refused
+        finally:
+            _release(context, ask_engine, engines.ask, ("simple_cots", engines.vlm))
+        made = tables.all_rows()
         return MaterializeResult(
             metadata={
-                "rows_in": len(captions),
+                "rows_in": sum(map(len, by_shard.values())),
                 "rows_out": len(made),
-                "mcqs_per_image": round(len(made) / max(len(captions), 1), 2),
-                **drop_metadata(refused_all),
-                **stats.metadata(),
+                "mcqs_per_image": round(len(made) / max(sum(map(len, by_shard.values())), 1), 2),
+                **drop_metadata(tables.all_refused()),
+                **run.stats.metadata(),
                 "engine": MetadataValue.json(ask_engine.describe()),
-                "per_shard": per_shard_table(per_shard),
+                "per_shard": per_shard_table(
+                    [{"shard": k, "images": len(by_shard[k]), "mcqs": len(tables.written[k]), "refused": len(tables.refused[k])} for k in keys]
+                ),
                 "reasoning_types": MetadataValue.json(dict(Counter(i.mcq.reasoning_type for i in made))),
                 "sample_rows": markdown_table(
                     [{"question": i.mcq.question, "options": " / ".join(i.mcq.options), "answer": i.mcq.answer} for i in made]
@@ -127,27 +199,36 @@ def build_generation_assets(config: PipelineConfig) -> list[AssetsDefinition]:
         captions = {c.image_id: c for cs in _read_all(store, "captions", keys, Caption).values() for c in cs}
         items_by_shard = _read_all(store, "mcqs", keys, PresentedMCQ)
         stand_in = _vlm_mode(vlm_engine.get(), config.think.caption_stand_in)
-        work = [(key, item) for key in keys for item in items_by_shard[key]]
-        requests = [
-            to_request(
-                think_prompt(item, captions[item.mcq.image_id], stand_in=stand_in),
-                config.think.sampling,
-                image_max_side=config.think.image_max_side,
-                regex=think_answer_regex(config.think.sampling.max_tokens, item.presentation) if config.think.constrain_format else None,
-                banned_words=config.verify.leak_words if stand_in and config.think.ban_leak_words_in_stand_in else (),
+        think = config.think
+        banned = config.verify.leak_words if stand_in and think.ban_leak_words_in_stand_in else ()
+        tables = ShardTables(store, keys, "simple_cots", SimpleCot, "simple_cots_quarantine")
+        tables.write_empty(keys, {key: len(items_by_shard[key]) for key in keys})
+        work = (
+            (
+                key,
+                to_request(
+                    think_prompt(item, captions[item.mcq.image_id], stand_in=stand_in),
+                    think.sampling,
+                    image_max_side=think.image_max_side,
+                    regex=think_answer_regex(think.sampling.max_tokens, item.presentation) if think.constrain_format else None,
+                    banned_words=banned,
+                ),
+                (position, item),
             )
-            for _, item in work
-        ]
-        results, stats = generate(vlm_engine, requests, cache_base=store.base)
-        out: dict[str, list[SimpleCot]] = defaultdict(list)
-        bad: dict[str, list[Quarantined]] = defaultdict(list)
-        for (key, item), request, result in zip(work, requests, results, strict=True):
-            if result.error or not result.completions:
-                bad[key].append(refused_by_engine("simple_cots", item.mcq.mcq_id, result))
-            for index, completion in enumerate(result.completions):
-                out[key].append(
+            for key in keys
+            for position, item in enumerate(items_by_shard[key])
+        )
+        run = GenerationRun(vlm_engine, work, stage="simple_cots", cache_base=store.base,
+                            total=sum(map(len, items_by_shard.values())), report=context.log.info)
+        try:
+            for answer in tables.events(run):
+                position, item = answer.context
+                result = answer.result
+                if result.error or not result.completions:
+                    tables.refused[answer.shard].append(refused_by_engine("simple_cots", item.mcq.mcq_id, result))
+                tables.add(answer.shard, position, [
                     SimpleCot(
-                        cot_id=simple_cot_id(item.mcq.mcq_id, request.request_id, index),
+                        cot_id=simple_cot_id(item.mcq.mcq_id, answer.request.request_id, index),
                         mcq_id=item.mcq.mcq_id,
                         image_id=item.mcq.image_id,
                         sample_index=index,
@@ -158,22 +239,24 @@ def build_generation_assets(config: PipelineConfig) -> list[AssetsDefinition]:
                         model=vlm_engine.model,
                         stand_in=stand_in,
                     )
-                )
-        for key in keys:
-            store.write("simple_cots", key, out[key], SimpleCot)
-            store.write("simple_cots_quarantine", key, bad[key], Quarantined)
-        cots = [c for key in keys for c in out[key]]
+                    for index, completion in enumerate(result.completions)
+                ])
+        finally:
+            _release(context, vlm_engine, engines.vlm, ("long_cots", engines.reasoner))
+        cots = tables.all_rows()
         return MaterializeResult(
             metadata={
                 "perception": "caption stand-in (text model read the description, not the image)" if stand_in else "image",
                 "stand_in": stand_in,
-                "rows_in": len(work),
+                "rows_in": sum(map(len, items_by_shard.values())),
                 "rows_out": len(cots),
                 "truncated": sum(c.finish_reason == "length" for c in cots),
-                **drop_metadata([q for key in keys for q in bad[key]]),
-                **stats.metadata(),
+                **drop_metadata(tables.all_refused()),
+                **run.stats.metadata(),
                 "engine": MetadataValue.json(vlm_engine.describe()),
-                "per_shard": per_shard_table([{"shard": k, "mcqs": len(items_by_shard[k]), "short_cots": len(out[k])} for k in keys]),
+                "per_shard": per_shard_table(
+                    [{"shard": k, "mcqs": len(items_by_shard[k]), "short_cots": len(tables.written[k])} for k in keys]
+                ),
                 "sample_rows": markdown_table([{"mcq_id": c.mcq_id, "finish": c.finish_reason, "text": c.text} for c in cots]),
             }
         )
@@ -189,73 +272,82 @@ def build_generation_assets(config: PipelineConfig) -> list[AssetsDefinition]:
         kinds={"parquet"},
     )
     def long_cots(context: AssetExecutionContext, store: ParquetStore, reasoner_engine: EngineResource) -> MaterializeResult:
-        """The reasoner continues each short CoT after a cue; cut-off continuations get one
-        retry with a larger budget and are kept with finish_reason "length" if cut again."""
+        """The reasoner continues each short CoT after a cue; a cut-off continuation gets one
+        retry with a larger budget (joining the stream as soon as it is cut) and is kept with
+        finish_reason "length" if cut again."""
         keys = context.partition_keys
         cfg = config.think_harder
         captions = {c.image_id: c for cs in _read_all(store, "captions", keys, Caption).values() for c in cs}
         items = {i.mcq.mcq_id: i for its in _read_all(store, "mcqs", keys, PresentedMCQ).values() for i in its}
         shorts_by_shard = _read_all(store, "simple_cots", keys, SimpleCot)
-        shard_of = {c.cot_id: key for key in keys for c in shorts_by_shard[key]}
-        plans = plan_continuations(items, captions, [c for k in keys for c in shorts_by_shard[k]], cfg, config.verify)
-        def regex(plan, max_tokens: int) -> str | None:
-            return think_answer_regex(max_tokens, items[plan.cot.mcq_id].presentation) if cfg.constrain_format else None
-
+        plans = {key: plan_continuations(items, captions, shorts_by_shard[key], cfg, config.verify) for key in keys}
+        retry = cfg.retry_max_tokens > cfg.sampling.max_tokens
         banned = config.verify.leak_words if cfg.ban_leak_words else ()
-        requests = [
-            to_request(p.prompt, cfg.sampling, n=len(p.sample_indices), regex=regex(p, cfg.sampling.max_tokens), banned_words=banned)
-            for p in plans
-        ]
-        results, stats = generate(reasoner_engine, requests, cache_base=store.base)
-        finished: dict[tuple[int, int], LongCot] = {}
-        retry_work: list[tuple[int, int]] = []
-        bad: dict[str, list[Quarantined]] = defaultdict(list)
-        for plan_index, (plan, result) in enumerate(zip(plans, results, strict=True)):
-            if result.error or not result.completions:
-                bad[shard_of[plan.cot.cot_id]].append(refused_by_engine("long_cots", plan.cot.cot_id, result))
-            for slot, completion in enumerate(result.completions):
-                sample_index = plan.sample_indices[slot]
-                if completion.finish_reason == "length" and cfg.retry_max_tokens > cfg.sampling.max_tokens:
-                    retry_work.append((plan_index, sample_index))
+
+        def request(plan: ContinuationPlan, *, n: int, max_tokens: int, salt: str = ""):
+            regex = think_answer_regex(max_tokens, items[plan.cot.mcq_id].presentation) if cfg.constrain_format else None
+            return to_request(plan.prompt, cfg.sampling, n=n, max_tokens=max_tokens, regex=regex, banned_words=banned, salt=salt)
+
+        def retries(answer: Answer) -> Iterator:
+            """A continuation cut at the token limit is asked again, once, with a larger budget."""
+            position, plan, retried_sample = answer.context
+            if retried_sample is not None or not retry:
+                return
+            for slot, completion in enumerate(answer.result.completions):
+                if completion.finish_reason == "length":
+                    sample = plan.sample_indices[slot]
+                    yield (request(plan, n=1, max_tokens=cfg.retry_max_tokens, salt=f"retry-{sample}"), (position, plan, sample))
+
+        tables = ShardTables(store, keys, "long_cots", LongCot, "long_cots_quarantine", order=lambda row: row.sample_index)
+        tables.write_empty(keys, {key: len(plans[key]) for key in keys})
+        work = (
+            (key, request(plan, n=len(plan.sample_indices), max_tokens=cfg.sampling.max_tokens), (position, plan, None))
+            for key in keys
+            for position, plan in enumerate(plans[key])
+        )
+        run = GenerationRun(reasoner_engine, work, stage="long_cots", cache_base=store.base, follow_up=retries,
+                            total=sum(map(len, plans.values())), report=context.log.info)
+        retried = 0
+        try:
+            for answer in tables.events(run):
+                position, plan, retried_sample = answer.context
+                result = answer.result
+                made = dict(prompt_tokens=result.prompt_tokens, model=reasoner_engine.model)
+                if retried_sample is not None:
+                    retried += 1
+                    completion = result.completions[0] if result.completions else None
+                    tables.add(answer.shard, position, [long_cot(
+                        plan, retried_sample, completion.text if completion else "",
+                        completion.finish_reason if completion else "error", attempts=2,
+                        completion_tokens=completion.completion_tokens if completion else 0, **made,
+                    )])
                     continue
-                finished[(plan_index, sample_index)] = long_cot(
-                    plan, sample_index, completion.text, completion.finish_reason, attempts=1,
-                    prompt_tokens=result.prompt_tokens, completion_tokens=completion.completion_tokens, model=reasoner_engine.model,
-                )
-        retry_requests = [
-            to_request(plans[p].prompt, cfg.sampling, n=1, max_tokens=cfg.retry_max_tokens, regex=regex(plans[p], cfg.retry_max_tokens), banned_words=banned, salt=f"retry-{s}")
-            for p, s in retry_work
-        ]
-        retry_results, retry_stats = generate(reasoner_engine, retry_requests, cache_base=store.base)
-        for (plan_index, sample_index), result in zip(retry_work, retry_results, strict=True):
-            plan = plans[plan_index]
-            completion = result.completions[0] if result.completions else None
-            finished[(plan_index, sample_index)] = long_cot(
-                plan, sample_index, completion.text if completion else "", completion.finish_reason if completion else "error",
-                attempts=2, prompt_tokens=result.prompt_tokens,
-                completion_tokens=completion.completion_tokens if completion else 0, model=reasoner_engine.model,
-            )
-        out: dict[str, list[LongCot]] = defaultdict(list)
-        for (plan_index, _), row in sorted(finished.items()):
-            out[shard_of[plans[plan_index].cot.cot_id]].append(row)
-        for key in keys:
-            store.write("long_cots", key, out[key], LongCot)
-            store.write("long_cots_quarantine", key, bad[key], Quarantined)
-        rows = [r for key in keys for r in out[key]]
-        total: GenerationStats = stats.add(retry_stats)
+                if result.error or not result.completions:
+                    tables.refused[answer.shard].append(refused_by_engine("long_cots", plan.cot.cot_id, result))
+                tables.add(answer.shard, position, [
+                    long_cot(plan, sample, completion.text, completion.finish_reason, attempts=1,
+                             completion_tokens=completion.completion_tokens, **made)
+                    for sample, completion in zip(plan.sample_indices, result.completions)
+                    if not (retry and completion.finish_reason == "length")
+                ])
+        finally:
+            _release(context, reasoner_engine, engines.reasoner, None)
+        rows = tables.all_rows()
         return MaterializeResult(
             metadata={
-                "rows_in": len({p.cot.cot_id for p in plans}),
+                "rows_in": len({p.cot.cot_id for key in keys for p in plans[key]}),
                 "rows_out": len(rows),
-                "retried_truncated": len(retry_work),
+                "retried_truncated": retried,
                 "still_truncated": sum(r.finish_reason == "length" for r in rows),
-                **drop_metadata([q for key in keys for q in bad[key]]),
+                **drop_metadata(tables.all_refused()),
                 "cues": MetadataValue.json(dict(Counter(r.cue for r in rows))),
                 "mean_continuation_tokens": round(sum(r.completion_tokens for r in rows) / max(len(rows), 1), 1),
                 "continuation_tokens": histogram([r.completion_tokens for r in rows], "long-CoT continuation length", "tokens"),
-                **total.metadata(),
+                **run.stats.metadata(),
                 "engine": MetadataValue.json(reasoner_engine.describe()),
-                "per_shard": per_shard_table([{"shard": k, "short_cots": len(shorts_by_shard[k]), "long_cots": len(out[k])} for k in keys]),
+                "per_shard": per_shard_table(
+                    [{"shard": k, "short_cots": len(shorts_by_shard[k]), "long_cots": len(tables.written[k])} for k in keys]
+                ),
                 "sample_rows": markdown_table([{"cot_id": r.cot_id, "cue": r.cue, "continuation": r.continuation} for r in rows]),
             }
         )

@@ -1,10 +1,19 @@
-"""The one batch interface every engine implements; stages speak only this."""
+"""The one interface every engine implements; stages speak only this.
+
+Engines stream: `stream(feed)` takes requests from a `RequestFeed` as fast as the engine has
+room for them and yields each result as soon as its request finishes, so the engine's queue
+never drains at a batch boundary. A feed may grow while it streams (a truncated output's retry
+joins it as soon as the first attempt returns); the stream ends once the feed is empty and
+nothing is in flight. `generate(requests)` is the same for a fixed list, in order.
+"""
 
 from __future__ import annotations
 
 import abc
 import hashlib
 import json
+from collections import deque
+from collections.abc import Iterable, Iterator
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -101,17 +110,45 @@ class EngineStats(BaseModel):
         return self.completion_tokens / self.seconds if self.seconds else 0.0
 
 
+class RequestFeed:
+    """Requests waiting for an engine, each with the caller's tag, in order. The caller may
+    `put` more while an engine streams from it; engines only `take`."""
+
+    def __init__(self, items: Iterable[tuple[int, GenerationRequest]] = ()) -> None:
+        self._queue: deque[tuple[int, GenerationRequest]] = deque(items)
+
+    def put(self, tag: int, request: GenerationRequest) -> None:
+        self._queue.append((tag, request))
+
+    def take(self) -> tuple[int, GenerationRequest] | None:
+        """The next request, or None when none is waiting right now."""
+        return self._queue.popleft() if self._queue else None
+
+    def __len__(self) -> int:
+        return len(self._queue)
+
+
 class Engine(abc.ABC):
-    """A loaded model that turns requests into results, in the order given."""
+    """A loaded model that turns requests into results."""
 
     name: str
     model: str
     supports_images: bool = False
-    supports_json_schema: bool = False
+    stats: EngineStats
+    queue_depth: int | None = None  # requests kept in flight while streaming (None: the engine's default)
 
     @abc.abstractmethod
-    def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
-        """Run all requests; the engine batches internally to keep its hardware busy."""
+    def stream(self, feed: RequestFeed) -> Iterator[tuple[int, GenerationResult]]:
+        """(tag, result) for every request taken from `feed`, each as soon as it finishes."""
 
-    def close(self) -> None:
-        """Free the model and its memory."""
+    def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
+        """Every request's result, in the order given."""
+        results: dict[int, GenerationResult] = dict(self.stream(RequestFeed(enumerate(requests))))
+        return [results[index] for index in range(len(requests))]
+
+    def close(self, park: bool = False) -> None:
+        """Free the model and its memory (`park`: keep it loaded for the next engine of the
+        same settings in this process)."""
+
+    def unpark(self) -> None:
+        """Free models parked by engines of this kind (at the end of a run)."""

@@ -1,11 +1,11 @@
 """Engine for any OpenAI-compatible chat-completions server: OpenAI itself, `vllm serve`,
 SGLang, or llama.cpp's `llama-server`, through the `openai` SDK's async client.
 
-Concurrency: all requests of a `generate()` call run at once on one event loop, with at most
-`max_concurrency` HTTP calls in flight (an `asyncio.Semaphore`); a request waiting out a
-back-off holds no slot. `generate()` is synchronous and also works where an event loop is
-already running in the calling thread (Dagster may run one): the async work then runs on a
-private event loop in a worker thread.
+Concurrency: `stream()` keeps a sliding window of requests under way on a private event loop in
+a thread of its own (so it also works where the calling thread runs an event loop), with at most
+`max_concurrency` HTTP calls in flight (an `asyncio.Semaphore`; a request waiting out a back-off
+holds no slot); each request that finishes is handed back at once and the next one from the
+feed takes its place, so the server never sees a batch drain.
 
 Retries are ours alone (the SDK's own are switched off): 408, 409, 429, 5xx, timeouts,
 connection errors and malformed bodies are retried with exponential back-off and jitter
@@ -53,20 +53,30 @@ including the prompt of remainder calls, and adds up in `stats.cost_usd`.
 from __future__ import annotations
 
 import asyncio
-import base64
 import concurrent.futures
 import email.utils
-import io
 import json
 import logging
 import os
+import queue
 import random
 import re
 import threading
 import time
+from collections.abc import Iterator
+from functools import partial
 from typing import Any, Literal
 
-from .base import Completion, Engine, EngineStats, GenerationRequest, GenerationResult, banned_word_variants
+from .base import (
+    Completion,
+    Engine,
+    EngineStats,
+    GenerationRequest,
+    GenerationResult,
+    RequestFeed,
+    banned_word_variants,
+)
+from .images import ImagePrefetcher, image_data_url
 
 log = logging.getLogger(__name__)
 
@@ -142,40 +152,6 @@ def _finish_reason(reason: str | None) -> Literal["stop", "length", "error"]:
     return "stop"  # "stop", "eos", "content_filter", "tool_calls", None, ...
 
 
-def _image_data_url(path: str, max_side: int | None) -> str:
-    """The image as a data URL: the original bytes when it is a PNG or JPEG within the cap,
-    else resized (longest side `max_side`, bicubic) and encoded as JPEG (for JPEG sources) or
-    PNG."""
-    import fsspec
-    from PIL import Image
-
-    with fsspec.open(path, "rb") as f:
-        data = f.read()
-    img = Image.open(io.BytesIO(data))
-    fmt = (img.format or "").upper()
-    img.load()
-    resize = bool(max_side) and max(img.size) > int(max_side)  # type: ignore[arg-type]
-    if not resize and fmt in ("PNG", "JPEG"):
-        mime = "image/png" if fmt == "PNG" else "image/jpeg"
-        return f"data:{mime};base64,{base64.b64encode(data).decode()}"
-    if resize:
-        w, h = img.size
-        scale = int(max_side) / max(w, h)  # type: ignore[arg-type]
-        if img.mode not in ("RGB", "RGBA", "L"):
-            img = img.convert("RGBA" if "A" in img.getbands() else "RGB")
-        img = img.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.BICUBIC)
-    buf = io.BytesIO()
-    if fmt == "JPEG":
-        img.convert("RGB").save(buf, format="JPEG", quality=95)
-        mime = "image/jpeg"
-    else:
-        if img.mode not in ("RGB", "RGBA", "L", "LA"):
-            img = img.convert("RGBA" if "A" in img.getbands() else "RGB")
-        img.save(buf, format="PNG")
-        mime = "image/png"
-    return f"data:{mime};base64,{base64.b64encode(buf.getvalue()).decode()}"
-
-
 def _schema_name(schema: dict[str, Any]) -> str:
     name = re.sub(r"[^A-Za-z0-9_-]", "_", str(schema.get("title") or "output"))[:64]
     return name or "output"
@@ -207,7 +183,6 @@ class OpenAIEngine(Engine):
     """
 
     name = "openai"
-    supports_json_schema = True
 
     def __init__(
         self,
@@ -275,52 +250,73 @@ class OpenAIEngine(Engine):
 
     # ---- public entry point
 
-    def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
-        if not requests:
-            return []
+    def stream(self, feed: RequestFeed) -> Iterator[tuple[int, GenerationResult]]:
+        """A sliding window: up to `queue_depth` requests (twice `max_concurrency` by default)
+        are under way, at most `max_concurrency` of them as HTTP calls, on an event loop in a
+        thread of its own; each finished request is handed back and the next one from the feed
+        takes its place at once. The images of the requests in the window are prepared
+        meanwhile, each once however many requests share it."""
+        key = os.environ.get(self.api_key_env) or "EMPTY"
+        depth = self.queue_depth or 2 * self.max_concurrency
+        loop = asyncio.new_event_loop()
+        thread = threading.Thread(target=loop.run_forever, name="openai-engine", daemon=True)
+        thread.start()
+        finished: queue.SimpleQueue[int] = queue.SimpleQueue()
+        under_way: dict[int, concurrent.futures.Future] = {}
+        images = ImagePrefetcher(keep=max(64, depth))
+        client = None
         try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            return asyncio.run(self.agenerate(requests))
-        # An event loop runs in this thread: run ours on a worker thread and wait for it.
-        with concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="openai-engine") as pool:
-            return pool.submit(lambda: asyncio.run(self.agenerate(requests))).result()
+            client, http_slots = asyncio.run_coroutine_threadsafe(self._open(key), loop).result()
+            started = time.perf_counter()
+            while True:
+                while len(under_way) < depth and (entry := feed.take()) is not None:
+                    tag, req = entry
+                    image = None
+                    if req.image:
+                        location, side = req.image, req.image_max_side
+                        image = images.prefetch((location, side), partial(image_data_url, location, side))
+                    future = asyncio.run_coroutine_threadsafe(self._one(client, key, http_slots, req, image), loop)
+                    future.add_done_callback(lambda _, tag=tag: finished.put(tag))
+                    under_way[tag] = future
+                if not under_way:
+                    return
+                tag = finished.get()
+                result, billed_prompt, billed_completion = under_way.pop(tag).result()
+                now = time.perf_counter()
+                self._count(result, billed_prompt, billed_completion, now - started)
+                started = now
+                yield tag, result
+        finally:
+            for future in under_way.values():
+                future.cancel()
+            if client is not None:
+                try:
+                    asyncio.run_coroutine_threadsafe(client.close(), loop).result(timeout=10)
+                except Exception:  # noqa: BLE001 - closing a client of a dead server
+                    pass
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join(timeout=10)
+            loop.close()
+            images.close()
 
-    async def agenerate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
-        """The async form of `generate()`, for callers that own an event loop."""
+    async def _open(self, key: str) -> tuple[Any, asyncio.Semaphore]:
+        """A client and the HTTP-call slots, made on the engine's event loop."""
         import openai
 
-        t0 = time.perf_counter()
-        key = os.environ.get(self.api_key_env) or "EMPTY"
         client_kw: dict[str, Any] = {"api_key": key, "max_retries": 0, "timeout": self.timeout_s}
         if self.base_url is not None:
             client_kw["base_url"] = self.base_url
-        client = openai.AsyncOpenAI(**client_kw)
-        http_slots = asyncio.Semaphore(self.max_concurrency)
-        # Requests being prepared or waiting to retry are bounded too, so images of thousands of
-        # requests are never all in memory at once.
-        request_slots = asyncio.Semaphore(2 * self.max_concurrency)
-        try:
-            outs = await asyncio.gather(
-                *(self._one(client, key, http_slots, request_slots, req) for req in requests)
-            )
-        finally:
-            await client.close()
-        results = [r for r, _, _ in outs]
-        billed_prompt = sum(p for _, p, _ in outs)
-        billed_completion = sum(c for _, _, c in outs)
-        cost = self._cost(billed_prompt, billed_completion)
+        return openai.AsyncOpenAI(**client_kw), asyncio.Semaphore(self.max_concurrency)
+
+    def _count(self, result: GenerationResult, billed_prompt: int, billed_completion: int, seconds: float) -> None:
         with self._stats_lock:
             st = self.stats
-            st.requests += len(requests)
-            st.samples += sum(len(r.completions) for r in results)
-            st.prompt_tokens += sum(r.prompt_tokens for r in results if r.error is None)
-            st.completion_tokens += sum(c.completion_tokens for r in results for c in r.completions)
-            st.seconds += time.perf_counter() - t0
-            st.cost_usd += cost
-        failed = sum(1 for r in results if r.error is not None)
-        log.debug("generate: %d requests (%d failed) in %.2fs", len(requests), failed, time.perf_counter() - t0)
-        return results
+            st.requests += 1
+            st.samples += len(result.completions)
+            st.prompt_tokens += result.prompt_tokens if result.error is None else 0
+            st.completion_tokens += sum(c.completion_tokens for c in result.completions)
+            st.seconds += seconds
+            st.cost_usd += self._cost(billed_prompt, billed_completion)
 
     # ---- one request
 
@@ -329,47 +325,46 @@ class OpenAIEngine(Engine):
         client: Any,
         key: str,
         http_slots: asyncio.Semaphore,
-        request_slots: asyncio.Semaphore,
         req: GenerationRequest,
+        image: concurrent.futures.Future | None,
     ) -> tuple[GenerationResult, int, int]:
         """(result, billed prompt tokens, billed completion tokens) for one request."""
-        async with request_slots:
-            try:
-                self._check_supported(req)
-                image_url = await asyncio.to_thread(_image_data_url, req.image, req.image_max_side) if req.image else None
-                base = self._request_kwargs(req, image_url)
-            except RequestNotSupported as exc:  # the engine's config, not this request
-                return self._failed(req, 0, exc, key, kind="engine"), 0, 0
-            except Exception as exc:  # noqa: BLE001 - a bad request (its image) must not sink the batch
-                return self._failed(req, 0, exc, key, kind="request"), 0, 0
+        try:
+            self._check_supported(req)
+            image_url = await asyncio.wrap_future(image) if image is not None else None
+            base = self._request_kwargs(req, image_url)
+        except RequestNotSupported as exc:  # the engine's config, not this request
+            return self._failed(req, 0, exc, key, kind="engine"), 0, 0
+        except Exception as exc:  # noqa: BLE001 - a bad request (its image) must not sink the batch
+            return self._failed(req, 0, exc, key, kind="request"), 0, 0
 
-            n = req.sampling.n
-            completions: list[Completion] = []
-            prompt_tokens: int | None = None
-            billed_prompt = billed_completion = 0
-            try:
-                while len(completions) < n:
-                    want = n - len(completions)
-                    kwargs = dict(base)
-                    if self.server_kind != "llamacpp" and want > 1:
-                        kwargs["n"] = want
-                    if req.sampling.seed is not None:
-                        kwargs["seed"] = req.sampling.seed + len(completions)
-                    resp = await self._call(client, key, http_slots, req.request_id, kwargs)
-                    got, p_tokens, c_tokens = self._parse(resp, req)
-                    completions.extend(got[:want])
-                    if len(completions) < n:
-                        log.debug("request %s: %d of %d samples so far; asking for the rest",
-                                  req.request_id, len(completions), n)
-                    billed_prompt += p_tokens
-                    billed_completion += c_tokens
-                    if prompt_tokens is None:
-                        prompt_tokens = p_tokens
-            except Exception as exc:  # noqa: BLE001 - reported on this request only
-                kind = "request" if _refused_by_server(exc) else "engine"
-                return self._failed(req, prompt_tokens or 0, exc, key, kind=kind), billed_prompt, billed_completion
-            result = GenerationResult(request_id=req.request_id, prompt_tokens=prompt_tokens or 0, completions=completions)
-            return result, billed_prompt, billed_completion
+        n = req.sampling.n
+        completions: list[Completion] = []
+        prompt_tokens: int | None = None
+        billed_prompt = billed_completion = 0
+        try:
+            while len(completions) < n:
+                want = n - len(completions)
+                kwargs = dict(base)
+                if self.server_kind != "llamacpp" and want > 1:
+                    kwargs["n"] = want
+                if req.sampling.seed is not None:
+                    kwargs["seed"] = req.sampling.seed + len(completions)
+                resp = await self._call(client, key, http_slots, req.request_id, kwargs)
+                got, p_tokens, c_tokens = self._parse(resp, req)
+                completions.extend(got[:want])
+                if len(completions) < n:
+                    log.debug("request %s: %d of %d samples so far; asking for the rest",
+                              req.request_id, len(completions), n)
+                billed_prompt += p_tokens
+                billed_completion += c_tokens
+                if prompt_tokens is None:
+                    prompt_tokens = p_tokens
+        except Exception as exc:  # noqa: BLE001 - reported on this request only
+            kind = "request" if _refused_by_server(exc) else "engine"
+            return self._failed(req, prompt_tokens or 0, exc, key, kind=kind), billed_prompt, billed_completion
+        result = GenerationResult(request_id=req.request_id, prompt_tokens=prompt_tokens or 0, completions=completions)
+        return result, billed_prompt, billed_completion
 
     def _failed(
         self, req: GenerationRequest, prompt_tokens: int, exc: BaseException, key: str, *, kind: Literal["request", "engine"]

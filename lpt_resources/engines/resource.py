@@ -1,5 +1,6 @@
-"""Engines as Dagster resources, one per role; the model loads on first use and is freed at
-teardown, so a process that never generates never loads it."""
+"""Engines as Dagster resources, one per role. The model loads on first use, so a process that
+never generates never loads it; a stage gives it back when its step ends (`release`), parked
+for the next stage only when that stage uses the same settings, and teardown frees the rest."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any
 from dagster import ConfigurableResource, InitResourceContext
 from pydantic import PrivateAttr
 
+from lpt.config import OUTPUT_IDENTITY_FIELDS
 from lpt_resources.engines.base import Engine
 
 
@@ -17,6 +19,7 @@ class EngineResource(ConfigurableResource):
 
     kind: str = "transformers"
     model: str = "smollm2-135m-instruct"
+    revision: str | None = None
     gguf_file: str | None = None
     dtype: str = "float32"
     device: str = "cpu"
@@ -31,9 +34,12 @@ class EngineResource(ConfigurableResource):
     supports_images: bool = False
     price_input_per_million: float | None = None
     price_output_per_million: float | None = None
-    # Requests per checkpoint: each batch's responses are cached as it completes, so a crash
-    # loses at most this many; large enough that the engine's own batching stays full.
-    checkpoint_every: int = 256
+    # Streaming (see EngineSettings): cache writes every `flush_every` results or `flush_seconds`,
+    # `queue_depth` requests in flight (None: the engine's default), progress every `progress_seconds`.
+    flush_every: int = 64
+    flush_seconds: float = 10.0
+    queue_depth: int | None = None
+    progress_seconds: float = 30.0
     # vllm (in-process vllm.LLM); None leaves vLLM's own default
     tensor_parallel_size: int = 1
     data_parallel_size: int = 1
@@ -47,11 +53,22 @@ class EngineResource(ConfigurableResource):
     engine_kwargs: dict[str, Any] = {}
 
     _engine: Engine | None = PrivateAttr(default=None)
+    _parked: Engine | None = PrivateAttr(default=None)
 
     def get(self) -> Engine:
         if self._engine is None:
             self._engine = self._build()
+            self._engine.queue_depth = self.queue_depth
         return self._engine
+
+    def release(self, park: bool = False) -> None:
+        """Give the model back now (a stage's step is done): `park` keeps it loaded for the next
+        stage of the run, which uses the same settings and picks it up; otherwise it is freed
+        unless another engine in this process still uses it."""
+        if self._engine is not None:
+            self._engine.close(park=park)
+            self._parked = self._engine if park else None
+            self._engine = None
 
     def _build(self) -> Engine:
         if self.kind == "transformers":
@@ -59,6 +76,7 @@ class EngineResource(ConfigurableResource):
 
             return TransformersEngine(
                 model=self.model,
+                revision=self.revision,
                 gguf_file=self.gguf_file,
                 dtype=self.dtype,
                 device=self.device,
@@ -87,6 +105,7 @@ class EngineResource(ConfigurableResource):
 
             return VLLMEngine(
                 model=self.model,
+                revision=self.revision,
                 dtype=self.dtype,
                 tensor_parallel_size=self.tensor_parallel_size,
                 data_parallel_size=self.data_parallel_size,
@@ -102,26 +121,22 @@ class EngineResource(ConfigurableResource):
         raise ValueError(f"unknown engine kind {self.kind!r}; known: transformers, openai, vllm")
 
     def teardown_after_execution(self, context: InitResourceContext) -> None:
-        if self._engine is not None:
-            self._engine.close()
-            self._engine = None
+        self.release()
+        if self._parked is not None:  # parked for a stage that never came: it goes with the run
+            self._parked.unpark()
+            self._parked = None
 
     def cache_identity(self) -> dict[str, Any]:
-        """What makes two engines answer a request the same way (not how fast they do it)."""
-        return {
-            "kind": self.kind,
-            "model": self.model,
-            "gguf_file": self.gguf_file,
-            "dtype": self.dtype,
-            "base_url": self.base_url,
-            "engine_kwargs": self.engine_kwargs,  # e.g. quantization changes what vLLM writes
-        }
+        """What makes two engines answer a request the same way: the model, its revision and
+        dtype, settings that change outputs (quantization in `engine_kwargs`), not how fast
+        they do it nor where it is served (a `vllm serve` moved to another host still hits)."""
+        return {field: getattr(self, field) for field in OUTPUT_IDENTITY_FIELDS}
 
     def describe(self) -> dict[str, Any]:
         """For metadata: what served the stage (never the key, only where it is read from)."""
         if self.kind == "openai":
             return {"kind": self.kind, "model": self.model, "base_url": self.base_url, "server_kind": self.server_kind}
         if self.kind == "vllm":
-            return {"kind": self.kind, "model": self.model, "dtype": self.dtype,
+            return {"kind": self.kind, "model": self.model, "revision": self.revision, "dtype": self.dtype,
                     "tensor_parallel_size": self.tensor_parallel_size, "data_parallel_size": self.data_parallel_size}
-        return {"kind": self.kind, "model": self.model, "dtype": self.dtype, "device": self.device}
+        return {"kind": self.kind, "model": self.model, "revision": self.revision, "dtype": self.dtype, "device": self.device}

@@ -2,7 +2,9 @@
 
 A Dagster run builds one engine per resource and step, and several can name the same model:
 each model still loads once (GPU memory holds one copy), and unloads when its last user
-closes.
+closes, unless that user parks it for the next stage of the run (which names the same
+settings). Loading a model first unloads every parked one, so one GPU never holds a model
+nobody uses beside the one being loaded.
 """
 
 from __future__ import annotations
@@ -34,23 +36,37 @@ class SharedModels(Generic[K, H]):
 
     def acquire(self, key: K) -> H:
         """The model for `key`, loading it if no engine holds it yet (under the lock, so two
-        engines asking at once load it once)."""
+        engines asking at once load it once); parked models of other settings go first."""
         with self._lock:
             handle = self._loaded.get(key)
             if handle is None:
+                for parked in [k for k, h in self._loaded.items() if h.refs == 0]:
+                    self._unload(self._loaded.pop(parked))
                 handle = self._loaded[key] = self._load(key)
             handle.refs += 1
             return handle
 
-    def release(self, key: K) -> None:
+    def release(self, key: K, park: bool = False) -> None:
+        """One user fewer; the last one unloads the model, or parks it loaded (`park`) for the
+        next user of the same settings."""
         with self._lock:
             handle = self._loaded.get(key)
             if handle is None:
                 return
             handle.refs -= 1
-            if handle.refs > 0:
+            if handle.refs > 0 or park:
                 return
             del self._loaded[key]
+        self._unload(handle)
+
+    def unpark(self) -> None:
+        """Unload every parked model (at the end of a run)."""
+        with self._lock:
+            parked = [self._loaded.pop(k) for k, h in list(self._loaded.items()) if h.refs == 0]
+        for handle in parked:
+            self._unload(handle)
+
+    def _unload(self, handle: H) -> None:
         self._close(handle)
         del handle
         gc.collect()
@@ -92,10 +108,14 @@ class UsesSharedModel(Generic[K, H]):
     def load_seconds(self) -> float | None:
         return self._handle.load_seconds if self._handle else None
 
-    def close(self) -> None:
+    def close(self, park: bool = False) -> None:
+        """Give the model back; `park` keeps it loaded for the next engine of the same settings."""
         if self._handle is not None:
             self._handle = None
-            self._models.release(self._model_key)
+            self._models.release(self._model_key, park=park)
+
+    def unpark(self) -> None:
+        self._models.unpark()
 
     def __del__(self) -> None:  # pragma: no cover - best effort
         try:

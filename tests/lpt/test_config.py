@@ -29,3 +29,35 @@ def test_stage_fingerprints_change_with_any_setting():
     changed = base.think_harder.model_copy(update={"cues": ("Wait,",)})
     assert changed.fingerprint() != base.think_harder.fingerprint()
     assert base.ask.fingerprint() == load_config().ask.fingerprint()
+
+
+def test_every_shipped_config_loads_and_names_files_that_exist():
+    """Each config in configs/ (and the bundled lpt.toml) validates, and every config file its
+    comments point at ships too."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    files = [root / "lpt.toml", *sorted((root / "configs").glob("*.toml"))]
+    assert {p.name for p in files} >= {"lpt.toml", "paper.toml", "paper-vllm.toml", "paper-openai.toml"}
+    for path in files:
+        config = load_config(path)
+        assert config.engines.vlm.model, path
+        for named in re.findall(r"configs/[\w.-]+\.toml", path.read_text()):
+            assert (root / named).exists(), f"{path.name} points at {named}, which does not exist"
+    gpu = load_config(root / "configs" / "paper-vllm.toml")
+    assert {gpu.engines.ask.kind, gpu.engines.vlm.kind, gpu.engines.reasoner.kind} == {"vllm"}
+    assert gpu.engines.vlm.limit_mm_per_prompt == {"image": 1} and not gpu.think.caption_stand_in
+    served = load_config(root / "configs" / "paper-openai.toml")
+    assert {served.engines.vlm.kind, served.engines.reasoner.kind} == {"openai"}
+    assert served.engines.vlm.supports_images
+
+
+def test_where_a_server_runs_is_not_part_of_what_it_answers():
+    """Moving a `vllm serve` to another host keeps the cache and every code version after it."""
+    from lpt.config import EngineSettings
+
+    here = EngineSettings(kind="openai", model="m", base_url="http://a:8000/v1")
+    there = here.model_copy(update={"base_url": "http://b:9000/v1", "max_concurrency": 128})
+    assert here.output_identity() == there.output_identity()
+    assert here.output_identity() != here.model_copy(update={"revision": "abc123"}).output_identity()

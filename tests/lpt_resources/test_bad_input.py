@@ -113,7 +113,7 @@ def bad_run(tmp_path_factory):
     manifest, expected, good = bad_manifest(base)
     (base / "home").mkdir()
     with PipelineModelServer() as server, instance_for_test(temp_dir=str(base / "home")) as instance:
-        config = pipeline_config(base, server, checkpoint_every=64)
+        config = pipeline_config(base, server, flush_every=64)
         store = ParquetStore(base=config.storage)
         registration = register_source(f"manifest:{manifest}", store, instance)
         run_pipeline(instance, config, registration.shards)

@@ -48,3 +48,19 @@ def test_close_all_closes_in_use_models_and_swallows_their_errors():
     models.acquire("b")
     models.close_all()
     assert models.snapshot() == {}
+
+
+def test_a_parked_model_serves_the_next_user_and_goes_when_another_loads():
+    """A stage parks its model when the next stage uses the same settings; a model of other
+    settings unloads every parked one first, so two are never loaded at once."""
+    loads, closes = [], []
+    models = SharedModels(lambda key: loads.append(key) or Handle(key), closes.append)
+    first = models.acquire("ask")
+    models.release("ask", park=True)
+    assert models.acquire("ask") is first and loads == ["ask"] and closes == []
+    models.release("ask", park=True)
+    other = models.acquire("reasoner")
+    assert closes == [first] and models.snapshot() == {"reasoner": other}
+    models.release("reasoner", park=True)
+    models.unpark()
+    assert closes == [first, other] and models.snapshot() == {}

@@ -155,13 +155,6 @@ def test_load_image_caps_the_longest_side(tmp_path):
     assert ve.load_image(str(path), None).size == (800, 600)
 
 
-def test_split_work_balances_and_is_deterministic():
-    shares = ve.split_work([5, 1, 1, 1, 1, 1], 2)
-    assert shares == [[0], [1, 2, 3, 4, 5]]
-    assert sorted(i for s in ve.split_work([3, 2, 2, 1], 3) for i in s) == [0, 1, 2, 3]
-    assert ve.split_work([1.0], 3) == [[0], [], []]
-
-
 def test_engine_resource_and_settings_build_the_vllm_engine(tiny_qwen2_path):
     from lpt.config import EngineSettings
     from lpt_resources.engines.resource import EngineResource
@@ -391,6 +384,39 @@ def test_data_parallel_replicas_match_one_engine(engine, tiny_qwen2_path):
         assert a.prompt_tokens == b.prompt_tokens
     assert single[-1].error is not None and replicated[-1].error is not None
     assert dp.stats.completion_tokens == sum(c.completion_tokens for r in replicated for c in r.completions)
+
+
+def test_stream_keeps_the_queue_full_and_hands_results_back_as_they_finish(engine):
+    """Until the feed runs dry, vLLM holds `queue_depth` requests at every step; results come
+    back as they finish (short before long), and a request put on the feed mid-stream (a
+    retry) joins the same stream."""
+    from lpt_resources.engines.base import RequestFeed
+
+    reqs = [request(f"q{i}", f"Count to {i}.", temperature=0, max_tokens=2 + 9 * (i % 3)) for i in range(24)]
+    feed = RequestFeed(enumerate(reqs))
+    llm_engine = engine.llm.llm_engine
+    held: list[tuple[int, int]] = []  # (requests vLLM holds, requests still on the feed) at each step
+    step = llm_engine.step
+
+    def watched_step():
+        held.append((llm_engine.get_num_unfinished_requests(), len(feed)))
+        return step()
+
+    engine.queue_depth = 6
+    llm_engine.step = watched_step
+    order = []
+    try:
+        for tag, result in engine.stream(feed):
+            assert result.error is None
+            order.append(tag)
+            if tag == 0:
+                feed.put(100, request("late", "Late arrival.", temperature=0, max_tokens=3))
+    finally:
+        del llm_engine.step
+        engine.queue_depth = None
+    assert sorted(order) == [*range(24), 100]
+    assert all(queued == 6 for queued, waiting in held if waiting), held
+    assert order != sorted(order)  # handed back as they finish, not in submission order
 
 
 def test_close_frees_the_engine(engine, tiny_qwen2_path):
