@@ -32,13 +32,13 @@ from dagster import (
 from pydantic import BaseModel, ConfigDict
 
 from lpt.config import AutomationConfig
+from lpt_assets.schedules import IN_FLIGHT
 
 EXPORTS_SENSOR = "exports_sensor"
 TRIGGER_TAG = "lpt/trigger"
 # the per-shard assets whose materialization can change what a shard exports
 WATCHED = ("mcqs", "simple_cots", "long_cots", "verified", "sft_samples", "dpo_pairs")
 FINISHED = {DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED}
-IN_FLIGHT = [DagsterRunStatus.QUEUED, DagsterRunStatus.NOT_STARTED, DagsterRunStatus.STARTING, DagsterRunStatus.STARTED]
 _PAGE = 1000
 
 
