@@ -67,7 +67,7 @@ class ShardRecord(BaseModel):
 
 class CommitResult(BaseModel):
     model_config = ConfigDict(frozen=True)
-    state: ExportState
+    state: ExportState | None  # None: another batch committed meanwhile, nothing was bound
     written: list[str]
     dropped: list[str]
 
@@ -140,6 +140,7 @@ class ExportBatch:
         self.config = exporter.config
         self.base = base
         self.rebuild = base is None
+        self.last_generation = last_generation
         self.generation = last_generation + 1
         self.totals = Stats() if base is None else base.totals
         self.written: list[str] = []
@@ -250,7 +251,13 @@ class ExportBatch:
 
     def commit(self, cursor: Mapping[str, Any], keep: Collection[str] | None = None) -> CommitResult:
         """Bind the parts: index files from the totals, then the state. A rebuild first removes
-        every shard not in `keep` (default: the shards it wrote)."""
+        every shard not in `keep` (default: the shards it wrote). An incremental batch whose base
+        another batch has committed over binds nothing (its totals would be off): the caller
+        rebuilds, which counts from the parts themselves."""
+        raw = self.folder.read(STATE_FILE)
+        current = ExportState.model_validate_json(raw).generation if raw is not None else 0
+        if not self.rebuild and current != self.last_generation:
+            return CommitResult(state=None, written=self.written, dropped=self.dropped)
         if self.rebuild:
             keep = set(self.written) if keep is None else set(keep)
             for shard in sorted(set(self.known_shards()) - keep):

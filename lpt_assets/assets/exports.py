@@ -9,12 +9,13 @@ when files from an earlier run are still in storage."""
 import time
 from collections.abc import Iterator
 
-from dagster import AssetExecutionContext, AssetsDefinition, AssetSpec, Config, MaterializeResult, MetadataValue, multi_asset
+from dagster import AssetExecutionContext, AssetsDefinition, AssetSpec, Config, DagsterInstance, MaterializeResult, MetadataValue, multi_asset
 
 from lpt.config import PipelineConfig
 from lpt.export import Exporter, Funnel, ShardRows
+from lpt.export.parts import CommitResult
 from lpt.export import hf, lacot, llamafactory
-from lpt.records import DpoPair, SftSample, Verified
+from lpt.records import DpoPair, SftSample
 from lpt_assets.checks import failed_checks
 from lpt_assets.export_automation import ChangeCursor, head_cursor, pending_changes
 from lpt_resources.storage import ParquetStore
@@ -55,6 +56,35 @@ def shard_funnel(store: ParquetStore, key: str) -> Funnel:
     )
 
 
+def export_changes(
+    instance: DagsterInstance, store: ParquetStore, exporter: Exporter, rebuild: bool, held_back: dict[str, list[str]]
+) -> CommitResult:
+    """One batch: the shards changed since the export's cursor (every shard on a rebuild), each
+    written or, when its latest checks failed or its rows are gone, dropped. `held_back` gets the
+    shards the checks held back."""
+    if rebuild:  # reads every shard once: a new export folder, new settings, or asked for
+        cursor = head_cursor(instance)
+        batch = exporter.begin(rebuild=True)
+        keys = sorted(set(store.partitions("sft_samples")) | set(store.partitions("dpo_pairs")) | set(batch.known_shards()))
+    else:
+        changes = pending_changes(instance, ChangeCursor.model_validate(exporter.state().cursor))
+        cursor, keys = changes.cursor, changes.shards
+        batch = exporter.begin()
+    held_back.update(failed_checks(instance, keys))  # one read of check results per run
+    for key in keys:
+        if key in held_back or not (store.exists("sft_samples", key) and store.exists("dpo_pairs", key)):
+            batch.drop(key)
+            continue
+        rows = ShardRows(
+            shard=key,
+            sft=store.read("sft_samples", key, SftSample),
+            dpo=store.read("dpo_pairs", key, DpoPair),
+            funnel=shard_funnel(store, key),
+        )
+        batch.put(rows)
+    return batch.commit(cursor.model_dump(mode="json"))
+
+
 def build_export_assets(pipeline: PipelineConfig) -> list[AssetsDefinition]:
     version = pipeline.export.fingerprint()
     specs = [
@@ -67,30 +97,13 @@ def build_export_assets(pipeline: PipelineConfig) -> list[AssetsDefinition]:
         """Export the shards that changed (all of them on a rebuild) and rebind the indexes."""
         started = time.perf_counter()
         exporter = Exporter(pipeline.exports, pipeline.export, run_info(pipeline))
-        state = exporter.state()
-        rebuild = config.rebuild or state is None
-        instance = context.instance
-        if rebuild:  # reads every shard once: a new export folder, new settings, or asked for
-            cursor = head_cursor(instance)
-            batch = exporter.begin(rebuild=True)
-            keys = sorted(set(store.partitions("sft_samples")) | set(store.partitions("dpo_pairs")) | set(batch.known_shards()))
-        else:
-            changes = pending_changes(instance, ChangeCursor.model_validate(state.cursor))
-            cursor, keys = changes.cursor, changes.shards
-            batch = exporter.begin()
-        held_back = failed_checks(instance, keys)  # one read of check results per run
-        for key in keys:
-            if key in held_back or not (store.exists("sft_samples", key) and store.exists("dpo_pairs", key)):
-                batch.drop(key)
-                continue
-            rows = ShardRows(
-                shard=key,
-                sft=store.read("sft_samples", key, SftSample),
-                dpo=store.read("dpo_pairs", key, DpoPair),
-                funnel=shard_funnel(store, key),
-            )
-            batch.put(rows)
-        result = batch.commit(cursor.model_dump(mode="json"))
+        held_back: dict[str, list[str]] = {}
+        rebuild = config.rebuild or exporter.state() is None
+        result = export_changes(context.instance, store, exporter, rebuild, held_back)
+        if result.state is None:  # another export committed meanwhile: count again from the parts
+            context.log.warning("another export run committed while this one ran: rebuilding")
+            rebuild = True
+            result = export_changes(context.instance, store, exporter, rebuild, held_back)
         totals = result.state.totals
         context.log.info(
             f"exports {'rebuilt' if rebuild else 'updated'}: {len(result.written)} shard(s) written, "

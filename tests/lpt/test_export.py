@@ -367,3 +367,13 @@ def test_same_rows_give_the_same_bytes_and_files_are_ordinary(tmp_path, sft, dpo
     assert not list((tmp_path / "a" / ".lpt" / "staging").iterdir())  # nothing half-written left
     with pytest.raises(ValueError, match="cannot name"):
         part_paths("../evil")
+
+
+def test_a_batch_another_batch_committed_over_binds_nothing(tmp_path, sft, dpo):
+    exporter = _export(tmp_path, {"s-0": (sft[:2], dpo[:2])})
+    first, second = exporter.begin(), exporter.begin()
+    first.put(ShardRows(shard="s-1", sft=sft[2:], dpo=dpo[2:]))
+    assert first.commit({"after": 2}).state is not None
+    second.put(ShardRows(shard="s-2", sft=sft[:1], dpo=[]))
+    assert second.commit({"after": 3}).state is None  # its totals would miss s-1: the caller rebuilds
+    assert exporter.state().cursor == {"after": 2}
