@@ -5,21 +5,29 @@ the daemon does (`evaluate_tick` on a real instance), its run executed, and the 
 new shard that costs only itself. Every role talks to the deterministic model server."""
 
 import json
+import time
 from pathlib import Path
 
 import pytest
-from dagster import AssetKey, build_schedule_context, build_sensor_context, instance_for_test
+from dagster import (
+    AssetKey,
+    AssetMaterialization,
+    DagsterEventType,
+    DagsterRunStatus,
+    build_schedule_context,
+    build_sensor_context,
+    instance_for_test,
+)
 
 from lpt.config import PipelineConfig
 from lpt.records import DpoPair, SftSample
 from lpt_assets.definitions import EXPORT_JOB, PIPELINE_JOB, build_definitions
-from lpt_assets.export_automation import EXPORTS_SENSOR
+from lpt_assets.export_automation import EXPORTS_SENSOR, ChangeCursor, pending_changes
 from lpt_assets.schedules import SCHEDULE_NAME
 from lpt_resources.storage import ParquetStore
 from tests.lpt_assets.drops import SAMPLE_ROWS, drop_manifest, evaluate_sensor
 from tests.pipeline_model_server import PipelineModelServer, pipeline_config
 
-pytestmark = pytest.mark.slow
 
 
 def _config(root: Path, server: PipelineModelServer, **checks) -> PipelineConfig:
@@ -55,6 +63,7 @@ def _metadata(instance) -> dict:
     return {k: v.value for k, v in event.asset_materialization.metadata.items()}
 
 
+@pytest.mark.slow
 def test_sensor_and_schedule_runs_lead_to_current_exports(tmp_path):
     from datasets import load_dataset
 
@@ -133,3 +142,38 @@ def test_sensor_and_schedule_runs_lead_to_current_exports(tmp_path):
         metadata = _metadata(instance)
         assert (metadata["shards_written"], metadata["shards"]) == (1, 2)
         assert _exported(tmp_path)["hf_dpo"] == {first, "batch-02-all-00000"}
+
+
+def _materialize(instance, run_id: str, asset: str, shard: str) -> None:
+    """A materialization event as a run's step records it."""
+    from dagster._core.events import DagsterEvent, StepMaterializationData
+    from dagster._core.events.log import EventLogEntry
+
+    event = DagsterEvent(
+        event_type_value=DagsterEventType.ASSET_MATERIALIZATION.value,
+        job_name="lpt_pipeline",
+        event_specific_data=StepMaterializationData(AssetMaterialization(asset_key=asset, partition=shard)),
+    )
+    instance.store_event(EventLogEntry(error_info=None, level=20, user_message="", run_id=run_id, timestamp=time.time(), dagster_event=event))
+
+
+@pytest.mark.parametrize("outcome", ["success", "failure"])
+def test_shards_of_a_run_in_flight_wait_for_its_end(tmp_path, outcome):
+    """A shard half redone by a run still in flight is not exported; once the run ends (either
+    way) its shards are, although the cursor has moved past their events meanwhile."""
+    (tmp_path / "home").mkdir()
+    with instance_for_test(temp_dir=str(tmp_path / "home")) as instance:
+        running = instance.create_run_for_job(build_definitions(PipelineConfig()).resolve_job_def(PIPELINE_JOB), status=DagsterRunStatus.STARTED)
+        _materialize(instance, running.run_id, "sft_samples", "s-1")
+        instance.report_runless_asset_event(AssetMaterialization(asset_key="dpo_pairs", partition="s-2"))
+        first = pending_changes(instance, ChangeCursor())
+        assert first.shards == ["s-2"] and first.cursor.waiting == (running.run_id,)
+        _materialize(instance, running.run_id, "dpo_pairs", "s-1")
+        assert pending_changes(instance, first.cursor).shards == []  # still in flight
+        from dagster._core.events import DagsterEvent
+
+        ended = DagsterEventType.RUN_SUCCESS if outcome == "success" else DagsterEventType.RUN_FAILURE
+        instance.run_storage.handle_run_event(running.run_id, DagsterEvent(event_type_value=ended.value, job_name=PIPELINE_JOB))
+        after = pending_changes(instance, first.cursor)
+        assert after.shards == ["s-1"] and after.cursor.waiting == ()
+        assert pending_changes(instance, after.cursor).shards == []
