@@ -260,8 +260,7 @@ class ExportBatch:
             return CommitResult(state=None, written=self.written, dropped=self.dropped)
         if self.rebuild:
             keep = set(self.written) if keep is None else set(keep)
-            for shard in sorted(set(self.known_shards()) - keep):
-                self.dropped.append(shard)
+            self.dropped += sorted(set(self.known_shards()) - keep - set(self.dropped))
             self._sweep(keep)
         for path, text in self._index_files().items():
             self.folder.write(path, text)
