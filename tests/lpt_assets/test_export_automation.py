@@ -177,3 +177,20 @@ def test_shards_of_a_run_in_flight_wait_for_its_end(tmp_path, outcome):
         after = pending_changes(instance, first.cursor)
         assert after.shards == ["s-1"] and after.cursor.waiting == ()
         assert pending_changes(instance, after.cursor).shards == []
+
+
+def test_exports_sensor_waits_while_an_export_runs(tmp_path):
+    (tmp_path / "home").mkdir()
+    with instance_for_test(temp_dir=str(tmp_path / "home")) as instance:
+        defs = build_definitions(PipelineConfig(storage=str(tmp_path / "data"), exports=str(tmp_path / "exports")))
+        instance.report_runless_asset_event(AssetMaterialization(asset_key="sft_samples", partition="s-1"))
+        first = _tick(defs, instance, None)  # a new instance: one run reconciles the export folder
+        (request,) = first.run_requests
+        assert request.run_key.startswith("exports-initial-")
+        exporting = instance.create_run_for_job(defs.resolve_job_def(EXPORT_JOB), status=DagsterRunStatus.STARTED)
+        instance.report_runless_asset_event(AssetMaterialization(asset_key="dpo_pairs", partition="s-2"))
+        waiting = _tick(defs, instance, first.cursor)
+        assert not waiting.run_requests and "in flight" in waiting.skip_message
+        instance.delete_run(exporting.run_id)
+        (request,) = _tick(defs, instance, first.cursor).run_requests  # the change did not get lost
+        assert request.run_key != f"exports-initial-{ChangeCursor.model_validate_json(first.cursor).after}"
