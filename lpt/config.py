@@ -12,6 +12,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from lpt.records import PairType
+
 
 class StageConfig(BaseModel):
     """Bump `version` when the prompt wording changes; any field change changes the fingerprint."""
@@ -184,6 +186,7 @@ class AutomationConfig(BaseModel):
     sensor_interval_s: int = 60
     backfill_cron: str = "0 2 * * *"
     max_shards_per_run: int = 16  # one engine load serves up to this many shards
+    exports_sensor_enabled: bool = True  # exports follow every run that finishes shards
 
 
 class ChecksConfig(BaseModel):
@@ -213,6 +216,30 @@ class ChecksConfig(BaseModel):
         return self
 
 
+class ExportConfig(StageConfig):
+    """What the exports hold and how they name images. A change re-exports every finished shard
+    once (the export notices the new fingerprint); otherwise each run exports only the shards
+    that changed."""
+
+    license: str = "other"  # the HF card's `license` (e.g. cc-by-4.0 for DOCCI-based data)
+    pretty_name: str = "LongPerceptualThoughts-style long chain-of-thought data"
+    name_prefix: str = "lpt"  # dataset names in LLaMA-Factory's dataset_info.json
+    pair_types: tuple[str, ...] | None = None  # DPO pair types to export (None: all, O>O_O included)
+    image_paths: Literal["relative", "absolute"] = "relative"  # LLaMA-Factory image paths
+    hf_images: Literal["embedded", "paths"] = "embedded"  # HF: image bytes in the Parquet, or paths
+    hf_text: bool = False  # HF: also the text-only configs sft_text / dpo_text (no image part)
+    lacot_image_root: str | None = None  # LaCoT image paths are relative to this (default: its folder)
+    lacot_keep_tags: bool = False  # LaCoT: keep <think>/<answer> tags (and the prompt asking for them)
+
+    @model_validator(mode="after")
+    def _known_pair_types(self) -> ExportConfig:
+        known = {t.value for t in PairType}
+        unknown = sorted(set(self.pair_types or ()) - known)
+        if unknown:
+            raise ValueError(f"export.pair_types: unknown {unknown}; known: {sorted(known)}")
+        return self
+
+
 class PipelineConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
     ask: AskConfig = AskConfig()
@@ -222,7 +249,8 @@ class PipelineConfig(BaseModel):
     select: SelectConfig = SelectConfig()
     engines: Engines = Engines()
     storage: str = "data"  # local folder (relative to the config file) or fsspec URL
-    exports: str = "exports"
+    exports: str = "exports"  # local folder (relative to the config file) or fsspec URL
+    export: ExportConfig = ExportConfig()
     checks: ChecksConfig = ChecksConfig()
     automation: AutomationConfig = AutomationConfig()
 
@@ -250,6 +278,9 @@ def load_config(path: str | os.PathLike[str] | None = None) -> PipelineConfig:
         update={
             "storage": _resolve(config.storage, chosen.parent),
             "exports": _resolve(config.exports, chosen.parent),
+            "export": config.export.model_copy(
+                update={"lacot_image_root": config.export.lacot_image_root and _resolve(config.export.lacot_image_root, chosen.parent)}
+            ),
             "automation": config.automation.model_copy(
                 update={"watch": tuple(_resolve(folder, chosen.parent) for folder in config.automation.watch)}
             ),

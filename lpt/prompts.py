@@ -18,6 +18,13 @@ ANSWER_INSTRUCTIONS = {
     "option_text": "Give the full text of the option you choose, exactly as written, inside the answer tags.",
 }
 
+# The same requests for a target without tags (LaCoT's reason / answer turns carry none).
+PLAIN_ANSWER_INSTRUCTIONS = {
+    "paren_letter": "Give the letter of your choice in parentheses, like (X).",
+    "dot_letter": "Give the letter of your choice followed by a full stop, like X.",
+    "option_text": "Give the full text of the option you choose, exactly as written.",
+}
+
 VLM_SYSTEM = (
     "You answer questions about images. Before answering, reason step by step about what you "
     "see inside <think> </think> tags. Then write only your final answer inside "

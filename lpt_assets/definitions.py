@@ -11,6 +11,7 @@ from lpt_assets.assets.generate import build_generation_assets
 from lpt_assets.assets.ingest import captions
 from lpt_assets.checks import build_check_sensors, build_checks
 from lpt_assets.executors import executor_from_env
+from lpt_assets.export_automation import build_exports_sensor
 from lpt_assets.schedules import build_backfill_schedule
 from lpt_assets.sensors import build_caption_sensor
 from lpt_resources.engines.resource import EngineResource
@@ -53,7 +54,11 @@ def build_definitions(config: PipelineConfig) -> Definitions:
         assets=[*partitioned, *exports],
         asset_checks=build_checks(config),  # blocking, per shard; jobs selecting an asset run its checks
         jobs=[pipeline, export, *stage_jobs],
-        sensors=[build_caption_sensor(config.automation, PIPELINE_JOB), *build_check_sensors(config, [pipeline, *stage_jobs])],
+        sensors=[
+            build_caption_sensor(config.automation, PIPELINE_JOB),
+            build_exports_sensor(config.automation, EXPORT_JOB),
+            *build_check_sensors(config, [pipeline, *stage_jobs]),
+        ],
         schedules=[build_backfill_schedule(config.automation, PIPELINE_JOB)],
         # Every job and ad-hoc run: in-process by default (one engine load serves every stage
         # and shard of a run); LPT_EXECUTOR=celery|k8s ships steps to workers (README, Cluster).

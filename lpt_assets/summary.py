@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 from dagster import AssetKey, DagsterInstance
@@ -41,7 +40,7 @@ def summarize(store: ParquetStore, instance: DagsterInstance, keys: list[str], c
         stage: dict(Counter(q.reason for q in _rows(store, f"{stage}_quarantine", keys, Quarantined)))
         for stage in ("captions", "mcqs")
     }
-    exports = Path(config.exports)
+    exports = config.exports.rstrip("/")  # a folder or a URL (s3://…): joined as text
     return {
         "shards": keys,
         "stage2_perception": "caption stand-in (a text model read the description, not the image)"
@@ -67,10 +66,10 @@ def summarize(store: ParquetStore, instance: DagsterInstance, keys: list[str], c
         "pairs_by_type": dict(Counter(p.pair_type.value for p in dpo)),
         "engines": {stage: _engine_stats(instance, stage) for stage in GENERATION_STAGES},
         "exports": {
-            "llamafactory": str(exports / "llamafactory"),
-            "dataset_info": str(exports / "llamafactory" / "dataset_info.json"),
-            "hf_dataset": str(exports / "hf"),
-            "lacot": str(exports / "lacot"),
+            "llamafactory": f"{exports}/llamafactory",
+            "dataset_info": f"{exports}/llamafactory/dataset_info.json",
+            "hf_dataset": f"{exports}/hf",
+            "lacot": f"{exports}/lacot",
         },
     }
 

@@ -17,6 +17,7 @@ from typing import Any, Literal, TypeVar
 
 import fsspec
 import polars as pl
+import pyarrow.parquet as pq
 from dagster import ConfigurableResource
 from pydantic import BaseModel, PrivateAttr
 
@@ -128,7 +129,7 @@ class ParquetStore(ConfigurableResource):
     def read(self, asset: str, partition: str | None, model: type[M]) -> list[M]:
         return from_frame(self.read_frame(asset, partition), model)
 
-    def read_frame(self, asset: str, partition: str | None = None) -> pl.DataFrame:
+    def read_frame(self, asset: str, partition: str | None = None, columns: Sequence[str] | None = None) -> pl.DataFrame:
         fs, _ = self._filesystem()
         path = self.path(asset, partition)
         if not fs.exists(path):
@@ -136,7 +137,16 @@ class ParquetStore(ConfigurableResource):
                 f"{asset} has no table for partition {partition!r} at {path}: materialize it first"
             )
         with fs.open(path, "rb") as handle:
-            return pl.read_parquet(handle)
+            return pl.read_parquet(handle, columns=list(columns) if columns is not None else None)
+
+    def count(self, asset: str, partition: str | None = None) -> int:
+        """Rows in a table (0 when there is none), from the Parquet footer alone."""
+        fs, _ = self._filesystem()
+        path = self.path(asset, partition)
+        if not fs.exists(path):
+            return 0
+        with fs.open(path, "rb") as handle:
+            return pq.ParquetFile(handle).metadata.num_rows
 
     def partitions(self, asset: str) -> list[str]:
         """Partitions that have a table, sorted."""

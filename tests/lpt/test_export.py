@@ -1,4 +1,6 @@
-"""Exports: LLaMA-Factory ShareGPT + dataset_info.json, HF datasets (TRL), LaCoT, provenance."""
+"""Exports by shard: LLaMA-Factory parts and dataset_info.json, HF Parquet parts and card (loaded
+by `datasets`), LaCoT, provenance, and the batches that bind them (totals, redone and dropped
+shards, a batch that dies before its commit, rebuilds)."""
 
 from __future__ import annotations
 
@@ -8,20 +10,17 @@ import stat
 from pathlib import Path
 
 import pytest
+import yaml
 from PIL import Image
 
-from lpt.export import (
-    LlamaFactoryExport,
-    filter_pairs,
-    split_response,
-    write_hf_datasets,
-    write_lacot,
-    write_llamafactory,
-    write_provenance,
-)
+from lpt.config import ExportConfig
+from lpt.export import Exporter, Funnel, ShardRows, filter_pairs, part_paths, split_response
+from lpt.export.lacot import lacot_row, untagged_prompt
+from lpt.export.provenance import provenance_rows
+from lpt.prompts import ANSWER_INSTRUCTIONS, VLM_SYSTEM
 from lpt.records import DpoPair, Label, PairType, SftSample, stable_id
 
-SYSTEM = "Reason inside <think> </think> tags, then answer inside <answer> </answer> tags."
+SYSTEM = VLM_SYSTEM
 RUN_INFO = {
     "models": {"ask": "gpt-4o-mini", "vlm": "Qwen/Qwen2.5-VL-7B-Instruct", "reasoner": "r1-32b"},
     "configs": {"think": "abc123", "think_harder": "def456"},
@@ -68,7 +67,7 @@ def sft(images: dict[str, str]) -> list[SftSample]:
                 long_id=long_id,
                 image_path=images[image_id],
                 system=system,
-                prompt=f"What colour is the square?\n(A) red\n(B) green\n(C) blue\n(D) pink [{n}]",
+                prompt=f"What colour is the square? [{n}]\n(A) red\n(B) green\n(C) blue\n(D) pink\n\n" + ANSWER_INSTRUCTIONS["paren_letter"],
                 response=_response(f"I look at the square {n}.\nWait, check again.", "(B)"),
             )
         )
@@ -101,238 +100,166 @@ def dpo(images: dict[str, str]) -> list[DpoPair]:
     return rows
 
 
+def _export(root: Path, shards: dict[str, tuple[list, list]], **settings) -> Exporter:
+    exporter = Exporter(str(root), ExportConfig(**settings), RUN_INFO)
+    batch = exporter.begin()
+    for shard, (sft_rows, dpo_rows) in shards.items():
+        batch.put(ShardRows(shard=shard, sft=sft_rows, dpo=dpo_rows, funnel=Funnel(images=3, mcqs=6)))
+    batch.commit({"after": 1})
+    return exporter
+
+
+def _jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def _load(root: Path, name: str):
+    """As a user loads it; with a cache of its own (`datasets` keys a local folder's cache by its
+    name and card, so equal-sized exports in other tests could share one)."""
+    from datasets import load_dataset
+
+    return load_dataset(str(root / "hf"), name, split="train", cache_dir=str(root / ".hf-cache"))
+
+
 # ---- LLaMA-Factory ---------------------------------------------------------------------------
 
 
-def _check_images(row: dict, out_dir: Path) -> None:
-    user = [m for m in row["messages"] if m["role"] == "user"]
-    assert len(user) == 1
-    assert user[0]["content"].startswith("<image>")
-    placeholders = sum(m["content"].count("<image>") for m in row["messages"])
-    for key in ("chosen", "rejected"):
-        if key in row:
-            placeholders += row[key]["content"].count("<image>")
-    assert placeholders == len(row["images"]) == 1
-    for image in row["images"]:
-        assert not os.path.isabs(image)
-        assert (out_dir / image).is_file()
-
-
-def test_llamafactory_files_load_with_the_right_shape(tmp_path, sft, dpo):
-    out = tmp_path / "exports" / "llamafactory"
-    result = write_llamafactory(sft, dpo, out)
-    assert isinstance(result, LlamaFactoryExport)
-    assert (result.sft_rows, result.dpo_rows) == (4, 4)
-    assert result.dpo_rows_by_type == {"O>O_O": 2, "O>X": 1, "X_O>X_X": 1}
-
-    sft_rows = json.loads(result.sft_file.read_text())
-    assert result.sft_file == out / "lpt_sft.json"
+def test_llamafactory_parts_and_dataset_info_naming_the_folders(tmp_path, sft, dpo):
+    _export(tmp_path, {"s-0": (sft[:2], dpo[:2]), "s-1": (sft[2:], dpo[2:])}, name_prefix="docci")
+    folder = tmp_path / "llamafactory"
+    info = json.loads((folder / "dataset_info.json").read_text())
+    assert info["docci_sft"]["file_name"] == "sft" and "ranking" not in info["docci_sft"]
+    assert info["docci_dpo"]["file_name"] == "dpo" and info["docci_dpo"]["ranking"] is True
+    assert info["docci_dpo"]["columns"] == {"messages": "messages", "chosen": "chosen", "rejected": "rejected", "images": "images"}
+    for entry in info.values():  # every file in the folder is a part LLaMA-Factory will load
+        assert sorted(p.name for p in (folder / entry["file_name"]).iterdir()) == ["s-0.jsonl", "s-1.jsonl"]
+    sft_rows = [row for part in sorted((folder / "sft").iterdir()) for row in _jsonl(part)]
     assert len(sft_rows) == 4
-    for row in sft_rows:
-        assert set(row) == {"messages", "images"}
-        roles = [m["role"] for m in row["messages"]]
-        assert roles in (["system", "user", "assistant"], ["user", "assistant"])
-        assert all(set(m) == {"role", "content"} for m in row["messages"])
-        assert row["messages"][-1]["content"].startswith("<think>\n")
-        _check_images(row, out)
+    for row in sft_rows + [row for part in (folder / "dpo").iterdir() for row in _jsonl(part)]:
+        assert set(row) == set(info["docci_dpo" if "chosen" in row else "docci_sft"]["columns"].values())
+        text = json.dumps(row)
+        assert text.count("<image>") == len(row["images"]) == 1
+        assert row["messages"][-1 if "chosen" in row else -2]["content"].startswith("<image>") or "chosen" not in row
+        assert not os.path.isabs(row["images"][0]) and (folder / row["images"][0]).is_file()
     # the empty system message is left out, not written empty
     assert sum(row["messages"][0]["role"] == "user" for row in sft_rows) == 1
-
-    dpo_rows = json.loads(result.dpo_file.read_text())
-    assert len(dpo_rows) == 4
-    for row in dpo_rows:
-        assert set(row) == {"messages", "chosen", "rejected", "images"}
-        assert [m["role"] for m in row["messages"]] == ["system", "user"]
-        assert row["chosen"]["role"] == row["rejected"]["role"] == "assistant"
-        assert row["chosen"]["content"] != row["rejected"]["content"]
-        _check_images(row, out)
+    readme = (folder / "LLAMAFACTORY_README.md").read_text()
+    assert "dataset_dir" in readme and "jq" in readme and "template: qwen2_vl" in readme
 
 
-def test_llamafactory_rows_sorted_by_id(tmp_path, sft, dpo):
-    result = write_llamafactory(sft, dpo, tmp_path)
-    by_id = sorted(sft, key=lambda s: s.sample_id)
-    rows = json.loads(result.sft_file.read_text())
-    assert [r["messages"][-1]["content"] for r in rows] == [s.response for s in by_id]
-    pairs = sorted(dpo, key=lambda p: p.pair_id)
-    rows = json.loads(result.dpo_file.read_text())
-    assert [r["messages"][-1]["content"] for r in rows] == ["<image>" + p.prompt for p in pairs]
+def test_llamafactory_absolute_paths_and_pair_filter(tmp_path, sft, dpo, images):
+    _export(tmp_path, {"s-0": (sft, dpo)}, image_paths="absolute", pair_types=("O>X", "X_O>X_X"))
+    rows = _jsonl(tmp_path / "llamafactory" / "dpo" / "s-0.jsonl")
+    assert len(rows) == 2
+    assert {r["images"][0] for r in rows} <= set(images.values())
+    assert len(filter_pairs(dpo, [t for t in PairType if not t.is_compactness])) == 2
+    with pytest.raises(ValueError, match="unknown"):
+        ExportConfig(pair_types=("O>Y",))
 
 
-def test_llamafactory_is_deterministic(tmp_path, sft, dpo):
-    a = write_llamafactory(sft, dpo, tmp_path / "a", image_paths="absolute")
-    b = write_llamafactory(list(reversed(sft)), list(reversed(dpo)), tmp_path / "b",
-                           image_paths="absolute")
-    assert a.sft_file.read_bytes() == b.sft_file.read_bytes()
-    assert a.dpo_file.read_bytes() == b.dpo_file.read_bytes()
-
-
-def test_dataset_info_names_both_files(tmp_path, sft, dpo):
-    result = write_llamafactory(sft, dpo, tmp_path, name_prefix="docci")
-    info = json.loads((tmp_path / "dataset_info.json").read_text())
-    assert result.dataset_info == tmp_path / "dataset_info.json"
-    assert set(info) == {"docci_sft", "docci_dpo"}
-    tags = {
-        "role_tag": "role",
-        "content_tag": "content",
-        "user_tag": "user",
-        "assistant_tag": "assistant",
-        "system_tag": "system",
-    }
-    sft_entry, dpo_entry = info["docci_sft"], info["docci_dpo"]
-    assert sft_entry["file_name"] == "docci_sft.json"
-    assert (tmp_path / sft_entry["file_name"]).is_file()
-    assert sft_entry["formatting"] == "sharegpt"
-    assert not sft_entry.get("ranking", False)
-    assert sft_entry["columns"] == {"messages": "messages", "images": "images"}
-    assert sft_entry["tags"] == tags
-    assert dpo_entry["file_name"] == "docci_dpo.json"
-    assert (tmp_path / dpo_entry["file_name"]).is_file()
-    assert dpo_entry["formatting"] == "sharegpt"
-    assert dpo_entry["ranking"] is True
-    assert dpo_entry["columns"] == {
-        "messages": "messages",
-        "chosen": "chosen",
-        "rejected": "rejected",
-        "images": "images",
-    }
-    assert dpo_entry["tags"] == tags
-    # the columns named in dataset_info.json are exactly the keys of the rows
-    for entry in (sft_entry, dpo_entry):
-        rows = json.loads((tmp_path / entry["file_name"]).read_text())
-        assert all(set(r) == set(entry["columns"].values()) for r in rows)
-    readme = result.readme.read_text()
-    assert "dataset_dir" in readme and "jq" in readme
-
-
-def test_dataset_info_is_ours_and_replaced_atomically(tmp_path, sft, dpo):
-    (tmp_path / "dataset_info.json").write_text('{"stale": {"file_name": "old.json"}}')
-    write_llamafactory(sft, dpo, tmp_path)
-    info = json.loads((tmp_path / "dataset_info.json").read_text())
-    assert set(info) == {"lpt_sft", "lpt_dpo"}
-    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
-
-
-def test_llamafactory_absolute_paths(tmp_path, sft, dpo, images):
-    result = write_llamafactory(sft, dpo, tmp_path / "out", image_paths="absolute")
-    rows = json.loads(result.sft_file.read_text()) + json.loads(result.dpo_file.read_text())
-    for row in rows:
-        assert os.path.isabs(row["images"][0])
-        assert Path(row["images"][0]).is_file()
-    assert {r["images"][0] for r in rows} <= {os.path.abspath(p) for p in images.values()}
-
-
-def test_pair_types_filter(tmp_path, sft, dpo):
-    result = write_llamafactory(
-        sft, dpo, tmp_path, pair_types=[PairType.O_GT_X, PairType.X_O_GT_X_X]
-    )
-    assert result.dpo_rows == 2
-    assert result.dpo_rows_by_type == {"O>X": 1, "X_O>X_X": 1}
-    assert len(json.loads(result.dpo_file.read_text())) == 2
-    # no compactness pairs when they are filtered out; strings work as well as enums
-    kept = filter_pairs(dpo, [t for t in PairType if not t.is_compactness])
-    assert all(not p.pair_type.is_compactness for p in kept) and len(kept) == 2
-    assert len(filter_pairs(dpo, ["O>O_O"])) == 2
-    assert filter_pairs(dpo, None) == dpo
-    assert write_llamafactory(sft, dpo, tmp_path, pair_types=[]).dpo_rows == 0
-
-
-def test_duplicate_ids_are_refused(tmp_path, sft, dpo):
+def test_stray_placeholder_and_duplicate_ids(tmp_path, sft, dpo):
+    odd = sft[0].model_copy(update={"prompt": "Is <image> shown twice?\n\n" + ANSWER_INSTRUCTIONS["dot_letter"]})
+    _export(tmp_path, {"s-0": ([odd], [])})
+    (row,) = _jsonl(tmp_path / "llamafactory" / "sft" / "s-0.jsonl")
+    assert json.dumps(row).count("<image>") == 1
     with pytest.raises(ValueError, match="duplicate"):
-        write_llamafactory(sft + sft[:1], dpo, tmp_path)
-
-
-def test_stray_placeholder_in_text_does_not_break_the_count(tmp_path, sft, dpo):
-    odd = sft[0].model_copy(update={"prompt": "Is <image> shown twice?"})
-    result = write_llamafactory([odd], [], tmp_path)
-    (row,) = json.loads(result.sft_file.read_text())
-    assert sum(m["content"].count("<image>") for m in row["messages"]) == 1
+        _export(tmp_path / "b", {"s-0": (sft + sft[:1], dpo)})
 
 
 # ---- HF datasets -----------------------------------------------------------------------------
 
 
-def test_hf_datasets_load_with_trl_columns(tmp_path, sft, dpo):
-    from datasets import load_from_disk
-
-    context = {"vlm model": "Qwen/Qwen2.5-VL-7B-Instruct", "think config": "abc123"}
-    out = write_hf_datasets(sft, dpo, tmp_path / "hf", card_context=context)
-    assert out == tmp_path / "hf"
-
-    sft_ds = load_from_disk(str(out / "sft"))["train"]
-    assert sft_ds.num_rows == 4
-    assert {"messages", "images", "sample_id", "label", "mcq_id", "image_id", "cot_id",
-            "long_id", "trace_id"} <= set(sft_ds.column_names)
-    assert sft_ds["sample_id"] == sorted(s.sample_id for s in sft)
+def test_hf_configs_load_by_name_with_images_embedded(tmp_path, sft, dpo):
+    _export(tmp_path, {"s-0": (sft[:2], dpo[:2]), "s-1": (sft[2:], dpo[2:])}, license="cc-by-4.0", hf_text=True)
+    sft_ds, dpo_ds = _load(tmp_path, "sft"), _load(tmp_path, "dpo")
+    assert sorted(sft_ds["sample_id"]) == sorted(s.sample_id for s in sft)
     for row in sft_ds:
-        roles = [m["role"] for m in row["messages"]]
-        assert roles[-2:] == ["user", "assistant"]
-        user = row["messages"][-2]["content"]
-        assert [p["type"] for p in user] == ["image", "text"]
-        assert sum(p["type"] == "image" for m in row["messages"] for p in m["content"]) == len(
-            row["images"]
-        )
-        assert all(Path(p).is_file() for p in row["images"])
-        assert row["messages"][-1]["content"][0]["text"].startswith("<think>")
-
-    dpo_ds = load_from_disk(str(out / "dpo"))["train"]
-    assert dpo_ds.num_rows == 4
-    assert {"prompt", "chosen", "rejected", "images", "pair_type", "pair_id", "chosen_id",
-            "rejected_id", "mcq_id", "image_id"} <= set(dpo_ds.column_names)
+        assert [m["role"] for m in row["messages"]][-2:] == ["user", "assistant"]
+        assert [p["type"] for p in row["messages"][-2]["content"]] == ["image", "text"]
+        assert row["images"][0].size == (8, 6)  # decoded from the Parquet's own bytes
+    assert sorted(dpo_ds["pair_type"]) == sorted(p.pair_type.value for p in dpo)
     row = dpo_ds[0]
     assert [m["role"] for m in row["prompt"]] == ["system", "user"]
-    assert [p["type"] for p in row["prompt"][1]["content"]] == ["image", "text"]
-    assert [m["role"] for m in row["chosen"]] == ["assistant"]
-    assert [m["role"] for m in row["rejected"]] == ["assistant"]
-    assert sorted(dpo_ds["pair_type"]) == sorted(p.pair_type.value for p in dpo)
-
-    card = (out / "README.md").read_text()
-    assert card.startswith("---\n") and card.count("---\n") >= 2
-    assert "Qwen/Qwen2.5-VL-7B-Instruct" in card and "load_from_disk" in card
-    assert "| `O>O_O` | compactness | 2 |" in card
-    assert "| `X_O` | 1 |" in card
-
-
-def test_hf_datasets_rewrite_in_place_and_empty_dpo(tmp_path, sft, dpo):
-    from datasets import load_from_disk
-
-    out = tmp_path / "hf"
-    write_hf_datasets(sft, dpo, out, card_context={})
-    write_hf_datasets(sft[:2], [], out, card_context={})
-    assert load_from_disk(str(out / "sft"))["train"].num_rows == 2
-    dpo_ds = load_from_disk(str(out / "dpo"))["train"]
-    assert dpo_ds.num_rows == 0 and "prompt" in dpo_ds.column_names
-    assert sorted(p.name for p in out.iterdir()) == ["README.md", "dpo", "sft"]
+    assert [m["role"] for m in row["chosen"]] == [m["role"] for m in row["rejected"]] == ["assistant"]
+    # the images survive a move: nothing points back at the files
+    for image in Path(sft[0].image_path).parent.iterdir():
+        image.unlink()
+    assert _load(tmp_path, "dpo")[0]["images"][0].size == (8, 6)
+    # text-only configs: no image part, no images column, no placeholder
+    text = _load(tmp_path, "dpo_text")
+    assert "images" not in text.column_names
+    assert all(isinstance(m["content"], str) and "<image>" not in m["content"] for r in text for m in r["prompt"])
 
 
-def test_hf_images_decode_as_the_card_says(tmp_path, sft, dpo):
-    from datasets import Image as HFImage
-    from datasets import List, load_from_disk
+def test_hf_card_metadata(tmp_path, sft, dpo):
+    _export(tmp_path, {"s-0": (sft, dpo)}, license="cc-by-4.0")
+    card = (tmp_path / "hf" / "README.md").read_text()
+    front = yaml.safe_load(card.split("---")[1])
+    assert front["license"] == "cc-by-4.0"
+    assert {c["config_name"]: c["data_files"][0]["path"] for c in front["configs"]} == {"sft": "sft/*.parquet", "dpo": "dpo/*.parquet"}
+    assert "image-text-to-text" in front["task_categories"] and front["size_categories"] == ["n<1K"]
+    assert {i["config_name"]: i["splits"][0]["num_examples"] for i in front["dataset_info"]} == {"sft": 4, "dpo": 4}
+    assert "| `O>O_O` | compactness | 2 |" in card and "| `X_O` | 1 |" in card
+    assert "| images (validated captions) | 3 |" in card and "| MCQs | 6 |" in card  # the funnel
+    assert "Qwen/Qwen2.5-VL-7B-Instruct" in card and 'load_dataset("<this folder or repo>", "dpo"' in card
 
-    out = write_hf_datasets(sft, dpo, tmp_path / "hf", card_context={})
-    ds = load_from_disk(str(out / "dpo"))["train"].cast_column("images", List(HFImage()))
-    assert ds[0]["images"][0].size == (8, 6)
+
+def test_hf_recipe_then_reload_and_a_new_shard_is_seen(tmp_path, sft, dpo):
+    exporter = _export(tmp_path, {"s-0": (sft[:2], dpo[:2])})
+    before = sorted((tmp_path / "hf").rglob("*"))
+    kept = _load(tmp_path, "dpo").filter(lambda row: row["pair_type"] != "O>X")
+    assert kept.num_rows == 1
+    assert sorted((tmp_path / "hf").rglob("*")) == before  # no cache files beside the data
+    batch = exporter.begin()
+    batch.put(ShardRows(shard="s-1", sft=sft[2:], dpo=dpo[2:]))
+    batch.commit({"after": 2})
+    assert _load(tmp_path, "dpo").num_rows == 4  # `datasets`' cache follows the card's sizes
+
+
+def test_hf_paths_option(tmp_path, sft, dpo, images):
+    _export(tmp_path, {"s-0": (sft, dpo)}, hf_images="paths")
+    row = _load(tmp_path, "sft")[0]
+    assert row["images"][0].size == (8, 6)
+    import pyarrow.parquet as pq
+
+    stored = pq.read_table(tmp_path / "hf" / "sft" / "s-0.parquet").column("images").to_pylist()
+    assert {value[0]["path"] for value in stored} <= set(images.values())
+    assert all(value[0]["bytes"] is None for value in stored)
+
+
+def test_hf_images_are_stored_once_per_part(tmp_path, sft):
+    import numpy as np
+
+    noisy = tmp_path / "noisy.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (128, 128, 3), dtype=np.uint8)).save(noisy)
+    rows = [s.model_copy(update={"image_path": str(noisy), "sample_id": f"{s.sample_id}-{k}"}) for s in sft for k in range(5)]
+    _export(tmp_path, {"s-0": (rows, [])})
+    assert (tmp_path / "hf" / "sft" / "s-0.parquet").stat().st_size < 2 * noisy.stat().st_size  # 20 rows, one image
 
 
 # ---- LaCoT -----------------------------------------------------------------------------------
 
 
-def test_lacot_shape(tmp_path, sft):
-    out = tmp_path / "lacot"
-    path = write_lacot(sft, out)
-    assert path == out / "lpt_lacot.json"
-    rows = json.loads(path.read_text())
-    assert [r["id"] for r in rows] == sorted(s.sample_id for s in sft)
+def test_lacot_instruction_matches_the_target(tmp_path, sft):
+    _export(tmp_path, {"s-0": (sft, [])}, lacot_image_root=str(tmp_path))
+    rows = json.loads((tmp_path / "lacot" / "s-0.json").read_text())
     by_id = {s.sample_id: s for s in sft}
+    assert [r["id"] for r in rows] == sorted(by_id)
     for row in rows:
         assert set(row) == {"id", "image", "conversations"}
-        assert (out / row["image"]).is_file()
+        assert row["image"].startswith("images/") and (tmp_path / row["image"]).is_file()
         assert [t["from"] for t in row["conversations"]] == ["human", "reason", "gpt"]
-        assert all(set(t) == {"from", "value"} for t in row["conversations"])
         human, reason, gpt = (t["value"] for t in row["conversations"])
-        assert human == "<image>\n" + by_id[row["id"]].prompt
-        assert reason.startswith("I look at the square") and "Wait, check again." in reason
-        assert "<think>" not in reason and "</think>" not in reason
+        assert human.startswith("<image>\n") and "tags" not in human and "<think>" not in human
+        assert human.endswith("Give the letter of your choice in parentheses, like (X).")
+        assert reason.startswith("I look at the square") and "<think>" not in reason and "</think>" not in reason
         assert gpt == "(B)"
+    kept = lacot_row(sft[0], str(tmp_path), keep_tags=True)
+    human, reason, gpt = (t["value"] for t in kept["conversations"])
+    assert "answer tags" in human and "<think>" in human  # the instructions that ask for the tags
+    assert reason.startswith("<think>\n") and reason.endswith("</think>") and gpt == "<answer>(B)</answer>"
+    with pytest.raises(ValueError, match="answer instruction"):
+        untagged_prompt("no instruction here")
 
 
 def test_split_response():
@@ -345,47 +272,108 @@ def test_split_response():
 
 
 def test_provenance_matches_rows(tmp_path, sft, dpo):
+    _export(tmp_path, {"s-0": (sft, dpo)}, pair_types=("O>X", "X_O>X_X"))
+    lines = _jsonl(tmp_path / "provenance" / "s-0.jsonl")
     kept = filter_pairs(dpo, [PairType.O_GT_X, PairType.X_O_GT_X_X])
-    path = write_provenance(sft, kept, tmp_path, run_info=RUN_INFO)
-    assert path == tmp_path / "provenance.jsonl"
-    lines = [json.loads(line) for line in path.read_text().splitlines()]
-    assert len(lines) == len(sft) + len(kept)
     assert [(r["kind"], r["row_id"]) for r in lines] == sorted(
-        [("sft", s.sample_id) for s in sft] + [("dpo", p.pair_id) for p in kept],
-        key=lambda k: (k[0] != "sft", k[1]),
+        [("sft", s.sample_id) for s in sft] + [("dpo", p.pair_id) for p in kept], key=lambda k: (k[0] != "sft", k[1])
     )
     by_sample = {s.sample_id: s for s in sft}
-    by_pair = {p.pair_id: p for p in kept}
     for line in lines:
-        assert line["run"] == RUN_INFO
+        assert line["run"] == RUN_INFO and line["shard"] == "s-0"
         if line["kind"] == "sft":
             s = by_sample[line["row_id"]]
-            assert (line["image_id"], line["image_path"], line["mcq_id"]) == (
-                s.image_id, s.image_path, s.mcq_id)
-            assert (line["cot_id"], line["long_id"], line["label"]) == (
-                s.cot_id, s.long_id, s.label.value)
-        else:
-            p = by_pair[line["row_id"]]
-            assert (line["chosen_id"], line["rejected_id"]) == (p.chosen_id, p.rejected_id)
-            assert line["pair_type"] == p.pair_type.value
-            assert line["mcq_id"] == p.mcq_id and line["image_id"] == p.image_id
+            assert (line["image_id"], line["mcq_id"], line["cot_id"], line["long_id"], line["label"]) == (
+                s.image_id, s.mcq_id, s.cot_id, s.long_id, s.label.value)
     xo = next(line for line in lines if line.get("pair_type") == "X_O>X_X")
     assert (xo["chosen_kind"], xo["rejected_kind"]) == ("long", "long")
-    ox = next(line for line in lines if line.get("pair_type") == "O>X")
-    assert (ox["chosen_kind"], ox["rejected_kind"]) == ("short", "short")
-
-    # deterministic: input order does not matter
-    again = write_provenance(list(reversed(sft)), list(reversed(kept)), tmp_path / "b",
-                             run_info=RUN_INFO)
-    assert again.read_bytes() == path.read_bytes()
+    assert provenance_rows(list(reversed(sft)), [], RUN_INFO) == provenance_rows(sft, [], RUN_INFO)
 
 
-def test_exports_are_readable_by_others_like_ordinary_files(tmp_path, sft, dpo):
+# ---- batches: growth by shard ----------------------------------------------------------------
+
+
+def _totals(root: Path):
+    return json.loads((root / ".lpt" / "state.json").read_text())["totals"]
+
+
+def test_redone_shard_replaces_its_parts_and_dropped_shard_has_none(tmp_path, sft, dpo):
+    exporter = _export(tmp_path, {"s-0": (sft[:2], dpo[:2]), "s-1": (sft[2:], dpo[2:])})
+    batch = exporter.begin()
+    assert not batch.rebuild
+    batch.put(ShardRows(shard="s-0", sft=sft[:1], dpo=[]))  # redone: fewer rows, no pairs
+    assert batch.drop("s-1")
+    result = batch.commit({"after": 5})
+    assert result.written == ["s-0"] and result.dropped == ["s-1"]
+    assert _load(tmp_path, "sft").num_rows == 1
+    assert not [p for p in tmp_path.rglob("s-1.*") if ".lpt" not in p.parts]
+    assert not (tmp_path / "llamafactory" / "dpo" / "s-0.jsonl").exists()
+    info = json.loads((tmp_path / "llamafactory" / "dataset_info.json").read_text())
+    assert list(info) == ["lpt_sft"]  # an empty folder would fail LLaMA-Factory's loader
+    totals = _totals(tmp_path)
+    assert (totals["shards"], totals["sft_by_label"], totals["dpo_by_type"]) == (1, {sft[0].label.value: 1}, {})
+    assert exporter.state().cursor == {"after": 5}
+
+
+def test_a_batch_that_dies_before_commit_is_redone_exactly(tmp_path, sft, dpo):
+    exporter = _export(tmp_path, {"s-0": (sft[:2], dpo[:2])})
+    committed = _totals(tmp_path)
+    dying = exporter.begin()
+    dying.put(ShardRows(shard="s-0", sft=sft, dpo=dpo))
+    dying.put(ShardRows(shard="s-1", sft=sft[:1], dpo=[]))  # ... and no commit: killed here
+    assert _totals(tmp_path) == committed
+    again = exporter.begin()
+    again.put(ShardRows(shard="s-0", sft=sft, dpo=dpo))
+    again.put(ShardRows(shard="s-1", sft=sft[:1], dpo=[]))
+    again.commit({"after": 9})
+    clean = Exporter(str(tmp_path / "clean"), ExportConfig(), RUN_INFO)
+    batch = clean.begin()
+    batch.put(ShardRows(shard="s-0", sft=sft, dpo=dpo))
+    batch.put(ShardRows(shard="s-1", sft=sft[:1], dpo=[]))
+    batch.commit({"after": 9})
+    assert _totals(tmp_path) == _totals(tmp_path / "clean")
+    for part in ("hf/README.md", "hf/dpo/s-0.parquet", "provenance/s-0.jsonl"):
+        assert (tmp_path / part).read_bytes() == (tmp_path / "clean" / part).read_bytes()
+
+
+def test_new_settings_rebuild_and_sweep_what_is_not_a_part(tmp_path, sft, dpo):
+    root = tmp_path / "out"
+    exporter = _export(root, {"s-0": (sft, dpo), "s-1": (sft[:1], [])}, hf_text=True)
+    (root / "hf" / "sft" / "dataset_dict.json").write_text("{}")  # an older layout's file
+    changed = Exporter(str(root), ExportConfig(), RUN_INFO)
+    assert exporter.state() is not None and changed.state() is None  # other settings: rebuild
+    batch = changed.begin()
+    assert batch.rebuild and sorted(batch.known_shards()) == ["s-0", "s-1"]
+    batch.put(ShardRows(shard="s-0", sft=sft, dpo=dpo))
+    result = batch.commit({"after": 3})
+    assert result.dropped == ["s-1"]
+    files = {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and ".lpt" not in p.parts}
+    indexes = {"hf/README.md", "lacot/README.md", "provenance/README.md", "llamafactory/LLAMAFACTORY_README.md", "llamafactory/dataset_info.json"}
+    parts = {path for key, path in part_paths("s-0").items() if not key.endswith("_text")}
+    assert files == indexes | parts
+
+
+def test_same_rows_give_the_same_bytes_and_files_are_ordinary(tmp_path, sft, dpo):
     previous = os.umask(0o022)
     try:
-        result = write_llamafactory(sft, dpo, tmp_path / "lf")
-        folder = write_hf_datasets(sft, dpo, tmp_path / "hf", card_context={})
+        _export(tmp_path / "a", {"s-0": (sft, dpo)})
     finally:
         os.umask(previous)
-    assert stat.S_IMODE(result.sft_file.stat().st_mode) == 0o644
-    assert stat.S_IMODE((folder / "dpo").stat().st_mode) == 0o755
+    _export(tmp_path / "b", {"s-0": (list(reversed(sft)), list(reversed(dpo)))})
+    for path in (tmp_path / "a").rglob("*"):
+        if path.is_file() and ".lpt" not in path.parts and path.suffix != ".md":  # READMEs name their folder
+            assert path.read_bytes() == (tmp_path / "b" / path.relative_to(tmp_path / "a")).read_bytes(), path
+    assert stat.S_IMODE((tmp_path / "a" / "llamafactory" / "sft" / "s-0.jsonl").stat().st_mode) == 0o644
+    assert not list((tmp_path / "a" / ".lpt" / "staging").iterdir())  # nothing half-written left
+    with pytest.raises(ValueError, match="cannot name"):
+        part_paths("../evil")
+
+
+def test_a_batch_another_batch_committed_over_binds_nothing(tmp_path, sft, dpo):
+    exporter = _export(tmp_path, {"s-0": (sft[:2], dpo[:2])})
+    first, second = exporter.begin(), exporter.begin()
+    first.put(ShardRows(shard="s-1", sft=sft[2:], dpo=dpo[2:]))
+    assert first.commit({"after": 2}).state is not None
+    second.put(ShardRows(shard="s-2", sft=sft[:1], dpo=[]))
+    assert second.commit({"after": 3}).state is None  # its totals would miss s-1: the caller rebuilds
+    assert exporter.state().cursor == {"after": 2}

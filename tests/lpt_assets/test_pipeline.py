@@ -94,18 +94,21 @@ def test_dpo_pairs_trace_back_to_their_images(pipeline_run):
 
 
 def test_exports_name_existing_images(pipeline_run):
-    config, *_ = pipeline_run
+    config, _, _, keys = pipeline_run
     folder = Path(config.exports) / "llamafactory"
     info = json.loads((folder / "dataset_info.json").read_text())
     dpo_entry = next(entry for entry in info.values() if entry.get("ranking"))
+    assert dpo_entry["file_name"] == "dpo"  # a folder of per-shard parts
+    exported = 0
     for entry in info.values():
-        rows = json.loads((folder / entry["file_name"]).read_text())
-        assert rows, entry["file_name"]
+        parts = sorted((folder / entry["file_name"]).iterdir())
+        assert {p.stem for p in parts} <= set(keys) and parts, entry["file_name"]
+        rows = [json.loads(line) for part in parts for line in part.read_text().splitlines()]
+        exported += len(rows)
         for row in rows:
             assert all((folder / image).exists() for image in row["images"])
-    assert dpo_entry["file_name"] == "lpt_dpo.json"
-    provenance = (folder / "provenance.jsonl").read_text().splitlines()
-    assert len(provenance) == sum(len(json.loads((folder / e["file_name"]).read_text())) for e in info.values())
+    provenance = [line for part in (Path(config.exports) / "provenance").glob("*.jsonl") for line in part.read_text().splitlines()]
+    assert len(provenance) == exported
 
 
 def _engine_metadata(instance, asset: str) -> dict:
