@@ -4,9 +4,9 @@ For 10k, 100k and 1M cached entries of *other* shards, a rerun of one fully cach
 stage (512 requests: a DOCCI shard of 64 images at 8 MCQs each, 10 samples apiece of the
 reference run's length) goes through the stage's real path (`GenerationRun`: every answer from
 the cache, the engine never loaded). Each measurement runs in a fresh process, which reports the
-seconds of cache work and how much its peak memory grew. The previous layout (one folder per
-engine, every batch file read into memory at the first look-up) is measured beside it where it
-finishes in reasonable time.
+seconds of cache work, how much its peak memory grew past what the imports took, and its peak.
+The previous layout (one folder per engine, every batch file read into memory at the first
+look-up) is measured beside it where it finishes in reasonable time.
 
     python -m benchmarks.response_cache [--sizes 10000 100000 1000000]
 
@@ -53,11 +53,17 @@ def _other(i: int) -> str:
         "error": None, "error_kind": None}}) + "\n"
 
 
+def _engine() -> Any:
+    from lpt_resources.engines.resource import EngineResource
+
+    return EngineResource(kind="vllm", model="bench")
+
+
 def build(base: Path, others: int, layout: str) -> None:
     """A cache holding the shard under test, fully, and `others` entries of other shards."""
     from lpt_resources.cache import ResponseCache
 
-    cache = ResponseCache(str(base), {"kind": "vllm", "model": "bench"})
+    cache = ResponseCache(str(base), _engine().cache_identity())
     folder = Path(cache.folder)
     ours = "".join(json.dumps({"key": r.fingerprint(), "result": _result(r, 180)}) + "\n" for r in _requests())
     if layout == "previous":
@@ -77,7 +83,6 @@ def build(base: Path, others: int, layout: str) -> None:
 def measure(base: str, layout: str) -> dict[str, float]:
     """In this (fresh) process: the rerun's cache work, its seconds and peak-memory growth."""
     from lpt_assets.generation import GenerationRun
-    from lpt_resources.engines.resource import EngineResource
 
     requests = _requests()
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -90,8 +95,7 @@ def measure(base: str, layout: str) -> dict[str, float]:
                 entries[entry["key"]] = entry
         hits = sum(1 for r in requests if r.fingerprint() in entries)
     else:
-        engine = EngineResource(kind="vllm", model="bench")
-        run = GenerationRun(engine, (("shard-under-test", r, i) for i, r in enumerate(requests)),
+        run = GenerationRun(_engine(), (("shard-under-test", r, i) for i, r in enumerate(requests)),
                             stage="simple_cots", cache_base=base, total=len(requests))
         list(run)
         hits = run.stats.cache_hits
@@ -99,7 +103,9 @@ def measure(base: str, layout: str) -> dict[str, float]:
     seconds = time.perf_counter() - started
     grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
     assert hits == len(requests)
-    return {"seconds": round(seconds, 3), "peak_memory_growth_mb": round(grown / 1024, 1)}
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {"seconds": round(seconds, 3), "peak_memory_growth_mb": round(grown / 1024, 1),
+            "process_peak_rss_mb": round(peak / 1024, 1)}
 
 
 def main() -> None:

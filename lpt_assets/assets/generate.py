@@ -60,8 +60,9 @@ def _vlm_mode(engine: Engine, stand_in_allowed: bool) -> bool:
 
 
 def _assets_in_run(context: AssetExecutionContext) -> set[AssetKey]:
+    # A run of the whole job carries no selection (None, or an empty set from execute_in_process).
     selection = context.run.asset_selection
-    return set(selection) if selection is not None else set(context.job_def.asset_layer.executable_asset_keys)
+    return set(selection) if selection else set(context.job_def.asset_layer.executable_asset_keys)
 
 
 def _release(context: AssetExecutionContext, engine: EngineResource, settings: EngineSettings,

@@ -53,10 +53,14 @@ def _config(root, models: dict[str, str]) -> PipelineConfig:
         {
             "storage": str(root / "data"),
             "exports": str(root / "exports"),
-            "ask": {"questions_per_image": 3, "sampling": {"n": 1, "max_tokens": 300}},
-            "think": {"caption_stand_in": True, "constrain_format": True, "sampling": {"n": 4, "max_tokens": 40}},
-            "think_harder": {"constrain_format": True, "retry_max_tokens": 48, "sampling": {"n": 1, "max_tokens": 40}},
-            "checks": {"enabled": False},  # random weights write nonsense; the mechanics are the point
+            "ask": {"questions_per_image": 2, "sampling": {"n": 1, "max_tokens": 800}},
+            "think": {"caption_stand_in": True, "constrain_format": True, "sampling": {"n": 4, "max_tokens": 96}},
+            "think_harder": {"constrain_format": True, "retry_max_tokens": 128, "sampling": {"n": 1, "max_tokens": 96}},
+            # random weights write any word: no short CoT may be dropped for a leak word by chance
+            "verify": {"leak_words": []},
+            # random weights write nonsense (long JSON strings, long option texts: generous budgets);
+            # the mechanics are the point
+            "checks": {"enabled": False},
             "engines": {role: {**ENGINE, "model": model} for role, model in models.items()},
         }
     )
