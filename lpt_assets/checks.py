@@ -136,7 +136,7 @@ def _evaluation(
             "threshold": result.threshold,
             "rows": result.rows,
             "judged": result.judged,
-            "reason": MetadataValue.md(result.reason),
+            "reason": MetadataValue.text(result.reason),
         },
         target_materialization_data=target,
         severity=AssetCheckSeverity.ERROR,

@@ -59,8 +59,17 @@ class GenerationStats(BaseModel):
     def tokens_per_second(self) -> float:
         return round(self.completion_tokens / self.engine_seconds, 2) if self.engine_seconds else 0.0
 
-    def metadata(self) -> dict[str, Any]:
-        return {**self.model_dump(), "tokens_per_second": self.tokens_per_second}
+    def count(self, result: GenerationResult, *, cached: bool) -> None:
+        """One answer: read from the cache, or sent to the engine (answered or failed)."""
+        if cached:
+            self.cache_hits += 1
+            return
+        self.requests_sent += 1
+        self.samples += len(result.completions)
+        self.prompt_tokens += result.prompt_tokens if result.error is None else 0
+        self.completion_tokens += sum(c.completion_tokens for c in result.completions)
+        if result.error is not None:
+            self.failed_requests += 1
 
 
 def to_request(
@@ -119,10 +128,13 @@ class Answer(Generic[C]):
 @dataclass(frozen=True)
 class ShardDone:
     """Every request of the shard (follow-ups included) is answered and cached. `failed`
-    counts requests that failed for the engine's reasons: such a shard must not be written."""
+    counts requests that failed for the engine's reasons: such a shard must not be written.
+    `stats` counts the shard's own requests, cache hits and tokens (seconds and cost are the
+    run's, as shards share the engine)."""
 
     shard: str
     failed: int
+    stats: GenerationStats
 
 
 FollowUp = Callable[[Answer[C]], Iterable[tuple[GenerationRequest, C]]]
@@ -192,6 +204,7 @@ class GenerationRun(Generic[C]):
         self._answered = 0
         self._first_error: str | None = None
         self.stats = GenerationStats()
+        self._shard_stats: defaultdict[str, GenerationStats] = defaultdict(GenerationStats)
         self.started = time.monotonic()
         self.first_request_at: float | None = None  # seconds from the start to the engine's first request
         self._engine_started: float | None = None
@@ -306,17 +319,13 @@ class GenerationRun(Generic[C]):
         self._progress()
 
     def _account(self, answer: Answer[C]) -> None:
-        result, stats = answer.result, self.stats
+        result = answer.result
         self._answered += 1
+        for stats in (self.stats, self._shard_stats[answer.shard]):
+            stats.count(result, cached=answer.cached)
         if answer.cached:
-            stats.cache_hits += 1
             return
-        stats.requests_sent += 1
-        stats.samples += len(result.completions)
-        stats.prompt_tokens += result.prompt_tokens if result.error is None else 0
-        stats.completion_tokens += sum(c.completion_tokens for c in result.completions)
         if result.error is not None:
-            stats.failed_requests += 1
             if not result.refused:
                 self._failed[answer.shard] += 1
                 self._first_error = self._first_error or result.error
@@ -334,7 +343,7 @@ class GenerationRun(Generic[C]):
             partition = self._partition(shard)
             self._cache.compact(partition)
             self._cache.forget(partition)
-        self._ready.append(ShardDone(shard, self._failed[shard]))
+        self._ready.append(ShardDone(shard, self._failed[shard], self._shard_stats.pop(shard, GenerationStats())))
 
     def _flush(self, shard: str | None = None) -> None:
         """Write waiting results to the cache: one shard's, or every shard's."""

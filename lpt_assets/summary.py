@@ -5,27 +5,39 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from dagster import AssetKey, DagsterInstance
+from dagster import AssetKey, AssetRecordsFilter, DagsterInstance
 
 from lpt.config import PipelineConfig
 from lpt.records import Caption, DpoPair, LongCot, PresentedMCQ, Quarantined, SftSample, SimpleCot, Verified
 from lpt_assets.assets.curate import accuracy
+from lpt_assets.metadata import ENGINE_COUNTS
 from lpt_resources.storage import ParquetStore
 
 GENERATION_STAGES = ("mcqs", "simple_cots", "long_cots")
-STATS_KEYS = ("requests_sent", "cache_hits", "samples", "failed_requests", "prompt_tokens", "completion_tokens", "engine_seconds", "tokens_per_second")
 
 
 def _rows(store: ParquetStore, asset: str, keys: list[str], model) -> list:
     return [row for key in keys if store.exists(asset, key) for row in store.read(asset, key, model)]
 
 
-def _engine_stats(instance: DagsterInstance, asset: str) -> dict[str, Any]:
-    event = instance.get_latest_materialization_event(AssetKey(asset))
-    if event is None or event.asset_materialization is None:
+def _engine_stats(instance: DagsterInstance, asset: str, keys: list[str]) -> dict[str, Any]:
+    """The shards' latest materializations summed: each shard counts its own requests and
+    tokens; seconds are the runs' (shards share an engine), counted once per run."""
+    counts = dict.fromkeys(ENGINE_COUNTS, 0)
+    seconds_by_run: dict[str, float] = {}
+    for key in keys:
+        records = instance.fetch_materializations(AssetRecordsFilter(asset_key=AssetKey(asset), asset_partitions=[key]), limit=1).records
+        if not records or records[0].asset_materialization is None:
+            continue
+        metadata = {name: value.value for name, value in records[0].asset_materialization.metadata.items()}
+        for name in ENGINE_COUNTS:
+            counts[name] += metadata.get(name, 0)
+        seconds_by_run[records[0].run_id] = metadata.get("run_engine_seconds", 0.0)
+    if not seconds_by_run:
         return {}
-    metadata = event.asset_materialization.metadata
-    return {k: metadata[k].value for k in STATS_KEYS if k in metadata}
+    seconds = round(sum(seconds_by_run.values()), 3)
+    speed = round(counts["completion_tokens"] / seconds, 2) if seconds else 0.0
+    return {**counts, "engine_seconds": seconds, "tokens_per_second": speed}
 
 
 def summarize(store: ParquetStore, instance: DagsterInstance, keys: list[str], config: PipelineConfig) -> dict[str, Any]:
@@ -64,7 +76,7 @@ def summarize(store: ParquetStore, instance: DagsterInstance, keys: list[str], c
         "accuracy": {"stage2_short": accuracy(verified, "short"), "stage3_long": accuracy(verified, "long")},
         "labels": dict(Counter(v.label.value for v in verified if v.kept and v.label)),
         "pairs_by_type": dict(Counter(p.pair_type.value for p in dpo)),
-        "engines": {stage: _engine_stats(instance, stage) for stage in GENERATION_STAGES},
+        "engines": {stage: _engine_stats(instance, stage, keys) for stage in GENERATION_STAGES},
         "exports": {
             "llamafactory": f"{exports}/llamafactory",
             "dataset_info": f"{exports}/llamafactory/dataset_info.json",

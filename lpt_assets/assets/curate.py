@@ -3,11 +3,12 @@
 
 from collections import Counter
 
-from dagster import AssetExecutionContext, AssetsDefinition, BackfillPolicy, MaterializeResult, MetadataValue, asset
+from dagster import AssetExecutionContext, AssetsDefinition, BackfillPolicy, MaterializeResult, asset
 
 from lpt.config import PipelineConfig
 from lpt.prompts import VLM_SYSTEM, render_question
 from lpt.records import (
+    LETTERS,
     Caption,
     DpoPair,
     Label,
@@ -20,7 +21,7 @@ from lpt.records import (
 )
 from lpt.select import mine_pairs, select_sft
 from lpt.verify import verify_shard
-from lpt_assets.metadata import bar_chart, markdown_table, per_shard_table, reason_counts
+from lpt_assets.metadata import ShardReport, bar_chart, counts_table, first_lines, reason_counts, table
 from lpt_assets.partitions import shards
 from lpt_assets.versions import code_versions
 from lpt_resources.storage import ParquetStore
@@ -33,6 +34,27 @@ def accuracy(rows: list[Verified], kind: str) -> float | None:
         return None
     correct = {"short": {Label.O}, "long": {Label.O_O, Label.X_O}}[kind]
     return round(sum(r.label in correct for r in graded) / len(graded), 4)
+
+
+def sample_traces(rows: list[Verified], items: list[PresentedMCQ], limit: int = 5) -> list[dict]:
+    """Graded traces as a person judges them: the question as shown, the gold answer, the
+    answer given, the label and how the reasoning starts (long traces first, kept first)."""
+    by_id = {i.mcq.mcq_id: i for i in items}
+    chosen = sorted(rows, key=lambda r: (r.kind != "long", not r.kept))[:limit]
+    return [
+        {
+            "question": by_id[r.mcq_id].mcq.question,
+            "options": "  ".join(f"{letter}. {text}" for letter, text in zip(LETTERS, by_id[r.mcq_id].presentation.options)),
+            "gold": by_id[r.mcq_id].presentation.gold_letter,
+            "answer": r.answer_raw,
+            "label": r.label.value if r.label else None,
+            "kind": r.kind,
+            "kept": r.kept if r.kept else f"no: {r.drop_reason}",
+            "reasoning": first_lines(r.think),
+        }
+        for r in chosen
+        if r.mcq_id in by_id
+    ]
 
 
 def training_prompts(items: list[PresentedMCQ], captions: list[Caption]) -> dict[str, TrainingPrompt]:
@@ -59,39 +81,31 @@ def build_curation_assets(config: PipelineConfig) -> list[AssetsDefinition]:
     def verified(context: AssetExecutionContext, store: ParquetStore) -> MaterializeResult:
         """Every short and long CoT graded strictly, labelled, filtered for leaks, truncation and
         duplicates (with the reason kept), and tagged with cognitive behaviours."""
-        rows: list[Verified] = []
-        per_shard = []
+        report = ShardReport(context)
         for key in context.partition_keys:
-            shard_rows = verify_shard(
-                store.read("mcqs", key, PresentedMCQ),
-                store.read("simple_cots", key, SimpleCot),
-                store.read("long_cots", key, LongCot),
-                config.verify,
+            items = store.read("mcqs", key, PresentedMCQ)
+            rows = verify_shard(
+                items, store.read("simple_cots", key, SimpleCot), store.read("long_cots", key, LongCot), config.verify
             )
-            store.write("verified", key, shard_rows, Verified)
-            rows += shard_rows
-            per_shard.append({"shard": key, "traces": len(shard_rows), "kept": sum(r.kept for r in shard_rows)})
-        kept = [r for r in rows if r.kept]
-        drops = reason_counts(r.drop_reason for r in rows)
-        behaviours = Counter()
-        for r in kept:
-            if r.kind == "long":
-                behaviours.update(r.behaviours)
-        return MaterializeResult(
-            metadata={
+            store.write("verified", key, rows, Verified)
+            kept = [r for r in rows if r.kept]
+            labels = dict(sorted(Counter(r.label.value for r in kept if r.label).items()))
+            behaviours = Counter()
+            for r in kept:
+                if r.kind == "long":
+                    behaviours.update(r.behaviours)
+            report.add(key, {
                 "rows_in": len(rows),
                 "rows_out": len(kept),
                 "accuracy_short": accuracy(rows, "short"),
                 "accuracy_long": accuracy(rows, "long"),
-                "labels": MetadataValue.json(dict(Counter(r.label.value for r in kept if r.label))),
-                "drop_reasons": markdown_table([{"reason": k, "rows": v} for k, v in drops.items()], limit=50),
-                "drop_reasons_chart": bar_chart(drops, "verified: dropped traces by reason", "traces"),
+                "labels_kept": bar_chart(labels, "labels of kept traces"),
+                "drop_reasons": counts_table(reason_counts(r.drop_reason for r in rows), "reason"),
                 "mean_response_tokens_kept": round(sum(r.response_tokens for r in kept) / max(len(kept), 1), 1),
-                "behaviours_in_long_cots": MetadataValue.json(dict(behaviours)),
-                "per_shard": per_shard_table(per_shard),
-                "sample_rows": markdown_table([{"label": r.label.value if r.label else None, "response": r.response} for r in kept if r.kind == "long"] or [{"response": r.response} for r in kept]),
-            }
-        )
+                "behaviours_in_long_cots": counts_table(dict(behaviours), "behaviour"),
+                "sample_rows": table(sample_traces(rows, items)),
+            })
+        return report.result()
 
     def _inputs(store: ParquetStore, key: str) -> tuple[list[Verified], dict[str, TrainingPrompt]]:
         prompts = training_prompts(store.read("mcqs", key, PresentedMCQ), store.read("captions", key, Caption))
@@ -101,34 +115,29 @@ def build_curation_assets(config: PipelineConfig) -> list[AssetsDefinition]:
     def sft_samples(context: AssetExecutionContext, store: ParquetStore) -> MaterializeResult:
         """Correct short CoTs, correct extensions and self-corrections, about half X_O, with a
         length-weighted seeded subsample per MCQ."""
-        rows: list[SftSample] = []
+        report = ShardReport(context)
         for key in context.partition_keys:
-            shard_rows = select_sft(*_inputs(store, key), config.select)
-            store.write("sft_samples", key, shard_rows, SftSample)
-            rows += shard_rows
-        return MaterializeResult(
-            metadata={
+            rows = select_sft(*_inputs(store, key), config.select)
+            store.write("sft_samples", key, rows, SftSample)
+            report.add(key, {
                 "rows_out": len(rows),
-                "labels": MetadataValue.json(dict(Counter(r.label.value for r in rows))),
-                "sample_rows": markdown_table([{"label": r.label.value, "response": r.response} for r in rows]),
-            }
-        )
+                "labels": counts_table(dict(sorted(Counter(r.label.value for r in rows).items())), "label"),
+                "sample_rows": table([{"label": r.label.value, "response": r.response} for r in rows]),
+            })
+        return report.result()
 
     @asset(code_version=versions["dpo_pairs"], deps=[verified], **common)
     def dpo_pairs(context: AssetExecutionContext, store: ParquetStore) -> MaterializeResult:
         """Typed preference pairs per MCQ: correctness pairs and compactness pairs (O > O_O)."""
-        rows: list[DpoPair] = []
+        report = ShardReport(context)
         for key in context.partition_keys:
-            shard_rows = mine_pairs(*_inputs(store, key), config.select)
-            store.write("dpo_pairs", key, shard_rows, DpoPair)
-            rows += shard_rows
-        return MaterializeResult(
-            metadata={
+            rows = mine_pairs(*_inputs(store, key), config.select)
+            store.write("dpo_pairs", key, rows, DpoPair)
+            report.add(key, {
                 "rows_out": len(rows),
-                "pair_types": MetadataValue.json(dict(Counter(r.pair_type.value for r in rows))),
-                "pair_types_chart": bar_chart(Counter(r.pair_type.value for r in rows), "DPO pairs by type", "pairs"),
-                "sample_rows": markdown_table([{"type": r.pair_type.value, "chosen": r.chosen, "rejected": r.rejected} for r in rows]),
-            }
-        )
+                "pair_types": bar_chart(Counter(r.pair_type.value for r in rows), "DPO pairs by type"),
+                "sample_rows": table([{"type": r.pair_type.value, "chosen": r.chosen, "rejected": r.rejected} for r in rows]),
+            })
+        return report.result()
 
     return [verified, sft_samples, dpo_pairs]

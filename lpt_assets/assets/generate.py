@@ -24,8 +24,16 @@ from lpt.prompts import ask_prompt, think_answer_regex, think_prompt
 from lpt.records import Caption, LongCot, PresentedMCQ, Quarantined, SimpleCot
 from lpt.stages import ContinuationPlan, long_cot, mcqs_from_response, plan_continuations, simple_cot_id
 from lpt_assets.executors import gpu_op_tags
-from lpt_assets.generation import Answer, GenerationRun, ShardDone, to_request
-from lpt_assets.metadata import drop_metadata, histogram, markdown_table, per_shard_table
+from lpt_assets.generation import Answer, GenerationRun, GenerationStats, ShardDone, to_request
+from lpt_assets.metadata import (
+    ShardReport,
+    counts_table,
+    drop_metadata,
+    engine_counts,
+    histogram,
+    run_engine_figures,
+    table,
+)
 from lpt_assets.partitions import shards
 from lpt_assets.versions import code_versions
 from lpt_resources.engines.base import Engine, GenerationResult
@@ -88,6 +96,7 @@ class ShardTables:
         self.rows: dict[str, dict[int, list]] = {key: defaultdict(list) for key in keys}
         self.refused: dict[str, list[Quarantined]] = {key: [] for key in keys}
         self.written: dict[str, list] = {}
+        self.engine: dict[str, GenerationStats] = {}  # each streamed shard's own use of the engine
 
     def add(self, shard: str, position: int, rows: list) -> None:
         self.rows[shard][position] += rows
@@ -112,16 +121,19 @@ class ShardTables:
         """The run's answers; each finished shard is written on the way."""
         for event in run:
             if isinstance(event, ShardDone):
+                self.engine[event.shard] = event.stats
                 if not event.failed:
                     self.write(event.shard)
             else:
                 yield event
 
-    def all_rows(self) -> list:
-        return [row for rows in self.written.values() for row in rows]
-
-    def all_refused(self) -> list[Quarantined]:
-        return [q for key in self.written for q in self.refused[key]]
+    def figures(self, shard: str) -> dict[str, Any]:
+        """What every stage reports of a shard: rows written, rows refused and why, engine use."""
+        return {
+            "rows_out": len(self.written[shard]),
+            **drop_metadata(self.refused[shard]),
+            **engine_counts(self.engine.get(shard, GenerationStats())),
+        }
 
 
 def build_generation_assets(config: PipelineConfig) -> list[AssetsDefinition]:
@@ -165,24 +177,19 @@ def build_generation_assets(config: PipelineConfig) -> list[AssetsDefinition]:
                 tables.refused[answer.shard] += refused
         finally:
             _release(context, ask_engine, engines.ask, ("simple_cots", engines.vlm))
-        made = tables.all_rows()
-        return MaterializeResult(
-            metadata={
-                "rows_in": sum(map(len, by_shard.values())),
-                "rows_out": len(made),
-                "mcqs_per_image": round(len(made) / max(sum(map(len, by_shard.values())), 1), 2),
-                **drop_metadata(tables.all_refused()),
-                **run.stats.metadata(),
-                "engine": MetadataValue.json(ask_engine.describe()),
-                "per_shard": per_shard_table(
-                    [{"shard": k, "images": len(by_shard[k]), "mcqs": len(tables.written[k]), "refused": len(tables.refused[k])} for k in keys]
-                ),
-                "reasoning_types": MetadataValue.json(dict(Counter(i.mcq.reasoning_type for i in made))),
-                "sample_rows": markdown_table(
+        report = ShardReport(context)
+        for key in keys:
+            made = tables.written[key]
+            report.add(key, {
+                "rows_in": len(by_shard[key]),
+                **tables.figures(key),
+                "mcqs_per_image": round(len(made) / max(len(by_shard[key]), 1), 2),
+                "reasoning_types": counts_table(Counter(i.mcq.reasoning_type for i in made), "reasoning_type"),
+                "sample_rows": table(
                     [{"question": i.mcq.question, "options": " / ".join(i.mcq.options), "answer": i.mcq.answer} for i in made]
                 ),
-            }
-        )
+            })
+        return report.result(run_wide={**run_engine_figures(run.stats), "engine": MetadataValue.json(ask_engine.describe())})
 
     @asset(
         partitions_def=shards,
@@ -244,23 +251,21 @@ def build_generation_assets(config: PipelineConfig) -> list[AssetsDefinition]:
                 ])
         finally:
             _release(context, vlm_engine, engines.vlm, ("long_cots", engines.reasoner))
-        cots = tables.all_rows()
-        return MaterializeResult(
-            metadata={
-                "perception": "caption stand-in (text model read the description, not the image)" if stand_in else "image",
-                "stand_in": stand_in,
-                "rows_in": sum(map(len, items_by_shard.values())),
-                "rows_out": len(cots),
+        report = ShardReport(context)
+        for key in keys:
+            cots = tables.written[key]
+            report.add(key, {
+                "rows_in": len(items_by_shard[key]),
+                **tables.figures(key),
                 "truncated": sum(c.finish_reason == "length" for c in cots),
-                **drop_metadata(tables.all_refused()),
-                **run.stats.metadata(),
-                "engine": MetadataValue.json(vlm_engine.describe()),
-                "per_shard": per_shard_table(
-                    [{"shard": k, "mcqs": len(items_by_shard[k]), "short_cots": len(tables.written[k])} for k in keys]
-                ),
-                "sample_rows": markdown_table([{"mcq_id": c.mcq_id, "finish": c.finish_reason, "text": c.text} for c in cots]),
-            }
-        )
+                "sample_rows": table([{"mcq_id": c.mcq_id, "finish": c.finish_reason, "text": c.text} for c in cots]),
+            })
+        return report.result(run_wide={
+            "perception": "caption stand-in (text model read the description, not the image)" if stand_in else "image",
+            "stand_in": stand_in,
+            **run_engine_figures(run.stats),
+            "engine": MetadataValue.json(vlm_engine.describe()),
+        })
 
     @asset(
         partitions_def=shards,
@@ -308,14 +313,12 @@ def build_generation_assets(config: PipelineConfig) -> list[AssetsDefinition]:
         )
         run = GenerationRun(reasoner_engine, work, stage="long_cots", cache_base=store.base, follow_up=retries,
                             total=sum(map(len, plans.values())), report=context.log.info)
-        retried = 0
         try:
             for answer in tables.events(run):
                 position, plan, retried_sample = answer.context
                 result = answer.result
                 made = dict(prompt_tokens=result.prompt_tokens, model=reasoner_engine.model)
                 if retried_sample is not None:
-                    retried += 1
                     completion = result.completions[0] if result.completions else None
                     tables.add(answer.shard, position, [long_cot(
                         plan, retried_sample, completion.text if completion else "",
@@ -333,24 +336,19 @@ def build_generation_assets(config: PipelineConfig) -> list[AssetsDefinition]:
                 ])
         finally:
             _release(context, reasoner_engine, engines.reasoner, None)
-        rows = tables.all_rows()
-        return MaterializeResult(
-            metadata={
-                "rows_in": len({p.cot.cot_id for key in keys for p in plans[key]}),
-                "rows_out": len(rows),
-                "retried_truncated": retried,
+        report = ShardReport(context)
+        for key in keys:
+            rows = tables.written[key]
+            report.add(key, {
+                "rows_in": len({p.cot.cot_id for p in plans[key]}),
+                **tables.figures(key),
+                "retried_truncated": sum(r.attempts == 2 for r in rows),
                 "still_truncated": sum(r.finish_reason == "length" for r in rows),
-                **drop_metadata(tables.all_refused()),
-                "cues": MetadataValue.json(dict(Counter(r.cue for r in rows))),
                 "mean_continuation_tokens": round(sum(r.completion_tokens for r in rows) / max(len(rows), 1), 1),
-                "continuation_tokens": histogram([r.completion_tokens for r in rows], "long-CoT continuation length", "tokens"),
-                **run.stats.metadata(),
-                "engine": MetadataValue.json(reasoner_engine.describe()),
-                "per_shard": per_shard_table(
-                    [{"shard": k, "short_cots": len(shorts_by_shard[k]), "long_cots": len(tables.written[k])} for k in keys]
-                ),
-                "sample_rows": markdown_table([{"cot_id": r.cot_id, "cue": r.cue, "continuation": r.continuation} for r in rows]),
-            }
-        )
+                "continuation_tokens": histogram([r.completion_tokens for r in rows], "continuation tokens"),
+                "cues": counts_table(Counter(r.cue for r in rows), "cue"),
+                "sample_rows": table([{"cot_id": r.cot_id, "cue": r.cue, "continuation": r.continuation} for r in rows]),
+            })
+        return report.result(run_wide={**run_engine_figures(run.stats), "engine": MetadataValue.json(reasoner_engine.describe())})
 
     return [mcqs, simple_cots, long_cots]

@@ -3,7 +3,7 @@
 from dagster import AssetExecutionContext, BackfillPolicy, MaterializeResult, asset
 
 from lpt.records import Caption, Quarantined, stable_id
-from lpt_assets.metadata import drop_metadata, markdown_table, per_shard_table
+from lpt_assets.metadata import ShardReport, drop_metadata, table
 from lpt_assets.partitions import shards
 from lpt_assets.registry import SHARD_MANIFEST
 from lpt_resources.captions.sources import ShardItem
@@ -23,28 +23,19 @@ CAPTIONS_VERSION = f"captions-3-{stable_id(LIMITS.model_dump_json())[:8]}"  # bu
 )
 def captions(context: AssetExecutionContext, store: ParquetStore) -> MaterializeResult:
     """Images with their dense descriptions, each image checked to exist, decode and fit."""
-    kept: list[Caption] = []
-    quarantined: list[Quarantined] = []
-    per_shard = []
+    report = ShardReport(context)
     for key in context.partition_keys:
         items = store.read(SHARD_MANIFEST, key, ShardItem)
         good, bad = check_shard(items, LIMITS)
         store.write("captions", key, good, Caption)
         store.write("captions_quarantine", key, bad, Quarantined)
-        kept += good
-        quarantined += bad
-        per_shard.append({"shard": key, "rows_in": len(items), "rows_out": len(good), "quarantined": len(bad)})
-    return MaterializeResult(
-        metadata={
-            "rows_in": len(kept) + len(quarantined),
-            "rows_out": len(kept),
-            **drop_metadata(quarantined),
-            "per_shard": per_shard_table(per_shard),
-            "quarantined_rows": markdown_table(
-                [{"item_id": q.item_id, "reason": q.reason, "detail": q.detail} for q in quarantined], limit=20
+        report.add(key, {
+            "rows_in": len(items),
+            "rows_out": len(good),
+            **drop_metadata(bad),
+            "quarantined_rows": table([{"item_id": q.item_id, "reason": q.reason, "detail": q.detail} for q in bad], limit=20),
+            "sample_rows": table(
+                [{"image_id": c.image_id, "size": f"{c.width}x{c.height}", "description": c.description} for c in good]
             ),
-            "sample_rows": markdown_table(
-                [{"image_id": c.image_id, "size": f"{c.width}x{c.height}", "description": c.description} for c in kept]
-            ),
-        }
-    )
+        })
+    return report.result()

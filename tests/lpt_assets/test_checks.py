@@ -4,20 +4,16 @@ One model-backed pipeline run fills the response cache; the blocked run and its 
 replay those responses from the cache, so only the first run generates anything.
 """
 
-import base64
-
 import pytest
 from dagster import AssetKey, build_run_status_sensor_context, instance_for_test
 from dagster._core.event_api import PartitionKeyFilter
 from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
-from matplotlib.figure import Figure
 
 from lpt.config import PipelineConfig
 from lpt.records import DpoPair
 from lpt_assets.checks import UNBLOCK_SENSOR, UNBLOCKED_FROM_TAG, check_keys, failed_checks
 from lpt_assets.definitions import PIPELINE_JOB, build_definitions
-from lpt_assets.metadata import bar_chart, figure_markdown
 from lpt_assets.partitions import contiguous, shards_of_run
 from lpt_assets.registry import register_source
 from lpt_resources.storage import ParquetStore
@@ -27,23 +23,6 @@ SMALL = {**SMALL_CONFIG, "engines": {role: {"batch_size": 64} for role in ("ask"
 # shard 00000 holds two images (four MCQs proposed), shard 00001 one image (two)
 SOURCE = "sample?limit=3&shard_size=2"
 DOWNSTREAM_OF_MCQS = ["simple_cots", "long_cots", "verified", "sft_samples", "dpo_pairs"]
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-def _png(markdown: str) -> bytes:
-    prefix, _, rest = markdown.partition("(data:image/png;base64,")
-    assert prefix.startswith("![") and rest.endswith(")"), markdown[:80]
-    return base64.b64decode(rest[:-1], validate=True)
-
-
-def test_plot_helper_gives_a_png_data_url() -> None:
-    figure = Figure(figsize=(2, 2))
-    figure.subplots().plot([0, 1, 2], [2, 0, 1])
-    png = _png(figure_markdown(figure, "a line").value)
-    assert png.startswith(PNG_MAGIC) and 1_000 < len(png) < 60_000
-    chart = bar_chart({"O>X": 3, "O>O_O": 1}, "pairs").value
-    assert chart.startswith("![pairs](") and _png(chart).startswith(PNG_MAGIC)
-    assert bar_chart({}, "pairs").value == "_pairs: nothing to plot_"
 
 
 def test_contiguous_ranges_skip_blocked_shards() -> None:
@@ -129,27 +108,6 @@ def test_default_thresholds_pass_and_every_shard_has_its_evaluations(passing) ->
             assert evaluation.description == evaluation.metadata["reason"].value
             assert {"value", "threshold", "rows", "judged"} <= set(evaluation.metadata)
     assert failed_checks(instance, keys) == {}
-
-
-@pytest.mark.slow
-def test_materializations_carry_plots(passing) -> None:
-    instance, _, _ = passing
-
-    def metadata(asset):
-        event = instance.get_latest_materialization_event(AssetKey(asset))
-        return {k: v.value for k, v in event.asset_materialization.metadata.items()}
-
-    long_cots = metadata("long_cots")
-    assert _png(long_cots["continuation_tokens"]).startswith(PNG_MAGIC)
-    assert long_cots["mean_continuation_tokens"] > 0
-    assert long_cots["prompt_tokens"] > 0 and long_cots["completion_tokens"] > 0
-    assert "tokens_per_second" in long_cots
-    verified = metadata("verified")
-    assert verified["drop_reasons"].startswith("| reason | rows |") or verified["drop_reasons"] == "_no rows_"
-    assert verified["drop_reasons_chart"].startswith("![") or "nothing to plot" in verified["drop_reasons_chart"]
-    pairs = metadata("dpo_pairs")
-    if pairs["rows_out"]:
-        assert _png(pairs["pair_types_chart"]).startswith(PNG_MAGIC)
 
 
 @pytest.mark.slow

@@ -61,12 +61,19 @@ def test_run_streams_follow_ups_and_marks_each_shard_done_after_its_last_answer(
         position = events.index(next(d for d in done if d.shard == shard))
         assert all(events.index(a) < position for a in answers if a.shard == shard)
     assert _cached_lines(tmp_path) == len(answers) == 11
+    # each shard counts its own requests (s0: four, and their four retries) and tokens
+    stats = {d.shard: d.stats for d in done}
+    assert (stats["s0"].requests_sent, stats["s1"].requests_sent) == (8, 3)
+    assert stats["s0"].completion_tokens == sum(c.completion_tokens for a in answers if a.shard == "s0" for c in a.result.completions)
+    assert stats["s0"].completion_tokens + stats["s1"].completion_tokens > stats["s1"].completion_tokens > 0
     # a rerun answers everything from the cache (follow-ups included) and sends nothing
     with FakeOpenAIServer() as server:
         engine = EngineResource(kind="openai", model="m", base_url=server.base_url)
         run = GenerationRun(engine, iter(work), stage="stage", cache_base=str(tmp_path), follow_up=retry_cut)
-        again = [e for e in run if isinstance(e, Answer)]
+        events = list(run)
+        again = [e for e in events if isinstance(e, Answer)]
         assert (run.stats.cache_hits, run.stats.requests_sent, len(server.requests)) == (11, 0, 0)
+        assert {e.shard: (e.stats.cache_hits, e.stats.requests_sent) for e in events if isinstance(e, ShardDone)} == {"s0": (8, 0), "s1": (3, 0)}
     assert sorted((a.shard, a.context) for a in again) == sorted((a.shard, a.context) for a in answers)
 
 

@@ -19,6 +19,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+import polars as pl
 import pytest
 from dagster import AssetKey, DagsterInstance, DagsterRunStatus
 from playwright.sync_api import Page, sync_playwright
@@ -226,6 +227,29 @@ def _wait_for_run(page: Page) -> str:
     return f"still running after {RUN_TIMEOUT_S}s"
 
 
+def _open_partition(page: Page, url: str, asset: str) -> None:
+    page.goto(f"{url}/assets/{asset}?view=partitions&partition={SHARD}")
+    page.get_by_text("Materialized", exact=True).first.wait_for()
+
+
+def _check_inline_metadata(page: Page, ui: DagsterUI) -> None:
+    """The shard's figures, plots and sample rows show on its materialization page without a
+    click: plain values, tables and small SVG images, no "[Show Markdown]" link."""
+    _open_partition(page, ui.url, "long_cots")
+    page.get_by_text("requests_sent", exact=True).wait_for()
+    if pl.read_parquet(ui.storage / "long_cots" / f"{SHARD}.parquet").height:
+        page.locator("img[alt='continuation tokens'][src^='data:image/svg+xml']").wait_for()
+    assert page.get_by_text("[Show Markdown]").count() == 0
+    _screenshot(page, "long-cots-materialization.png")
+    _open_partition(page, ui.url, "verified")
+    page.get_by_text("sample_rows", exact=True).wait_for()
+    if pl.read_parquet(ui.storage / "verified" / f"{SHARD}.parquet").height:
+        for column in ("question", "options", "gold", "answer", "label", "reasoning"):
+            page.locator("th", has_text=re.compile(f"^{column}$")).first.wait_for()
+    assert page.get_by_text("[Show Markdown]").count() == 0
+    _screenshot(page, "verified-materialization.png")
+
+
 def test_asset_graph_then_one_shard_materialized_from_the_ui(page, dagster_ui):
     try:
         _open_asset_graph(page, dagster_ui.url)
@@ -235,10 +259,7 @@ def test_asset_graph_then_one_shard_materialized_from_the_ui(page, dagster_ui):
         status = _wait_for_run(page)
         _screenshot(page, "run-success.png" if status == "Success" else "run-end.png")
         assert status == "Success", f"run {run_id}: {status} (see {ARTIFACTS})"
-        page.goto(f"{dagster_ui.url}/assets/long_cots?view=partitions&partition={SHARD}")
-        page.get_by_text("Materialized", exact=True).wait_for()
-        page.get_by_text("tokens_per_second", exact=True).wait_for()
-        _screenshot(page, "long-cots-materialization.png")
+        _check_inline_metadata(page, dagster_ui)
     except Exception:
         _screenshot(page, "failure.png")
         raise
