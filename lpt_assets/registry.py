@@ -11,6 +11,7 @@ from sqlalchemy.exc import IntegrityError
 
 from lpt.config import PipelineConfig
 from lpt.export.parts import Exporter
+from lpt_assets.instance_compat import wipe_partitions
 from lpt_assets.partitions import shards, shards_in_flight
 from lpt_resources.captions.sources import ShardItem, SourceSpec, parse_spec, read_items, shard
 from lpt_resources.storage import ParquetStore
@@ -94,8 +95,7 @@ def unregister_shards(keys: list[str], config: PipelineConfig, instance: Dagster
     busy = shards_in_flight(instance, instance.get_dynamic_partitions(shards.name)) & set(keys)
     if busy:
         raise RegistryError(f"shards {', '.join(sorted(busy))} are in a queued or running run: let it finish or cancel it first")
-    for asset_key in instance.get_asset_keys():
-        instance.wipe_asset_partitions(asset_key, keys)
+    wipe_partitions(instance, instance.get_asset_keys(), keys)
     for key in keys:
         instance.delete_dynamic_partition(shards.name, key)
     return Unregistration(
