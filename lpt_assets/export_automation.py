@@ -32,7 +32,7 @@ from dagster import (
 from pydantic import BaseModel, ConfigDict
 
 from lpt.config import AutomationConfig
-from lpt_assets.schedules import IN_FLIGHT
+from lpt_assets.partitions import IN_FLIGHT
 
 EXPORTS_SENSOR = "exports_sensor"
 TRIGGER_TAG = "lpt/trigger"

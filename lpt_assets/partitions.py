@@ -3,7 +3,7 @@ the few rules for grouping them into runs (ranges must be contiguous in registra
 
 from collections.abc import Collection, Iterator, Mapping, Sequence
 
-from dagster import DynamicPartitionsDefinition
+from dagster import DagsterInstance, DagsterRunStatus, DynamicPartitionsDefinition, RunsFilter
 from dagster._core.storage.tags import (
     ASSET_PARTITION_RANGE_END_TAG,
     ASSET_PARTITION_RANGE_START_TAG,
@@ -11,6 +11,13 @@ from dagster._core.storage.tags import (
 )
 
 shards = DynamicPartitionsDefinition(name="shards")
+# Runs that still hold their shards: not to be doubled, nor their shards removed under them.
+IN_FLIGHT = [
+    DagsterRunStatus.QUEUED,
+    DagsterRunStatus.NOT_STARTED,
+    DagsterRunStatus.STARTING,
+    DagsterRunStatus.STARTED,
+]
 
 
 def chunks(keys: Sequence[str], size: int | None) -> Iterator[list[str]]:
@@ -44,3 +51,9 @@ def shards_of_run(tags: Mapping[str, str], ordered_keys: Sequence[str]) -> list[
     if start not in position or end not in position:
         return []
     return list(ordered_keys[position[start] : position[end] + 1])
+
+
+def shards_in_flight(instance: DagsterInstance, ordered_keys: Sequence[str]) -> set[str]:
+    """Shards named by the partition or partition-range tags of queued and running runs."""
+    records = instance.get_run_records(filters=RunsFilter(statuses=IN_FLIGHT))
+    return {key for record in records for key in shards_of_run(record.dagster_run.tags, ordered_keys)}

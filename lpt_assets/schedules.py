@@ -11,10 +11,8 @@ from collections.abc import Sequence
 from dagster import (
     AssetKey,
     DagsterInstance,
-    DagsterRunStatus,
     DefaultScheduleStatus,
     RunRequest,
-    RunsFilter,
     ScheduleDefinition,
     ScheduleEvaluationContext,
     SkipReason,
@@ -26,16 +24,10 @@ from dagster._core.definitions.data_version import CachingStaleStatusResolver, S
 from dagster._time import get_current_datetime
 
 from lpt.config import AutomationConfig
-from lpt_assets.partitions import contiguous, shards, shards_of_run
+from lpt_assets.partitions import contiguous, shards, shards_in_flight
 from lpt_assets.sensors import shard_run_request
 
 SCHEDULE_NAME = "backfill_schedule"
-IN_FLIGHT = [
-    DagsterRunStatus.QUEUED,
-    DagsterRunStatus.NOT_STARTED,
-    DagsterRunStatus.STARTING,
-    DagsterRunStatus.STARTED,
-]
 
 
 def stale_resolver(instance: DagsterInstance, asset_graph: BaseAssetGraph) -> CachingStaleStatusResolver:
@@ -46,12 +38,6 @@ def stale_resolver(instance: DagsterInstance, asset_graph: BaseAssetGraph) -> Ca
         asset_graph=asset_graph,
     )
     return CachingStaleStatusResolver(instance=instance, asset_graph=asset_graph, loading_context=view)
-
-
-def shards_in_flight(instance: DagsterInstance, ordered_keys: Sequence[str]) -> set[str]:
-    """Shards named by the partition or partition-range tags of queued and running runs."""
-    records = instance.get_run_records(filters=RunsFilter(statuses=IN_FLIGHT))
-    return {key for record in records for key in shards_of_run(record.dagster_run.tags, ordered_keys)}
 
 
 def work_needed(

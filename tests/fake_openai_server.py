@@ -25,6 +25,9 @@ connection without a response), "malformed" (200 with a broken JSON body), "echo
 whose message repeats the Authorization header, as a careless server might). `rule(body)` can
 force a behaviour for particular requests (return None to fall through to the schedule).
 
+GET /v1/models lists `served_models` (by default the names the tests' configs give it), as
+`vllm serve` lists its served model names; the engine preflight reads it.
+
 Every request body is recorded in `requests` (and the Authorization header in `auth_headers`),
 and `max_in_flight` is the most requests it was handling at once.
 """
@@ -42,6 +45,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 Behaviour = str | int
+# The model names the tests' configs use for this server.
+DEFAULT_SERVED_MODELS = ("fake", "fake-ask", "fake-vlm", "fake-reasoner", "m")
 
 
 def conversation_key(messages: list[dict[str, Any]]) -> str:
@@ -78,7 +83,9 @@ class FakeOpenAIServer:
         regex_reply: str = "(B)",
         reply_words: int = 6,
         completion_tokens_override: int | None = None,
+        served_models: tuple[str, ...] = DEFAULT_SERVED_MODELS,
     ) -> None:
+        self.served_models = served_models
         self.schedule: list[Behaviour] = list(schedule or [])
         self.rule = rule
         self.delay_s = delay_s
@@ -267,6 +274,13 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(payload)
         self.wfile.flush()
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        if self.path.rstrip("/") != "/v1/models":
+            self._send(404, b'{"error": {"message": "not found"}}')
+            return
+        data = [{"id": name, "object": "model", "owned_by": "fake"} for name in self.fake.served_models]
+        self._send(200, json.dumps({"object": "list", "data": data}).encode())
 
     def do_POST(self) -> None:  # noqa: N802 - http.server's naming
         fake = self.fake

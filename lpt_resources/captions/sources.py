@@ -20,6 +20,7 @@ are allowed, a repeated image id) still becomes an item, with `error` set to
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import importlib.util
 import io
@@ -76,20 +77,69 @@ class SourceSpec(Record):
         return int(self.options.get("shard_size", default))
 
 
+class SpecError(ValueError):
+    """A source spec the user must correct: the message is one line naming what and how."""
+
+
+_WHOLE = r"[0-9]+"
+_FLAG = {"true", "false", "1", "0", "yes", "no"}
+# option -> (what a value must be, a check); every source takes the common ones
+_COMMON = {
+    "name": ("a name with at least one letter or digit", lambda v: bool(re.search(r"[A-Za-z0-9]", v))),
+    "split": ("a non-empty split name", bool),
+    "shard_size": ("a whole number of images >= 1", lambda v: re.fullmatch(_WHOLE, v) is not None and int(v) >= 1),
+    "limit": ("a whole number of images >= 1", lambda v: re.fullmatch(_WHOLE, v) is not None and int(v) >= 1),
+    "seed": ("a whole number >= 0", lambda v: re.fullmatch(_WHOLE, v) is not None),
+}
+_COLUMNS = {
+    "image": ("a column name", bool),
+    "description": ("a column name", bool),
+    "id": ("a column name", bool),
+}
+SOURCE_OPTIONS: dict[str, dict[str, tuple[str, Any]]] = {
+    "sample": _COMMON,
+    "docci": _COMMON,
+    "manifest": {
+        **_COMMON,
+        **_COLUMNS,
+        "root": ("a folder", bool),
+        "allow_urls": ("true or false", lambda v: v.lower() in _FLAG),
+        "allow_symlinks": ("true or false", lambda v: v.lower() in _FLAG),
+    },
+    "hf": {**_COMMON, **_COLUMNS},
+}
+
+
 def parse_spec(spec: str) -> SourceSpec:
+    """A spec checked against its source's known options, so a typo (`shardsize=3`) or a bad
+    value (`shard_size=0`) is refused before anything is registered under the wrong shards."""
     head, _, query = spec.partition("?")
     kind, _, location = head.partition(":")
-    if kind not in {"docci", "manifest", "hf", "sample"} or (kind != "sample" and not location):
-        raise ValueError(
-            f"unknown caption source {spec!r}: use sample, docci:PATH, manifest:PATH or hf:NAME"
-        )
-    return SourceSpec(kind=kind, location=location, options=dict(parse_qsl(query)))
+    if kind not in SOURCE_OPTIONS or (kind != "sample" and not location):
+        raise SpecError(f"unknown caption source {spec!r}: use sample, docci:PATH, manifest:PATH or hf:NAME")
+    known = SOURCE_OPTIONS[kind]
+    options: dict[str, str] = {}
+    for option, value in parse_qsl(query, keep_blank_values=True):
+        if option not in known:
+            close = difflib.get_close_matches(option, known, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise SpecError(
+                f"{kind} source: unknown option {option!r}; {hint}accepted options: {', '.join(sorted(known))}"
+            )
+        if option in options:
+            raise SpecError(f"{kind} source: option {option!r} is given twice")
+        meaning, valid = known[option]
+        if not valid(value):
+            raise SpecError(f"{kind} source: {option}={value!r} is not valid; {option} takes {meaning}")
+        options[option] = value
+    return SourceSpec(kind=kind, location=location, options=options)
 
 
 def read_items(spec: SourceSpec, image_root: str) -> list[ShardItem]:
     """All items of a source, sorted by image id. `image_root` receives images that a source
     holds in memory (HF image columns, the bundled sample) so every item has a file."""
     readers = {"sample": _sample, "docci": _docci, "manifest": _manifest, "hf": _hf}
+    check_location(spec)
     items = list(readers[spec.kind](spec, image_root))
     items.sort(key=lambda item: item.image_id)
     limit = spec.options.get("limit")
@@ -98,6 +148,21 @@ def read_items(spec: SourceSpec, image_root: str) -> list[ShardItem]:
         random.Random(int(spec.options.get("seed", 0))).shuffle(items)
         items = sorted(items[: int(limit)], key=lambda item: item.image_id)
     return mark_duplicates(items)
+
+
+def check_location(spec: SourceSpec) -> None:
+    """A source file or folder that is not there is the spec's mistake, said in one line."""
+    needed = {
+        "manifest": spec.location,
+        "docci": f"{spec.location.rstrip('/')}/docci_descriptions.jsonlines",
+        # an hf location that is not a hub id is a local save_to_disk folder
+        "hf": spec.location if spec.location.startswith(("/", ".")) else None,
+    }.get(spec.kind)
+    if needed is None:
+        return
+    fs, path = fsspec.core.url_to_fs(needed)
+    if not fs.exists(path):
+        raise SpecError(f"{spec.kind} source: {needed} does not exist")
 
 
 def shard(spec: SourceSpec, items: list[ShardItem]) -> dict[str, list[ShardItem]]:

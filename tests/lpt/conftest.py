@@ -1,10 +1,10 @@
-"""Shared fixtures for the pure `lpt` modules: real reference-run outputs and record factories."""
+"""Shared fixtures for the pure `lpt` modules: real reference-run outputs (tests/reference_run.py)
+and record factories."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,23 +21,12 @@ from lpt.records import (
     SimpleCot,
     stable_id,
 )
-
-_REPO = Path(__file__).resolve().parents[2]
-# The checkout's shared/ when it has one, else the workspace's shared/ beside it.
-REFERENCE_RUN = next(
-    (
-        root / "shared" / "fixtures" / "reference-run"
-        for root in (_REPO, _REPO.parent)
-        if (root / "shared" / "fixtures" / "reference-run").exists()
-    ),
-    _REPO / "shared" / "fixtures" / "reference-run",
-)
+from tests.reference_run import reference_file
 
 
 def _jsonl(name: str) -> list[dict[str, Any]]:
-    path = REFERENCE_RUN / name
-    if not path.exists():
-        raise FileNotFoundError(f"reference-run fixture {path} is missing: tests need ../shared beside the checkout")
+    """Rows of a reference-run file ($LPT_REFERENCE_RUN); the test is skipped without one."""
+    path = reference_file(name)
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 

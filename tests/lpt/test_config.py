@@ -61,3 +61,62 @@ def test_where_a_server_runs_is_not_part_of_what_it_answers():
     there = here.model_copy(update={"base_url": "http://b:9000/v1", "max_concurrency": 128})
     assert here.output_identity() == there.output_identity()
     assert here.output_identity() != here.model_copy(update={"revision": "abc123"}).output_identity()
+
+
+def test_a_misspelt_value_names_the_file_the_key_and_the_accepted_values(tmp_path):
+    import pytest
+
+    from lpt.config import ConfigError
+
+    (tmp_path / "c.toml").write_text('[engines.vlm]\nkind = "vlllm"\n')
+    with pytest.raises(ConfigError) as raised:
+        load_config(tmp_path / "c.toml")
+    message = str(raised.value)
+    assert message.startswith(f"{tmp_path / 'c.toml'}: engines.vlm.kind = 'vlllm'")
+    assert "did you mean 'vllm'?" in message and "transformers, openai, vllm" in message
+
+
+def test_a_misspelt_key_names_the_file_and_the_key_it_means(tmp_path, monkeypatch):
+    import pytest
+
+    from lpt.config import ConfigError
+
+    (tmp_path / "c.toml").write_text('[automation]\nschedule_enbled = false\n[engines.ask]\nmodle = "x"\n')
+    with pytest.raises(ConfigError, match=r"c\.toml: unknown key 'engines\.ask\.modle'; did you mean 'engines\.ask\.model'\? \(and 1 more problem\)"):
+        load_config(tmp_path / "c.toml")
+    (tmp_path / "c.toml").write_text('[automation]\nschedule_enbled = false\n')
+    with pytest.raises(ConfigError, match=r"c\.toml: unknown key 'automation\.schedule_enbled'; did you mean 'automation\.schedule_enabled'\?$"):
+        load_config(tmp_path / "c.toml")
+    (tmp_path / "c.toml").write_text('[engines.ask]\nbatch_size = "lots"\n')
+    with pytest.raises(ConfigError, match=r"c\.toml: engines\.ask\.batch_size = 'lots': Input should be a valid integer"):
+        load_config(tmp_path / "c.toml")
+    (tmp_path / "c.toml").write_text("")
+    monkeypatch.setenv("LPT_ASK_KIND", "openia")
+    with pytest.raises(ConfigError, match=r"^\$LPT_ASK_KIND: engines\.ask\.kind = 'openia' is not accepted; did you mean 'openai'\?"):
+        load_config(tmp_path / "c.toml")
+
+
+def test_a_config_that_is_not_there_or_not_toml_is_named(tmp_path, monkeypatch):
+    import pytest
+
+    from lpt.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"nope\.toml: no such config file"):
+        load_config(tmp_path / "nope.toml")
+    monkeypatch.setenv("LPT_CONFIG", str(tmp_path / "gone.toml"))
+    with pytest.raises(ConfigError, match=r"gone\.toml: no such config file"):
+        load_config()
+    (tmp_path / "c.toml").write_text("[ask\n")
+    with pytest.raises(ConfigError, match=r"c\.toml: not valid TOML"):
+        load_config(tmp_path / "c.toml")
+
+
+def test_the_backfill_schedule_runs_by_default_only_in_the_gpu_configs():
+    """On the CPU model an hourly backfill would start long unplanned runs for every shard
+    merely registered: the bundled config leaves it stopped, the GPU configs run it."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    assert load_config(root / "lpt.toml").automation.schedule_enabled is False
+    for path in sorted((root / "configs").glob("paper*.toml")):
+        assert load_config(path).automation.schedule_enabled is True, path.name

@@ -116,3 +116,40 @@ def test_hf_dataset_with_image_column(tmp_path):
 def test_unknown_source_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown caption source"):
         parse_spec("ftp:whatever")
+
+
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        ("sample?shardsize=3", "sample source: unknown option 'shardsize'; did you mean 'shard_size'? accepted options: limit, name, seed, shard_size, split"),
+        ("sample?colour=red", "sample source: unknown option 'colour'; accepted options: limit, name, seed, shard_size, split"),
+        ("sample?shard_size=0", "sample source: shard_size='0' is not valid; shard_size takes a whole number of images >= 1"),
+        ("sample?shard_size=abc", "sample source: shard_size='abc' is not valid; shard_size takes a whole number of images >= 1"),
+        ("sample?limit=-1", "sample source: limit='-1' is not valid; limit takes a whole number of images >= 1"),
+        ("sample?limit", "sample source: limit='' is not valid; limit takes a whole number of images >= 1"),
+        ("sample?limit=2&limit=3", "sample source: option 'limit' is given twice"),
+        ("manifest:m.jsonl?allow_urls=maybe", "manifest source: allow_urls='maybe' is not valid; allow_urls takes true or false"),
+        ("docci:/d?root=/x", "docci source: unknown option 'root'; accepted options: limit, name, seed, shard_size, split"),
+        ("hf:org/name?name=--", "hf source: name='--' is not valid; name takes a name with at least one letter or digit"),
+    ],
+)
+def test_a_spec_is_checked_against_its_sources_options(spec, expected):
+    from lpt_resources.captions.sources import SpecError
+
+    with pytest.raises(SpecError) as raised:
+        parse_spec(spec)
+    assert str(raised.value) == expected
+
+
+def test_every_documented_option_is_accepted():
+    assert parse_spec("manifest:m.jsonl?root=/r&allow_urls=true&allow_symlinks=no&image=i&description=d&id=k&split=s&name=n&shard_size=2&limit=3&seed=0").options["limit"] == "3"
+    assert parse_spec("hf:org/name?split=train&image=img&description=caption&id=key&name=mine").name == "mine"
+
+
+def test_a_source_that_is_not_there_is_named_before_reading(tmp_path):
+    from lpt_resources.captions.sources import SpecError
+
+    with pytest.raises(SpecError, match=f"manifest source: {tmp_path}/none.jsonl does not exist"):
+        read_items(parse_spec(f"manifest:{tmp_path}/none.jsonl"), str(tmp_path))
+    with pytest.raises(SpecError, match=f"docci source: {tmp_path}/docci_descriptions.jsonlines does not exist"):
+        read_items(parse_spec(f"docci:{tmp_path}"), str(tmp_path))

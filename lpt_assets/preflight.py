@@ -1,0 +1,36 @@
+"""Engine preflight at the start of a run's first generation step: every engine the run's
+generation assets will use is checked in seconds (lpt_resources/engines/preflight.py), so a
+wrong model path or a dead server fails the run before any work, naming the role and value."""
+
+from __future__ import annotations
+
+from dagster import AssetExecutionContext, Failure
+
+from lpt.config import Engines
+from lpt_resources.engines.preflight import EngineCheckError, check_engine
+
+# Which engine role each generation asset uses.
+ROLE_OF_ASSET = {"mcqs": "ask", "simple_cots": "vlm", "long_cots": "reasoner"}
+_checked: set[tuple[str, str]] = set()  # (run id, role) already checked in this process
+
+
+def roles_in_run(context: AssetExecutionContext) -> list[str]:
+    """The roles whose assets this run materializes, in pipeline order."""
+    selection = context.run.asset_selection  # None, or empty for an ad-hoc `materialize`: the whole job
+    keys = set(selection) if selection else set(context.job_def.asset_layer.executable_asset_keys)
+    names = {key.to_user_string() for key in keys}
+    return [role for asset, role in ROLE_OF_ASSET.items() if asset in names]
+
+
+def preflight_run(context: AssetExecutionContext, engines_config: Engines) -> None:
+    """Check the run's engines once per run and process (later steps of the same run skip the
+    roles already checked); a failure ends the step with the check's own one-line reason."""
+    for role in roles_in_run(context):
+        if (context.run.run_id, role) in _checked:
+            continue
+        try:
+            found = check_engine(role, getattr(engines_config, role))
+        except EngineCheckError as error:
+            raise Failure(description=f"engine preflight: {error}", metadata={"role": role, "setting": error.setting}) from None
+        context.log.info(f"engine preflight: {found}")
+        _checked.add((context.run.run_id, role))
