@@ -4,7 +4,7 @@ wrong model path or a dead server fails the run before any work, naming the role
 
 from __future__ import annotations
 
-from dagster import AssetExecutionContext, Failure
+from dagster import AssetExecutionContext, AssetKey, Failure
 
 from lpt.config import Engines
 from lpt_resources.engines.preflight import EngineCheckError, check_engine
@@ -14,11 +14,17 @@ ROLE_OF_ASSET = {"mcqs": "ask", "simple_cots": "vlm", "long_cots": "reasoner"}
 _checked: set[tuple[str, str]] = set()  # (run id, role) already checked in this process
 
 
+def assets_in_run(context: AssetExecutionContext) -> set[AssetKey]:
+    """The assets this run materializes."""
+    # A run of the whole job carries no selection: None, or an empty set from execute_in_process
+    # and an ad-hoc `materialize`.
+    selection = context.run.asset_selection
+    return set(selection) if selection else set(context.job_def.asset_layer.executable_asset_keys)
+
+
 def roles_in_run(context: AssetExecutionContext) -> list[str]:
     """The roles whose assets this run materializes, in pipeline order."""
-    selection = context.run.asset_selection  # None, or empty for an ad-hoc `materialize`: the whole job
-    keys = set(selection) if selection else set(context.job_def.asset_layer.executable_asset_keys)
-    names = {key.to_user_string() for key in keys}
+    names = {key.to_user_string() for key in assets_in_run(context)}
     return [role for asset, role in ROLE_OF_ASSET.items() if asset in names]
 
 

@@ -35,6 +35,7 @@ from lpt_assets.metadata import (
     table,
 )
 from lpt_assets.partitions import shards
+from lpt_assets.preflight import assets_in_run, preflight_run
 from lpt_assets.versions import code_versions
 from lpt_resources.engines.base import Engine, GenerationResult
 from lpt_resources.engines.resource import EngineResource
@@ -67,12 +68,6 @@ def _vlm_mode(engine: Engine, stand_in_allowed: bool) -> bool:
     )
 
 
-def _assets_in_run(context: AssetExecutionContext) -> set[AssetKey]:
-    # A run of the whole job carries no selection (None, or an empty set from execute_in_process).
-    selection = context.run.asset_selection
-    return set(selection) if selection else set(context.job_def.asset_layer.executable_asset_keys)
-
-
 def _release(context: AssetExecutionContext, engine: EngineResource, settings: EngineSettings,
              next_stage: tuple[str, EngineSettings] | None) -> None:
     """Give the stage's engine back: parked when the next stage runs in this run with the same
@@ -80,7 +75,7 @@ def _release(context: AssetExecutionContext, engine: EngineResource, settings: E
     park = (
         next_stage is not None
         and next_stage[1] == settings
-        and AssetKey(next_stage[0]) in _assets_in_run(context)
+        and AssetKey(next_stage[0]) in assets_in_run(context)
     )
     engine.release(park=park)
 
@@ -152,6 +147,7 @@ def build_generation_assets(config: PipelineConfig) -> list[AssetsDefinition]:
     )
     def mcqs(context: AssetExecutionContext, store: ParquetStore, ask_engine: EngineResource) -> MaterializeResult:
         """Four-option questions that need a close look at the image, validated and presented."""
+        preflight_run(context, engines)
         keys = context.partition_keys
         by_shard = _read_all(store, "captions", keys, Caption)
         schema = mcq_json_schema(config.ask.questions_per_image) if config.ask.structured_output else None
@@ -203,6 +199,7 @@ def build_generation_assets(config: PipelineConfig) -> list[AssetsDefinition]:
     )
     def simple_cots(context: AssetExecutionContext, store: ParquetStore, vlm_engine: EngineResource) -> MaterializeResult:
         """Short CoTs from the VLM, several per presented MCQ, with finish reasons."""
+        preflight_run(context, engines)
         keys = context.partition_keys
         captions = {c.image_id: c for cs in _read_all(store, "captions", keys, Caption).values() for c in cs}
         items_by_shard = _read_all(store, "mcqs", keys, PresentedMCQ)
@@ -281,6 +278,7 @@ def build_generation_assets(config: PipelineConfig) -> list[AssetsDefinition]:
         """The reasoner continues each short CoT after a cue; a cut-off continuation gets one
         retry with a larger budget (joining the stream as soon as it is cut) and is kept with
         finish_reason "length" if cut again."""
+        preflight_run(context, engines)
         keys = context.partition_keys
         cfg = config.think_harder
         captions = {c.image_id: c for cs in _read_all(store, "captions", keys, Caption).values() for c in cs}
