@@ -88,6 +88,19 @@ class VerifyConfig(StageConfig):
         "visualise",
         "visualizing",
         "caption",
+        "misread",
+        "mental",
+    )  # each stands for its word family: "mentioning", "descriptions" (lpt/verify.py)
+    # Regexes (case-insensitive) for meta-commentary about the setup that no single word gives
+    # away; a kept trace must not talk about what it was given or told.
+    setup_phrases: tuple[str, ...] = (
+        r"\bsupposed to (?:avoid|not) (?:mention|refer|cit|talk)\w*",
+        r"\bthe user (?:has )?(?:provided|gave|given|supplied|shared|asked|wants|said)\b",
+        r"\b(?:based on|according to|from) the (?:information|details|data) (?:given|provided|supplied)\b",
+        r"\bthe (?:given|provided) (?:information|details)\b",
+        r"\bI(?:'m| am| was) (?:told|instructed) (?:not )?to\b",
+        r"\b(?:my|the) instructions (?:say|tell|ask)\b",
+        r"\bwithout (?:mentioning|referring to|citing) the (?:image|picture|information|details)\b",
     )
 
 
