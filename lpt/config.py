@@ -104,6 +104,15 @@ class VerifyConfig(StageConfig):
     )
 
 
+class ScoringConfig(StageConfig):
+    """LaCoT's rationale scoring (lpt/scoring.py): the VLM scores each short CoT with every
+    option, teacher-forced; MCQs whose Best-of-N answer beats the gold one by more than
+    `suspect_margin` (mean log-probability per token) are suspect keys."""
+
+    enabled: bool = True
+    suspect_margin: float = 0.1
+
+
 class SelectConfig(StageConfig):
     """SFT selection and DPO mining."""
 
@@ -259,6 +268,7 @@ class PipelineConfig(BaseModel):
     think: ThinkConfig = ThinkConfig()
     think_harder: ThinkHarderConfig = ThinkHarderConfig()
     verify: VerifyConfig = VerifyConfig()
+    scoring: ScoringConfig = ScoringConfig()
     select: SelectConfig = SelectConfig()
     engines: Engines = Engines()
     storage: str = "data"  # local folder (relative to the config file) or fsspec URL
