@@ -120,6 +120,11 @@ class SelectConfig(StageConfig):
     self_correction_share: float = 0.5  # about half of the SFT traces are X_O where available
     max_pairs_per_type_per_mcq: int = 2
     seed: int = 0
+    # With [scoring] on (lpt/scoring.py): leave out MCQs whose key the VLM's own rationales
+    # dispute (suspect keys), and pick SFT traces by their short CoT's LaCoT reward, best
+    # first, instead of the length-weighted draw.
+    hold_out_suspect_keys: bool = False
+    rank_by_reward: bool = False
 
 
 # What decides an engine's answers (not where it is served or how fast): the response cache's

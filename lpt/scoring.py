@@ -14,6 +14,7 @@ model's own reasoning disagrees with the answer key, which may be wrong.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import TypeVar
 
 from pydantic import Field
 
@@ -22,6 +23,7 @@ from lpt.parse import parse_cot
 from lpt.records import LETTERS, PresentedMCQ, Record, SimpleCot
 from lpt.verify import render_response
 
+T = TypeVar("T")
 SCORE_PREFILL = "<think>"  # the stage-2 pre-fill: targets continue it
 
 
@@ -127,6 +129,13 @@ def score_mcq(
 def rewards_by_cot(scores: Sequence[McqScores]) -> dict[str, float]:
     """Each scored short CoT's reward (its likelihood with the gold answer)."""
     return {cot_id: reward for s in scores for cot_id, reward in zip(s.cot_ids, s.rewards)}
+
+
+def without_suspects(prompts: Mapping[str, T], scores: Sequence[McqScores]) -> dict[str, T]:
+    """The MCQ-keyed mapping less the MCQs whose key is suspect: selection skips an MCQ
+    without a training prompt, so this holds suspect keys out of SFT and DPO."""
+    suspects = {s.mcq_id for s in scores if s.suspect}
+    return {mcq_id: value for mcq_id, value in prompts.items() if mcq_id not in suspects}
 
 
 def top_k_cots(scores: Sequence[McqScores], k: int) -> set[str]:

@@ -83,12 +83,21 @@ def _quotas(groups: Mapping[str, list[Verified]], config: SelectConfig) -> dict[
     return quotas
 
 
+def _ranked(rows: list[Verified], k: int, rewards: Mapping[str, float]) -> list[Verified]:
+    """The k rows whose short CoT has the highest reward (unscored ones last; ties by id)."""
+    return sorted(rows, key=lambda r: (-rewards.get(r.cot_id, float("-inf")), r.trace_id))[:k]
+
+
 def select_sft(
-    verified: list[Verified], prompts: Mapping[str, TrainingPrompt], config: SelectConfig
+    verified: list[Verified],
+    prompts: Mapping[str, TrainingPrompt],
+    config: SelectConfig,
+    rewards: Mapping[str, float] | None = None,
 ) -> list[SftSample]:
     """Up to `sft_per_mcq` traces per MCQ from O, O_O and X_O, self-corrections (X_O) about
     `self_correction_share` of the shard's SFT set where enough exist (`_quotas`),
-    each group drawn length-weighted with the MCQ's own seeded RNG."""
+    each group drawn length-weighted with the MCQ's own seeded RNG, or, with `rank_by_reward`,
+    the best by their short CoT's reward (`rewards`: cot id -> LaCoT reward)."""
     samples: list[SftSample] = []
     groups = _by_mcq(verified, prompts)
     quotas = _quotas(groups, config)
@@ -97,8 +106,11 @@ def select_sft(
         corrections = [r for r in rows if r.label is Label.X_O]
         correct = [r for r in rows if r.label in (Label.O, Label.O_O)]
         n_corrections, n_correct = quotas[mcq_id]
-        chosen = _weighted_sample(corrections, n_corrections, rng)
-        chosen += _weighted_sample(correct, n_correct, rng)
+        if config.rank_by_reward and rewards:
+            chosen = _ranked(corrections, n_corrections, rewards) + _ranked(correct, n_correct, rewards)
+        else:
+            chosen = _weighted_sample(corrections, n_corrections, rng)
+            chosen += _weighted_sample(correct, n_correct, rng)
         prompt = prompts[mcq_id]
         samples.extend(
             SftSample(

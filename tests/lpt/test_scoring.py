@@ -20,6 +20,7 @@ from lpt.scoring import (
     summary,
     targets,
     top_k_cots,
+    without_suspects,
 )
 from lpt_resources.engines.base import ChatMessage, GenerationRequest
 
@@ -77,6 +78,8 @@ def test_matrix_is_length_normalised_and_bin_picks_the_best_mean(make_item: Make
     assert not score_mcq(wrong_key, scored, logprobs, suspect_margin=1.0).suspect
     assert rewards_by_cot([s]) == {a: -2.0, b: -2.0, c: -0.5}
     assert top_k_cots([s], 2) == {c, min(a, b)}
+    assert without_suspects({"m1": "prompt", "m2": "other"}, [s2]) == {"m2": "other"}
+    assert without_suspects({"m1": "prompt"}, [s]) == {"m1": "prompt"}
     row = bin_log_row(s)
     assert list(row) == ["id", "rationals", "solutions", "likelihoods", "best_index"]
     assert json.loads(json.dumps(row)) == row

@@ -211,3 +211,22 @@ def test_sft_balance_stays_length_weighted() -> None:
     )
     assert sum(picks.values()) == 2 * 200  # both slots X_O: the shard is short of them
     assert picks["hard-X_O-0"] > 150
+
+
+def test_sft_ranks_by_reward_when_asked() -> None:
+    """With `rank_by_reward`, each group gives its traces whose short CoT scored best; a trace
+    with no score comes last; without rewards the length-weighted draw stays."""
+    rows = [_trace("m1", Label.O, i, words=400 if i == 0 else 4) for i in range(6)]
+    rows += [_trace("m1", Label.X_O, i, words=4) for i in range(4)]
+    rewards = {r.cot_id: -float(i) for i, r in enumerate(reversed(rows)) if r.trace_id != "m1-O-5"}
+    config = SelectConfig(sft_per_mcq=4, rank_by_reward=True)
+    chosen = select_sft(rows, _prompts("m1"), config, rewards)
+    assert Counter(s.label for s in chosen) == {Label.O: 2, Label.X_O: 2}
+    for label in (Label.O, Label.X_O):
+        scored = [r for r in rows if r.label is label and r.cot_id in rewards]
+        best = sorted(scored, key=lambda r: -rewards[r.cot_id])[:2]
+        assert {s.trace_id for s in chosen if s.label is label} == {r.trace_id for r in best}
+    assert "m1-O-5" not in {s.trace_id for s in chosen}
+    assert select_sft(rows, _prompts("m1"), config, rewards) == chosen
+    weighted = select_sft(rows, _prompts("m1"), SelectConfig(sft_per_mcq=4), rewards)
+    assert weighted == select_sft(rows, _prompts("m1"), SelectConfig(sft_per_mcq=4))
