@@ -125,6 +125,10 @@ def test_long_setup_reference_is_its_own_reason(
     assert stand_in_row.drop_reason == "setup:the user provided"
     follow = verify_long(make_long(stand_in, " y</think><answer>B</answer>"), stand_in_row, item, CONFIG)
     assert follow.drop_reason == "short_setup:the user provided"
+    from lpt_assets.summary import leak_split
+
+    leaky = verify_long(make_long(cot, " the description: blue.</think><answer>B</answer>", index=2), short, item, CONFIG)
+    assert leak_split([row, stand_in_row, follow, leaky, short]) == {"setup": 2, "short_setup": 1, "leak": 1}
 
 
 def test_tag_behaviours() -> None:

@@ -9,6 +9,7 @@ from lpt.records import MCQ, Caption, Presentation, PresentedMCQ, SimpleCot
 from lpt.scoring import McqScores
 from lpt_assets.assets.scoring import build_scoring_assets
 from lpt_assets.definitions import engine_resource
+from lpt_assets.summary import render, summarize
 from lpt_resources.storage import ParquetStore
 
 OPTIONS = ["zebra crossing", "_functions_functions_functions", "quiet violet harbour", "seven"]
@@ -56,4 +57,8 @@ def test_rationale_scores_asset_scores_streams_and_caches(tmp_path, tiny_qwen2_p
             assert (scores.bin_letter, scores.gold_letter, scores.suspect) == ("B", "C", True)
             assert len(scores.likelihoods) == 2 and metadata["suspect_keys"] == ["m1"]
             assert metadata["bin_accuracy"] == 0.0 and metadata["mcqs_scored"] == 1
+        summary = summarize(store, instance, ["s1"], config)
+        assert summary["scoring"]["suspect_keys"] == ["m1"] and summary["scoring"]["bin_accuracy"] == 0.0
+        assert summary["engines"]["rationale_scores"]["requests_sent"] == 0
+        assert "BiN accuracy vs gold 0.0; suspect keys 1 (m1)" in render(summary)
     assert sent == [(8, 0), (0, 8)]  # 2 rationales x 4 options, then all from the cache
