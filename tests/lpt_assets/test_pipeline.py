@@ -137,29 +137,3 @@ def test_changing_stage3_sampling_only_resends_stage3(pipeline_run):
     assert _engine_metadata(instance, "simple_cots")["requests_sent"] == 0
     assert _engine_metadata(instance, "long_cots")["requests_sent"] > 0
 
-
-def test_rationale_scores_and_the_summary_figures(pipeline_run):
-    """Every MCQ with finished short CoTs is scored by the VLM (the GGUF model reading the
-    description stands in here): an N x 4 matrix of mean log-probabilities, the rewards being
-    the gold column; the demo summary shows the scoring figures and the leak-reason split."""
-    from lpt.records import LETTERS
-    from lpt.scoring import McqScores
-    from lpt_assets.summary import render, summarize
-
-    config, store, instance, keys = pipeline_run
-    scores = [s for key in keys for s in store.read("rationale_scores", key, McqScores)]
-    shorts = [c for key in keys for c in store.read("simple_cots", key, SimpleCot)]
-    scorable = {c.mcq_id for c in shorts if c.finish_reason == "stop" and "</think>" in c.text}
-    assert scores and {s.mcq_id for s in scores} <= {c.mcq_id for c in shorts} and len(scores) >= len(scorable) // 2
-    for s in scores:
-        gold = LETTERS.index(s.gold_letter)
-        assert len(s.likelihoods) == len(s.cot_ids) == len(s.rewards) >= 1
-        assert all(len(row) == 4 and all(v < 0 for v in row) for row in s.likelihoods)
-        assert s.rewards == [row[gold] for row in s.likelihoods]
-        assert s.bin_letter == LETTERS[max(range(4), key=lambda j: s.option_scores[j])]
-    summary = summarize(store, instance, keys, config)
-    assert summary["scoring"]["mcqs_scored"] == len(scores)
-    assert summary["engines"]["rationale_scores"]["requests_sent"] + summary["engines"]["rationale_scores"]["cache_hits"] > 0
-    assert set(summary["leak_reasons"]) <= {"leak", "setup", "short_leak", "short_setup"}
-    text = render(summary)
-    assert "BiN accuracy vs gold" in text and "leak drops:" in text

@@ -62,3 +62,37 @@ def test_rationale_scores_asset_scores_streams_and_caches(tmp_path, tiny_qwen2_p
         assert summary["engines"]["rationale_scores"]["requests_sent"] == 0
         assert "BiN accuracy vs gold 0.0; suspect keys 1 (m1)" in render(summary)
     assert sent == [(8, 0), (0, 8)]  # 2 rationales x 4 options, then all from the cache
+
+
+def test_curation_ranks_by_reward_and_holds_out_suspect_keys(tmp_path, tiny_qwen2_path):
+    """SFT and DPO read the shard's scores: `hold_out_suspect_keys` leaves the disputed MCQ
+    out; otherwise `rank_by_reward` picks its best-rewarded short CoT."""
+    from lpt.records import LongCot, SftSample
+    from lpt_assets.assets.curate import build_curation_assets
+
+    base = {
+        "storage": str(tmp_path / "data"),
+        "think": {"caption_stand_in": True},
+        "scoring": {"suspect_margin": 0.05},
+        "engines": {"vlm": {"model": str(tiny_qwen2_path), "batch_size": 8}},
+    }
+    store = ParquetStore(base=base["storage"])
+    _stored_shard(store)
+    store.write("long_cots", "s1", [], LongCot)
+    scoring_config = PipelineConfig.model_validate(base)
+    resources = {"store": store, "vlm_engine": engine_resource(scoring_config.engines.vlm)}
+    (tmp_path / "home").mkdir()
+    with instance_for_test(temp_dir=str(tmp_path / "home")) as instance:
+        instance.add_dynamic_partitions("shards", ["s1"])
+        assert materialize(build_scoring_assets(scoring_config), partition_key="s1", instance=instance, resources=resources).success
+        [scores] = store.read("rationale_scores", "s1", McqScores)
+        chosen = {}
+        for hold_out in (True, False):
+            config = PipelineConfig.model_validate(
+                {**base, "select": {"sft_per_mcq": 1, "rank_by_reward": True, "hold_out_suspect_keys": hold_out}}
+            )
+            curation = build_curation_assets(config)
+            assert materialize(curation, partition_key="s1", instance=instance, resources={"store": store}, selection=curation).success
+            chosen[hold_out] = [s.cot_id for s in store.read("sft_samples", "s1", SftSample)]
+    best = max(zip(scores.rewards, scores.cot_ids))[1]
+    assert chosen == {True: [], False: [best]}
