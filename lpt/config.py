@@ -90,7 +90,29 @@ class VerifyConfig(StageConfig):
         "visualise",
         "visualizing",
         "caption",
+        "misread",
+        "mental",
+    )  # each stands for its word family: "mentioning", "descriptions" (lpt/verify.py)
+    # Regexes (case-insensitive) for meta-commentary about the setup that no single word gives
+    # away; a kept trace must not talk about what it was given or told.
+    setup_phrases: tuple[str, ...] = (
+        r"\bsupposed to (?:avoid|not) (?:mention|refer|cit|talk)\w*",
+        r"\bthe user (?:has )?(?:provided|gave|given|supplied|shared|asked|wants|said)\b",
+        r"\b(?:based on|according to|from) the (?:information|details|data) (?:given|provided|supplied)\b",
+        r"\bthe (?:given|provided) (?:information|details)\b",
+        r"\bI(?:'m| am| was) (?:told|instructed) (?:not )?to\b",
+        r"\b(?:my|the) instructions (?:say|tell|ask)\b",
+        r"\bwithout (?:mentioning|referring to|citing) the (?:image|picture|information|details)\b",
     )
+
+
+class ScoringConfig(StageConfig):
+    """LaCoT's rationale scoring (lpt/scoring.py): the VLM scores each short CoT with every
+    option, teacher-forced; MCQs whose Best-of-N answer beats the gold one by more than
+    `suspect_margin` (mean log-probability per token) are suspect keys."""
+
+    enabled: bool = True
+    suspect_margin: float = 0.1
 
 
 class SelectConfig(StageConfig):
@@ -100,6 +122,11 @@ class SelectConfig(StageConfig):
     self_correction_share: float = 0.5  # about half of the SFT traces are X_O where available
     max_pairs_per_type_per_mcq: int = 2
     seed: int = 0
+    # With [scoring] on (lpt/scoring.py): leave out MCQs whose key the VLM's own rationales
+    # dispute (suspect keys), and pick SFT traces by their short CoT's LaCoT reward, best
+    # first, instead of the length-weighted draw.
+    hold_out_suspect_keys: bool = False
+    rank_by_reward: bool = False
 
 
 # What decides an engine's answers (not where it is served or how fast): the response cache's
@@ -248,6 +275,7 @@ class PipelineConfig(BaseModel):
     think: ThinkConfig = ThinkConfig()
     think_harder: ThinkHarderConfig = ThinkHarderConfig()
     verify: VerifyConfig = VerifyConfig()
+    scoring: ScoringConfig = ScoringConfig()
     select: SelectConfig = SelectConfig()
     engines: Engines = Engines()
     storage: str = "data"  # local folder (relative to the config file) or fsspec URL

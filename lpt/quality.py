@@ -83,10 +83,10 @@ def truncation_rate(traces: Sequence[SimpleCot] | Sequence[LongCot], limit: floa
 
 def leak_rate(rows: Sequence[Verified], config: ChecksConfig) -> QualityResult:
     """Graded traces dropped because their own text leaks the setup (the description, the
-    text); a long trace dropped only for its short CoT's leak is counted once, at the short
+    text: `leak:`; meta-commentary about it: `setup:`); a long trace dropped only for its short CoT's leak is counted once, at the short
     one. High: the reasoner prompt invites citing the description."""
     graded = [r for r in rows if r.label is not None]
-    leaked = sum(1 for r in graded if (r.drop_reason or "").startswith("leak:"))
+    leaked = sum(1 for r in graded if (r.drop_reason or "").startswith(("leak:", "setup:")))
     high = config.max_leak_rate
     return _gate("leak_rate", "leak rate", leaked, len(graded), f"<= {high}", lambda v: v <= high, config.min_rows)
 

@@ -1,7 +1,8 @@
 """SFT selection and DPO pair mining over verified traces, per MCQ, with seeded RNGs.
 
-Each MCQ gets its own RNG seeded from a stable hash of (config seed, MCQ id[, pair type]),
-so a shard's output does not depend on which other MCQs or shards ran with it. MCQs with no
+Each MCQ gets its own RNG seeded from a stable hash of (config seed, MCQ id[, pair type]);
+only the SFT set's X_O share is balanced over the whole shard, so how many self-corrections an
+MCQ gives depends on its shard, never on other shards. MCQs with no
 training prompt are skipped: without the prompt a sample cannot be trained on.
 """
 
@@ -51,21 +52,65 @@ def _weighted_sample(rows: list[Verified], k: int, rng: random.Random) -> list[V
     return keyed[:k]
 
 
+def _quotas(groups: Mapping[str, list[Verified]], config: SelectConfig) -> dict[str, tuple[int, int]]:
+    """(X_O, O/O_O) counts per MCQ. Each MCQ first takes X_O up to `self_correction_share` of
+    its `sft_per_mcq` slots and fills the rest with O/O_O; then, while X_O are under that share
+    of the whole shard's set, MCQs with unused self-corrections take one more each, round-robin
+    in a seeded order: into a free slot, else in place of an O/O_O. Self-corrections cluster on
+    hard MCQs, so a per-MCQ share alone leaves most of them unused."""
+    available: dict[str, tuple[int, int]] = {}
+    quotas: dict[str, tuple[int, int]] = {}
+    for mcq_id, rows in groups.items():
+        corrections = sum(1 for r in rows if r.label is Label.X_O)
+        correct = sum(1 for r in rows if r.label in (Label.O, Label.O_O))
+        available[mcq_id] = (corrections, correct)
+        x = min(corrections, round(config.sft_per_mcq * config.self_correction_share))
+        quotas[mcq_id] = (x, min(correct, config.sft_per_mcq - x))
+    order = sorted(groups, key=lambda mcq_id: stable_id("sft-balance", config.seed, mcq_id))
+
+    def under_share() -> bool:
+        x_total = sum(x for x, _ in quotas.values())
+        return x_total < config.self_correction_share * sum(x + o for x, o in quotas.values())
+
+    moved = True
+    while moved and under_share():
+        moved = False
+        for mcq_id in order:
+            x, o = quotas[mcq_id]
+            if x < available[mcq_id][0] and (x + o < config.sft_per_mcq or o > 0) and under_share():
+                quotas[mcq_id] = (x + 1, o if x + o < config.sft_per_mcq else o - 1)
+                moved = True
+    return quotas
+
+
+def _ranked(rows: list[Verified], k: int, rewards: Mapping[str, float]) -> list[Verified]:
+    """The k rows whose short CoT has the highest reward (unscored ones last; ties by id)."""
+    return sorted(rows, key=lambda r: (-rewards.get(r.cot_id, float("-inf")), r.trace_id))[:k]
+
+
 def select_sft(
-    verified: list[Verified], prompts: Mapping[str, TrainingPrompt], config: SelectConfig
+    verified: list[Verified],
+    prompts: Mapping[str, TrainingPrompt],
+    config: SelectConfig,
+    rewards: Mapping[str, float] | None = None,
 ) -> list[SftSample]:
-    """Up to `sft_per_mcq` traces per MCQ from O, O_O and X_O: self-corrections (X_O) up to
-    `self_correction_share` of the slots as available, the rest from O and O_O."""
+    """Up to `sft_per_mcq` traces per MCQ from O, O_O and X_O, self-corrections (X_O) about
+    `self_correction_share` of the shard's SFT set where enough exist (`_quotas`),
+    each group drawn length-weighted with the MCQ's own seeded RNG, or, with `rank_by_reward`,
+    the best by their short CoT's reward (`rewards`: cot id -> LaCoT reward)."""
     samples: list[SftSample] = []
-    for mcq_id, rows in _by_mcq(verified, prompts).items():
+    groups = _by_mcq(verified, prompts)
+    quotas = _quotas(groups, config)
+    for mcq_id, rows in groups.items():
         rng = _rng("sft", config.seed, mcq_id)
         corrections = [r for r in rows if r.label is Label.X_O]
         correct = [r for r in rows if r.label in (Label.O, Label.O_O)]
-        n_corrections = min(
-            len(corrections), round(config.sft_per_mcq * config.self_correction_share)
-        )
-        chosen = _weighted_sample(corrections, n_corrections, rng)
-        chosen += _weighted_sample(correct, config.sft_per_mcq - len(chosen), rng)
+        n_corrections, n_correct = quotas[mcq_id]
+        if config.rank_by_reward and rewards:
+            chosen = _ranked(corrections, n_corrections, rewards) + _ranked(correct, n_correct, rewards)
+        else:
+            chosen = _weighted_sample(corrections, n_corrections, rng)
+            chosen += _weighted_sample(correct, n_correct, rng)
         prompt = prompts[mcq_id]
         samples.extend(
             SftSample(

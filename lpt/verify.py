@@ -6,6 +6,7 @@ visible and nothing disappears silently.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable
 
@@ -15,14 +16,60 @@ from lpt.parse import ParsedCot, parse_continuation, parse_cot
 from lpt.records import Label, LongCot, PresentedMCQ, SimpleCot, Verified
 
 
+# Endings that make a listed leak word's family: inflections and the common derivations
+# ("describing", "descriptions", "mentioning", "textual", "visualization"), but not arbitrary
+# continuations ("texture", "statement" stay clean). A word ending in "e" drops it first.
+_FAMILY_ENDINGS = (
+    "s", "es", "e", "ed", "d", "er", "ers", "ing", "ings", "ly", "al", "ally", "ual", "ually",
+    "ive", "ively", "ation", "ations",
+)
+
+
+def leak_family(word: str) -> str:
+    """The regex of one leak word's family: the word, or its root before a final "e", plus at
+    most one ending of `_FAMILY_ENDINGS`, as a whole word."""
+    root = word[:-1] if word.endswith("e") and len(word) > 3 else word
+    endings = "|".join(sorted(map(re.escape, _FAMILY_ENDINGS), key=len, reverse=True))
+    bare = "" if root != word else "?"
+    return rf"(?<!\w){re.escape(root)}(?:{endings}){bare}(?!\w)"
+
+
+@functools.lru_cache(maxsize=32)
+def leak_pattern(leak_words: tuple[str, ...]) -> re.Pattern[str]:
+    """All leak word families in one case-insensitive regex, compiled once per word list;
+    group `w<i>` matches the family of `leak_words[i]`."""
+    alternatives = "|".join(f"(?P<w{i}>{leak_family(w)})" for i, w in enumerate(leak_words))
+    return re.compile(alternatives or r"(?!)", re.IGNORECASE)
+
+
 def find_leaks(added_text: str, leak_words: Iterable[str]) -> list[str]:
-    """Leak words present as whole words (case-insensitive), in `leak_words` order:
-    "Text" leaks, "texture" and "context" do not."""
-    return [
-        word
-        for word in leak_words
-        if re.search(rf"(?<!\w){re.escape(word)}(?!\w)", added_text, re.IGNORECASE)
-    ]
+    """Listed leak words whose family appears as a whole word (case-insensitive), in
+    `leak_words` order: "Text" and "descriptions" leak, "texture" and "context" do not."""
+    words = tuple(leak_words)
+    found = {int(m.lastgroup[1:]) for m in leak_pattern(words).finditer(added_text) if m.lastgroup}
+    return [word for i, word in enumerate(words) if i in found]
+
+
+@functools.lru_cache(maxsize=32)
+def _setup_pattern(setup_phrases: tuple[str, ...]) -> re.Pattern[str]:
+    return re.compile("|".join(f"(?:{p})" for p in setup_phrases) or r"(?!)", re.IGNORECASE)
+
+
+def find_setup_references(text: str, setup_phrases: Iterable[str]) -> list[str]:
+    """Meta-commentary about the generation setup ("the user provided", "supposed to avoid
+    mentioning"), as the matched text in lower case, in order of appearance."""
+    return [m.group(0).lower() for m in _setup_pattern(tuple(setup_phrases)).finditer(text)]
+
+
+def leak_reason(text: str, config: VerifyConfig) -> str | None:
+    """`setup:<phrase>` for meta-commentary about the setup (the more specific finding), else
+    `leak:<word>` for a leak word family, else None: the two are recorded apart so their rates
+    can be told apart."""
+    setup = find_setup_references(text, config.setup_phrases)
+    if setup:
+        return f"setup:{setup[0]}"
+    leaks = find_leaks(text, config.leak_words)
+    return f"leak:{leaks[0]}" if leaks else None
 
 
 _BEHAVIOURS: dict[str, re.Pattern[str]] = {
@@ -83,8 +130,7 @@ def verify_short(cot: SimpleCot, item: PresentedMCQ, config: VerifyConfig) -> Ve
     letter = verdict.letter if reason is None else None
     label = None if letter is None else Label.O if verdict.correct else Label.X
     if letter is not None and cot.stand_in:
-        leaks = find_leaks(think, config.leak_words)
-        reason = f"leak:{leaks[0]}" if leaks else None
+        reason = leak_reason(think, config)
     answer = None if letter is None else format_answer(letter, item.presentation)
     response = render_response(think, answer) if answer is not None else ""
     return Verified(
@@ -131,10 +177,8 @@ def verify_long(
     label = None
     if letter is not None and short.label is not None:
         label = Label(f"{short.label.value}_{'O' if verdict.correct else 'X'}")
-        leaks = find_leaks(added, config.leak_words)
-        if leaks:
-            reason = f"leak:{leaks[0]}"
-        elif short.drop_reason and short.drop_reason.startswith("leak:"):
+        reason = leak_reason(added, config)
+        if reason is None and short.drop_reason and short.drop_reason.startswith(("leak:", "setup:")):
             reason = f"short_{short.drop_reason}"  # the short CoT is part of this response
     answer = None if letter is None else format_answer(letter, item.presentation)
     response = render_response(think, answer) if answer is not None else ""

@@ -9,6 +9,7 @@ from lpt_assets.assets.curate import build_curation_assets
 from lpt_assets.assets.exports import build_export_assets
 from lpt_assets.assets.generate import build_generation_assets
 from lpt_assets.assets.ingest import captions
+from lpt_assets.assets.scoring import build_scoring_assets
 from lpt_assets.checks import build_check_sensors, build_checks
 from lpt_assets.executors import executor_from_env
 from lpt_assets.export_automation import build_exports_sensor
@@ -34,7 +35,7 @@ def engine_resource(settings: EngineSettings) -> EngineResource:
 
 
 def build_definitions(config: PipelineConfig) -> Definitions:
-    partitioned = [captions, *build_generation_assets(config), *build_curation_assets(config)]
+    partitioned = [captions, *build_generation_assets(config), *build_scoring_assets(config), *build_curation_assets(config)]
     exports = build_export_assets(config)
     pipeline = define_asset_job(
         PIPELINE_JOB,

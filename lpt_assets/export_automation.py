@@ -37,7 +37,7 @@ from lpt_assets.partitions import IN_FLIGHT
 EXPORTS_SENSOR = "exports_sensor"
 TRIGGER_TAG = "lpt/trigger"
 # the per-shard assets whose materialization can change what a shard exports
-WATCHED = ("mcqs", "simple_cots", "long_cots", "verified", "sft_samples", "dpo_pairs")
+WATCHED = ("mcqs", "simple_cots", "rationale_scores", "long_cots", "verified", "sft_samples", "dpo_pairs")
 FINISHED = {DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED}
 _PAGE = 1000
 

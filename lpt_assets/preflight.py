@@ -10,7 +10,7 @@ from lpt.config import Engines
 from lpt_resources.engines.preflight import EngineCheckError, check_engine
 
 # Which engine role each generation asset uses.
-ROLE_OF_ASSET = {"mcqs": "ask", "simple_cots": "vlm", "long_cots": "reasoner"}
+ROLE_OF_ASSET = {"mcqs": "ask", "simple_cots": "vlm", "rationale_scores": "vlm", "long_cots": "reasoner"}
 _checked: set[tuple[str, str]] = set()  # (run id, role) already checked in this process
 
 
@@ -25,7 +25,7 @@ def assets_in_run(context: AssetExecutionContext) -> set[AssetKey]:
 def roles_in_run(context: AssetExecutionContext) -> list[str]:
     """The roles whose assets this run materializes, in pipeline order."""
     names = {key.to_user_string() for key in assets_in_run(context)}
-    return [role for asset, role in ROLE_OF_ASSET.items() if asset in names]
+    return list(dict.fromkeys(role for asset, role in ROLE_OF_ASSET.items() if asset in names))
 
 
 def preflight_run(context: AssetExecutionContext, engines_config: Engines) -> None:

@@ -9,11 +9,13 @@ from dagster import AssetKey, AssetRecordsFilter, DagsterInstance
 
 from lpt.config import PipelineConfig
 from lpt.records import Caption, DpoPair, LongCot, PresentedMCQ, Quarantined, SftSample, SimpleCot, Verified
+from lpt.scoring import McqScores
+from lpt.scoring import summary as scoring_summary
 from lpt_assets.assets.curate import accuracy
 from lpt_assets.metadata import ENGINE_COUNTS
 from lpt_resources.storage import ParquetStore
 
-GENERATION_STAGES = ("mcqs", "simple_cots", "long_cots")
+GENERATION_STAGES = ("mcqs", "simple_cots", "rationale_scores", "long_cots")
 
 
 def _rows(store: ParquetStore, asset: str, keys: list[str], model) -> list:
@@ -48,6 +50,7 @@ def summarize(store: ParquetStore, instance: DagsterInstance, keys: list[str], c
     verified = _rows(store, "verified", keys, Verified)
     sft = _rows(store, "sft_samples", keys, SftSample)
     dpo = _rows(store, "dpo_pairs", keys, DpoPair)
+    scores = _rows(store, "rationale_scores", keys, McqScores)
     quarantine = {
         stage: dict(Counter(q.reason for q in _rows(store, f"{stage}_quarantine", keys, Quarantined)))
         for stage in ("captions", "mcqs")
@@ -74,6 +77,8 @@ def summarize(store: ParquetStore, instance: DagsterInstance, keys: list[str], c
             "verified": dict(Counter(v.drop_reason for v in verified if v.drop_reason)),
         },
         "accuracy": {"stage2_short": accuracy(verified, "short"), "stage3_long": accuracy(verified, "long")},
+        "leak_reasons": leak_split(verified),
+        "scoring": scoring_summary(scores) if scores else {},
         "labels": dict(Counter(v.label.value for v in verified if v.kept and v.label)),
         "pairs_by_type": dict(Counter(p.pair_type.value for p in dpo)),
         "engines": {stage: _engine_stats(instance, stage, keys) for stage in GENERATION_STAGES},
@@ -86,6 +91,17 @@ def summarize(store: ParquetStore, instance: DagsterInstance, keys: list[str], c
     }
 
 
+def leak_split(verified: list[Verified]) -> dict[str, int]:
+    """Drops for leak words (`leak`) apart from drops for talk about the setup (`setup`); a
+    long trace dropped for its short CoT's leak counts under `short_…`."""
+    kinds = (
+        ("short_" if r.drop_reason.startswith("short_") else "") + r.drop_reason.removeprefix("short_").split(":", 1)[0]
+        for r in verified
+        if r.drop_reason and r.drop_reason.removeprefix("short_").startswith(("leak:", "setup:"))
+    )
+    return dict(Counter(kinds))
+
+
 def render(summary: dict[str, Any]) -> str:
     lines = [f"shards: {', '.join(summary['shards'])}", f"stage 2 perception: {summary['stage2_perception']}", "", "rows per stage:"]
     lines += [f"  {name:<18}{count:>8}" for name, count in summary["rows"].items()]
@@ -95,6 +111,15 @@ def render(summary: dict[str, Any]) -> str:
             lines.append(f"  {stage:<10}{reason:<32}{count:>6}")
     accuracy_line = summary["accuracy"]
     lines += ["", f"accuracy: stage 2 (short) {accuracy_line['stage2_short']}, stage 3 (long) {accuracy_line['stage3_long']}"]
+    lines += ["leak drops: " + (", ".join(f"{k}={v}" for k, v in sorted(summary["leak_reasons"].items())) or "none")]
+    scoring = summary["scoring"]
+    if scoring:
+        lines += [
+            f"rationale scores: {scoring['rationales_scored']} rationales of {scoring['mcqs_scored']} MCQs; reward "
+            f"p10/median/p90 {scoring['reward_p10']}/{scoring['reward_median']}/{scoring['reward_p90']}; "
+            f"BiN accuracy vs gold {scoring['bin_accuracy']}; suspect keys {len(scoring['suspect_keys'])}"
+            + (f" ({', '.join(scoring['suspect_keys'][:5])})" if scoring["suspect_keys"] else "")
+        ]
     lines += ["labels kept: " + ", ".join(f"{k}={v}" for k, v in sorted(summary["labels"].items()))]
     lines += ["DPO pairs by type: " + ", ".join(f"{k}={v}" for k, v in sorted(summary["pairs_by_type"].items()))]
     lines += ["", "engines:"]

@@ -43,7 +43,7 @@ CLUSTER = REPO / "dagster_home" / "cluster"
 PG = {"host": "127.0.0.1", "port": 5432, "user": "postgres"}
 REDIS_URL = "redis://127.0.0.1:6379/7"  # a database number nobody else here uses
 AMQP_URL = "pyamqp://guest:guest@127.0.0.1:5672//"
-GPU_STEPS = {"mcqs", "simple_cots", "long_cots"}
+GPU_STEPS = {"mcqs", "simple_cots", "rationale_scores", "long_cots"}
 CPU_STEPS = {"captions", "verified", "sft_samples", "dpo_pairs"}
 
 

@@ -27,15 +27,16 @@ def untagged_prompt(prompt: str) -> str:
     raise ValueError(f"the prompt does not end with a known answer instruction: {prompt[-120:]!r}")
 
 
-def lacot_row(s: SftSample, image_root: str, keep_tags: bool = False) -> dict[str, Any]:
-    """One row; the image path is relative to `image_root` (LaCoT's `image_folder`)."""
+def lacot_row(s: SftSample, image_root: str, keep_tags: bool = False, reward: float | None = None) -> dict[str, Any]:
+    """One row; the image path is relative to `image_root` (LaCoT's `image_folder`); `reward`
+    (the short CoT's LaCoT reward, where it was scored) rides along as an extra key."""
     think, answer = split_response(s.response)
     if keep_tags:
         human = f"{s.system}\n\n{s.prompt}" if s.system.strip() else s.prompt
         reason, gpt = f"<think>\n{think}\n</think>", f"<answer>{answer}</answer>"
     else:
         human, reason, gpt = untagged_prompt(s.prompt), think, answer
-    return {
+    row: dict[str, Any] = {
         "id": s.sample_id,
         "image": image_ref(s.image_path, image_root, "relative"),
         "conversations": [
@@ -44,6 +45,9 @@ def lacot_row(s: SftSample, image_root: str, keep_tags: bool = False) -> dict[st
             {"from": "gpt", "value": clean(gpt)},
         ],
     }
+    if reward is not None:
+        row["reward"] = reward
+    return row
 
 
 def readme(folder_url: str, image_root: str, rows: int, keep_tags: bool) -> str:
@@ -52,6 +56,9 @@ def readme(folder_url: str, image_root: str, rows: int, keep_tags: bool) -> str:
 
 {rows} rows in LaCoT's SFT format (LLaVA-style `{{id, image, conversations}}` with `human`,
 `reason` and `gpt` turns), one JSON file per image shard. The reason and gpt turns {tags}.
+Rows whose short CoT was scored carry its LaCoT `reward` (mean log-probability per token of
+the reasoning with the gold answer). `bin/` holds the Best-of-N log per shard in LaCoT's own
+schema (`rationals`, `solutions`, `likelihoods`, `best_index`).
 
 Image paths are relative to `{image_root}` (`..` where an image lies outside it): pass that
 folder as LaCoT's `--image_folder`.

@@ -7,7 +7,8 @@ Layout under the export root (a local folder or any fsspec URL):
     llamafactory/{sft,dpo}/SHARD.jsonl  ShareGPT rows
     hf/README.md                        dataset card; its `configs` glob the parts below
     hf/{sft,dpo[,sft_text,dpo_text]}/SHARD.parquet
-    lacot/SHARD.json                    LaCoT/LLaVA rows
+    lacot/SHARD.json                    LaCoT/LLaVA rows (with each short CoT's reward where scored)
+    lacot/bin/SHARD.json                LaCoT's BiN log: rationals, solutions, likelihoods, best_index
     provenance/SHARD.jsonl              one line per exported row
     .lpt/state.json                     the exporter's own: settings, totals, the caller's cursor
     .lpt/shards/SHARD.json              a shard's counts, for the totals
@@ -32,8 +33,9 @@ from lpt.export import hf, lacot, llamafactory, provenance
 from lpt.export.common import STATE_DIR, Folder, dump_json, filter_pairs, jsonl, sorted_unique
 from lpt.export.stats import Funnel, Stats, shard_stats
 from lpt.records import DpoPair, SftSample
+from lpt.scoring import McqScores, bin_log_row, rewards_by_cot
 
-LAYOUT = 1  # bump when the layout changes: an export in an older layout is rebuilt once
+LAYOUT = 2  # bump when the layout changes: an export in an older layout is rebuilt once
 STATE_FILE = f"{STATE_DIR}/state.json"
 SHARDS_DIR = f"{STATE_DIR}/shards"
 OWNED_FOLDERS = (llamafactory.FOLDER, hf.FOLDER, lacot.FOLDER, provenance.FOLDER)
@@ -47,6 +49,7 @@ class ShardRows(BaseModel):
     sft: list[SftSample]
     dpo: list[DpoPair]
     funnel: Funnel = Funnel()
+    scores: list[McqScores] = []  # rationale scores, where the shard has them
 
 
 class ExportState(BaseModel):
@@ -127,6 +130,7 @@ def part_paths(shard: str) -> dict[str, str]:
         "llamafactory_sft": f"{llamafactory.FOLDER}/sft/{shard}.jsonl",
         "llamafactory_dpo": f"{llamafactory.FOLDER}/dpo/{shard}.jsonl",
         "lacot": f"{lacot.FOLDER}/{shard}.json",
+        "lacot_bin": f"{lacot.FOLDER}/bin/{shard}.json",
         "provenance": f"{provenance.FOLDER}/{shard}.jsonl",
     }
     paths.update({f"hf_{kind}": f"{hf.FOLDER}/{kind}/{shard}.parquet" for kind in hf.config_names(text=True)})
@@ -169,7 +173,12 @@ class ExportBatch:
         if sft:
             files["llamafactory_sft"] = jsonl(llamafactory.sft_row(s, lf_base, config.image_paths) for s in sft)
             image_root = config.lacot_image_root or folder.url_of(lacot.FOLDER)
-            files["lacot"] = dump_json([lacot.lacot_row(s, image_root, config.lacot_keep_tags) for s in sft])
+            rewards = rewards_by_cot(rows.scores)
+            files["lacot"] = dump_json(
+                [lacot.lacot_row(s, image_root, config.lacot_keep_tags, rewards.get(s.cot_id)) for s in sft]
+            )
+        if rows.scores:
+            files["lacot_bin"] = dump_json([bin_log_row(s) for s in sorted(rows.scores, key=lambda s: s.mcq_id)])
         if dpo:
             files["llamafactory_dpo"] = jsonl(llamafactory.dpo_row(p, lf_base, config.image_paths) for p in dpo)
         load_image = hf.image_loader(config.hf_images, self.exporter.read_image)

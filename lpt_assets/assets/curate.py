@@ -19,6 +19,7 @@ from lpt.records import (
     TrainingPrompt,
     Verified,
 )
+from lpt.scoring import McqScores, rewards_by_cot, without_suspects
 from lpt.select import mine_pairs, select_sft
 from lpt.verify import verify_shard
 from lpt_assets.metadata import ShardReport, bar_chart, counts_table, first_lines, reason_counts, table
@@ -107,17 +108,26 @@ def build_curation_assets(config: PipelineConfig) -> list[AssetsDefinition]:
             })
         return report.result()
 
+    def _scores(store: ParquetStore, key: str) -> list[McqScores]:
+        return store.read("rationale_scores", key, McqScores) if store.exists("rationale_scores", key) else []
+
     def _inputs(store: ParquetStore, key: str) -> tuple[list[Verified], dict[str, TrainingPrompt]]:
+        """A shard's verified rows and training prompts; MCQs with a suspect key have no prompt
+        (and so no samples) when the config holds them out."""
         prompts = training_prompts(store.read("mcqs", key, PresentedMCQ), store.read("captions", key, Caption))
+        if config.select.hold_out_suspect_keys:
+            prompts = without_suspects(prompts, _scores(store, key))
         return store.read("verified", key, Verified), prompts
 
-    @asset(code_version=versions["sft_samples"], deps=[verified], **common)
+    scored = ["rationale_scores"] if config.scoring.enabled else []
+
+    @asset(code_version=versions["sft_samples"], deps=[verified, *scored], **common)
     def sft_samples(context: AssetExecutionContext, store: ParquetStore) -> MaterializeResult:
         """Correct short CoTs, correct extensions and self-corrections, about half X_O, with a
         length-weighted seeded subsample per MCQ."""
         report = ShardReport(context)
         for key in context.partition_keys:
-            rows = select_sft(*_inputs(store, key), config.select)
+            rows = select_sft(*_inputs(store, key), config.select, rewards_by_cot(_scores(store, key)))
             store.write("sft_samples", key, rows, SftSample)
             report.add(key, {
                 "rows_out": len(rows),
@@ -126,7 +136,7 @@ def build_curation_assets(config: PipelineConfig) -> list[AssetsDefinition]:
             })
         return report.result()
 
-    @asset(code_version=versions["dpo_pairs"], deps=[verified], **common)
+    @asset(code_version=versions["dpo_pairs"], deps=[verified, *scored], **common)
     def dpo_pairs(context: AssetExecutionContext, store: ParquetStore) -> MaterializeResult:
         """Typed preference pairs per MCQ: correctness pairs and compactness pairs (O > O_O)."""
         report = ShardReport(context)

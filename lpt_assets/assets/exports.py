@@ -15,6 +15,7 @@ from lpt.config import PipelineConfig
 from lpt.export import Exporter, Funnel, ShardRows
 from lpt.export.parts import CommitResult
 from lpt.export import hf, lacot, llamafactory
+from lpt.scoring import McqScores
 from lpt.records import DpoPair, SftSample
 from lpt_assets.checks import failed_checks
 from lpt_assets.export_automation import ChangeCursor, head_cursor, pending_changes
@@ -80,6 +81,7 @@ def export_changes(
             sft=store.read("sft_samples", key, SftSample),
             dpo=store.read("dpo_pairs", key, DpoPair),
             funnel=shard_funnel(store, key),
+            scores=store.read("rationale_scores", key, McqScores) if store.exists("rationale_scores", key) else [],
         )
         batch.put(rows)
     return batch.commit(cursor.model_dump(mode="json"))

@@ -247,7 +247,9 @@ def build_generation_assets(config: PipelineConfig) -> list[AssetsDefinition]:
                     for index, completion in enumerate(result.completions)
                 ])
         finally:
-            _release(context, vlm_engine, engines.vlm, ("long_cots", engines.reasoner))
+            # rationale_scores, when on, runs next on the same engine (long_cots waits for it)
+            after = ("rationale_scores", engines.vlm) if config.scoring.enabled else ("long_cots", engines.reasoner)
+            _release(context, vlm_engine, engines.vlm, after)
         report = ShardReport(context)
         for key in keys:
             cots = tables.written[key]
@@ -269,7 +271,8 @@ def build_generation_assets(config: PipelineConfig) -> list[AssetsDefinition]:
         backfill_policy=BackfillPolicy.single_run(),
         code_version=versions["long_cots"],
         group_name="generate",
-        deps=[simple_cots],
+        # after the scores when they are on: the VLM serves both before the reasoner loads
+        deps=[simple_cots, *(["rationale_scores"] if config.scoring.enabled else [])],
         pool=GPU_POOL,
         op_tags=gpu_op_tags(),
         kinds={"parquet"},

@@ -53,11 +53,32 @@ class GenerationRequest(BaseModel):
     json_schema: dict[str, Any] | None = None
     regex: str | None = None  # structured output by regular expression (vLLM's `regex`)
     banned_words: tuple[str, ...] = ()
+    # Scoring instead of generating: the log-probability of each token of `target`, teacher-
+    # forced after the prompt (and its pre-fill); `sampling` is then ignored.
+    target: str | None = None
 
     def fingerprint(self) -> str:
-        """Everything that determines the output, for caching and provenance."""
-        blob = json.dumps(self.model_dump(mode="json", exclude={"request_id"}), sort_keys=True)
+        """Everything that determines the output, for caching and provenance. An unset target
+        is left out, so generation requests keep the keys they had before scoring existed."""
+        exclude = {"request_id"} | ({"target"} if self.target is None else set())
+        blob = json.dumps(self.model_dump(mode="json", exclude=exclude), sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()
+
+    def as_scored_prompt(self) -> GenerationRequest:
+        """The request whose pre-fill ends with the target: the sequence that is scored."""
+        return self.model_copy(update={"prefill": (self.prefill or "") + (self.target or ""), "target": None})
+
+
+def target_token_count(prompt_ids: list[int], scored_ids: list[int]) -> int:
+    """How many trailing tokens of the scored sequence belong to the target: those after the
+    longest common prefix with the prompt alone (a token merged across the boundary counts
+    as the target's, the same way in every engine)."""
+    common = 0
+    for a, b in zip(prompt_ids, scored_ids):
+        if a != b:
+            break
+        common += 1
+    return len(scored_ids) - common
 
 
 def banned_word_variants(words: tuple[str, ...]) -> list[str]:
@@ -90,6 +111,7 @@ class GenerationResult(BaseModel):
     # model, an unreadable image, a 400 from the server) and the row is refused; "engine" (or
     # unset) when the engine, server or its config failed and a rerun may succeed.
     error_kind: Literal["request", "engine"] | None = None
+    target_logprobs: list[float] | None = None  # per target token, for a scoring request
 
     @property
     def refused(self) -> bool:

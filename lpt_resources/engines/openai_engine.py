@@ -422,6 +422,8 @@ class OpenAIEngine(Engine):
             raise RequestNotSupported(NO_PREFILL)
         if req.regex is not None and self.server_kind in ("openai", "llamacpp"):
             raise RequestNotSupported(f"{self.server_kind} server cannot constrain output to a regex")
+        if req.target is not None:  # a sampled answer would be cached as if it were a score
+            raise RequestNotSupported("scoring a target is not available over HTTP yet; serve the scorer with kind = vllm or transformers")
 
     def _messages(self, req: GenerationRequest, image_url: str | None) -> list[dict[str, Any]]:
         messages: list[dict[str, Any]] = [{"role": m.role, "content": m.content} for m in req.messages]

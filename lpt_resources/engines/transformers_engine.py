@@ -28,6 +28,7 @@ from typing import Any
 
 from .base import (
     banned_word_variants,
+    target_token_count,
     Completion,
     Engine,
     EngineStats,
@@ -287,6 +288,7 @@ class _Prepared:
     input_ids: list[int]
     pixel_values: Any = None  # torch tensor [patches, dim] for VLM requests with an image
     image_grid_thw: Any = None  # torch tensor [1, 3]
+    target_tokens: int = 0  # scoring: the last `target_tokens` of input_ids are the target
 
 
 def _group_key(req: GenerationRequest) -> str:
@@ -410,7 +412,14 @@ class TransformersEngine(UsesSharedModel[tuple, LoadedModel], Engine):
             n_tokens = int(grid[0].prod().item()) // (merge * merge)
         else:
             n_tokens = 0
-        return _Prepared(index, req, self._encode(req, text, n_tokens), pixel_values, grid)
+        prompt_ids = self._encode(req, text, n_tokens)
+        if req.target is None:
+            return _Prepared(index, req, prompt_ids, pixel_values, grid)
+        if not req.target:
+            raise ValueError("a scoring request needs a non-empty target")
+        scored = req.as_scored_prompt()
+        scored_ids = self._encode(scored, self.render_prompt(scored, with_image=bool(req.image)), n_tokens)
+        return _Prepared(index, req, scored_ids, pixel_values, grid, target_token_count(prompt_ids, scored_ids))
 
     def _encode(self, req: GenerationRequest, text: str, image_tokens: int) -> list[int]:
         """Token ids of the rendered prompt. Message texts are data: when one holds the text of
@@ -469,9 +478,11 @@ class TransformersEngine(UsesSharedModel[tuple, LoadedModel], Engine):
                 kind = "engine" if message == "model does not take images" else "request"
                 results[i] = GenerationResult(request_id=req.request_id, prompt_tokens=0, error=message, error_kind=kind)
 
+        self._score([p for p in prepared if p.request.target is not None], results)
         groups: dict[str, list[_Prepared]] = {}
         for p in prepared:
-            groups.setdefault(_group_key(p.request), []).append(p)
+            if p.request.target is None:
+                groups.setdefault(_group_key(p.request), []).append(p)
 
         for group in groups.values():
             rows = [(p, s) for p in group for s in range(p.request.sampling.n)]
@@ -604,6 +615,59 @@ class TransformersEngine(UsesSharedModel[tuple, LoadedModel], Engine):
             self._completion(generated[i].tolist(), p.request, None if lps is None else lps[i])
             for i, (p, _) in enumerate(batch)
         ]
+
+    def _score(self, prepared: list[_Prepared], results: list[GenerationResult | None]) -> None:
+        """Teacher-forced log-probabilities of each scoring request's target, `batch_size`
+        sequences per forward pass (right-padded: causal attention never looks at the pad)."""
+        rows = sorted(prepared, key=lambda p: len(p.input_ids))
+        for start in range(0, len(rows), self.batch_size):
+            batch = rows[start : start + self.batch_size]
+            try:
+                scored = list(zip(batch, self._forward_logprobs(batch)))
+            except Exception as exc:  # noqa: BLE001 - isolate the bad request
+                log.warning("scoring batch of %d failed (%s); scoring its requests one by one", len(batch), exc)
+                scored = []
+                for p in batch:
+                    try:
+                        scored.extend(zip([p], self._forward_logprobs([p])))
+                    except Exception as exc2:  # noqa: BLE001
+                        results[p.index] = GenerationResult(
+                            request_id=p.request.request_id, prompt_tokens=len(p.input_ids),
+                            error=_describe(exc2), error_kind="request",
+                        )
+            for p, logprobs in scored:
+                results[p.index] = GenerationResult(
+                    request_id=p.request.request_id,
+                    prompt_tokens=len(p.input_ids) - p.target_tokens,
+                    target_logprobs=logprobs,
+                )
+
+    def _forward_logprobs(self, batch: list[_Prepared]) -> list[list[float]]:
+        import torch
+
+        h = self.handle()
+        model = h.model
+        width = max(len(p.input_ids) for p in batch)
+        input_ids = torch.full((len(batch), width), h.pad_id, dtype=torch.long)
+        attention = torch.zeros((len(batch), width), dtype=torch.long)
+        for i, p in enumerate(batch):
+            input_ids[i, : len(p.input_ids)] = torch.tensor(p.input_ids, dtype=torch.long)
+            attention[i, : len(p.input_ids)] = 1
+        inputs: dict[str, Any] = {"input_ids": input_ids.to(model.device), "attention_mask": attention.to(model.device)}
+        with_images = [p for p in batch if p.pixel_values is not None]
+        if with_images:
+            inputs["pixel_values"] = torch.cat([p.pixel_values for p in with_images]).to(model.device, model.dtype)
+            inputs["image_grid_thw"] = torch.cat([p.image_grid_thw for p in with_images]).to(model.device)
+        with torch.inference_mode():
+            logits = model(**inputs, use_cache=False).logits.float()
+        out: list[list[float]] = []
+        for i, p in enumerate(batch):
+            n, k = len(p.input_ids), p.target_tokens
+            positions = torch.arange(n - k - 1, n - 1, device=logits.device)
+            chosen = input_ids[i, n - k : n].to(logits.device)
+            logprobs = torch.log_softmax(logits[i, positions], dim=-1).gather(-1, chosen[:, None])[:, 0]
+            out.append([float(x) for x in logprobs.cpu()])
+        return out
 
     def _shared_prefill(self, batch: list[tuple[_Prepared, int]], inputs: dict[str, Any]) -> Any:
         """The n samples of a request share one prompt: run its prefill once and fan the KV

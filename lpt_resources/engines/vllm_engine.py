@@ -75,6 +75,7 @@ from typing import Any, Literal
 
 from .base import (
     banned_word_variants,
+    target_token_count,
     Completion,
     Engine,
     EngineStats,
@@ -170,6 +171,7 @@ class _Item:
     continue_final: bool
     sampling: dict[str, Any]  # SamplingParams keyword arguments
     structured: dict[str, Any] | None  # StructuredOutputsParams keyword arguments
+    target_tokens: int = 0  # scoring: the last `target_tokens` prompt tokens are the target
 
 
 @dataclass
@@ -188,6 +190,7 @@ class _Raw:
     prompt: str | None = None
     prompt_tokens: int = 0
     samples: list[_Sample] = field(default_factory=list)
+    target_logprobs: list[float] | None = None
 
 
 def _describe(exc: BaseException) -> str:
@@ -221,7 +224,26 @@ def _chosen_logprobs(sample: Any) -> list[float] | None:
     return out
 
 
+def _target_logprobs(output: Any, k: int) -> list[float]:
+    """The prompt log-probabilities of the last `k` prompt tokens (the target), each the
+    log-probability vLLM gives the token that is there (prompt_logprobs=0: its own entry)."""
+    ids = list(output.prompt_token_ids)
+    entries = output.prompt_logprobs
+    out: list[float] = []
+    for position in range(len(ids) - k, len(ids)):
+        value = entries[position][ids[position]]
+        out.append(float(getattr(value, "logprob", value)))
+    return out
+
+
 def _to_raw(item: _Item, output: Any) -> _Raw:
+    if item.target_tokens:
+        return _Raw(
+            index=item.index,
+            prompt=output.prompt,
+            prompt_tokens=len(output.prompt_token_ids or []) - item.target_tokens,
+            target_logprobs=_target_logprobs(output, item.target_tokens),
+        )
     samples = []
     for s in sorted(output.outputs, key=lambda o: o.index):
         reason = _FINISH.get(str(s.finish_reason), "error")
@@ -691,6 +713,7 @@ class VLLMEngine(UsesSharedModel[VLLMSettings, LoadedLLM], Engine):
         self._models, self._model_key = _ENGINES, self.settings
         self._supports_images: bool | None = None
         self._special_texts: tuple[str, ...] | None = None
+        self._text_tokenizer: Any = None
 
     # ---- lifecycle
 
@@ -764,15 +787,50 @@ class VLLMEngine(UsesSharedModel[VLLMSettings, LoadedLLM], Engine):
             self._special_texts = _special_texts(llm.get_tokenizer() if llm is not None else None, self.model)
         return self._special_texts
 
+    def _tokenizer(self) -> Any:
+        """vLLM's tokenizer, or the checkpoint's (data-parallel replicas keep theirs apart)."""
+        if self._text_tokenizer is None:
+            llm = self._handle.llm if self._handle is not None else None
+            if llm is not None:
+                self._text_tokenizer = llm.get_tokenizer()
+            else:
+                from transformers import AutoTokenizer
+
+                self._text_tokenizer = AutoTokenizer.from_pretrained(self.model, revision=self.settings.revision)
+        return self._text_tokenizer
+
+    def _target_tokens(self, req: GenerationRequest) -> int:
+        """How many tokens of the rendered, scored prompt are the target's: counted on the
+        text-only chat (an image adds tokens before the target, never inside it)."""
+        tok = self._tokenizer()
+
+        def ids(r: GenerationRequest) -> list[int]:
+            item_flags = {"add_generation_prompt": r.prefill is None, "continue_final_message": r.prefill is not None}
+            text = tok.apply_chat_template(self.build_messages(r), tokenize=False, **item_flags)
+            return list(tok(text, add_special_tokens=False)["input_ids"])
+
+        return target_token_count(ids(req), ids(req.as_scored_prompt()))
+
     def _item(self, index: int, req: GenerationRequest, image: Any = None) -> _Item:
         if not req.messages or not any(m.role == "user" for m in req.messages):
             raise ValueError("a request needs at least one user message")
-        texts = [m.content for m in req.messages] + [req.prefill or ""]
+        texts = [m.content for m in req.messages] + [req.prefill or ""] + [req.target or ""]
         found = sorted({s for s in self.special_texts() if any(s in t for t in texts)})
         if found:
             # vLLM tokenises the rendered chat with special tokens parsed, so this text would
             # act as chat markup (open or close a turn): the request is refused, not injected.
             raise ValueError(f"a message holds special-token text {found}; refused as it would act as chat markup")
+        if req.target is not None:
+            if not req.target:
+                raise ValueError("a scoring request needs a non-empty target")
+            return _Item(
+                index=index,
+                messages=self.build_messages(req.as_scored_prompt(), image),
+                continue_final=True,
+                sampling={"max_tokens": 1, "temperature": 0.0, "prompt_logprobs": 0},
+                structured=None,
+                target_tokens=self._target_tokens(req),
+            )
         return _Item(
             index=index,
             messages=self.build_messages(req, image),
@@ -836,6 +894,9 @@ class VLLMEngine(UsesSharedModel[VLLMSettings, LoadedLLM], Engine):
                                     error=raw.error, error_kind=raw.error_kind)
         if self.record_prompts and raw.prompt is not None:
             self.last_prompts[req.request_id] = raw.prompt
+        if req.target is not None:
+            return GenerationResult(request_id=req.request_id, prompt_tokens=raw.prompt_tokens,
+                                    target_logprobs=raw.target_logprobs)
         want_lp = req.sampling.logprobs
         return GenerationResult(
             request_id=req.request_id,

@@ -349,7 +349,7 @@ def test_new_settings_rebuild_and_sweep_what_is_not_a_part(tmp_path, sft, dpo):
     assert result.dropped == ["s-1"]
     files = {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and ".lpt" not in p.parts}
     indexes = {"hf/README.md", "lacot/README.md", "provenance/README.md", "llamafactory/LLAMAFACTORY_README.md", "llamafactory/dataset_info.json"}
-    parts = {path for key, path in part_paths("s-0").items() if not key.endswith("_text")}
+    parts = {path for key, path in part_paths("s-0").items() if not key.endswith("_text") and key != "lacot_bin"}  # no scores
     assert files == indexes | parts
 
 
@@ -377,3 +377,30 @@ def test_a_batch_another_batch_committed_over_binds_nothing(tmp_path, sft, dpo):
     second.put(ShardRows(shard="s-2", sft=sft[:1], dpo=[]))
     assert second.commit({"after": 3}).state is None  # its totals would miss s-1: the caller rebuilds
     assert exporter.state().cursor == {"after": 2}
+
+
+# ---- LaCoT rewards and BiN log -----------------------------------------------------------------
+
+
+def test_lacot_rows_carry_rewards_and_the_bin_log_is_lacots_schema(tmp_path, sft, dpo):
+    from lpt.scoring import McqScores
+
+    scored = McqScores(
+        mcq_id="m-1", image_id="img0", cot_ids=[sft[0].cot_id, "other-cot"], rationales=["Red.", "Green."],
+        solutions=["(A)", "(B)", "(C)", "(D)"], likelihoods=[[-1.0, -0.5, -2.0, -3.0], [-1.5, -0.7, -2.0, -3.0]],
+        rewards=[-0.5, -0.7], option_scores=[-1.25, -0.6, -2.0, -3.0], gold_letter="B", bin_letter="B",
+        margin=0.0, best_index=0, suspect=False,
+    )
+    exporter = Exporter(str(tmp_path), ExportConfig(), RUN_INFO)
+    batch = exporter.begin()
+    batch.put(ShardRows(shard="s-0", sft=sft, dpo=dpo, scores=[scored]))
+    batch.put(ShardRows(shard="s-1", sft=sft[:1], dpo=[]))
+    batch.commit({"after": 1})
+    rows = {r["id"]: r for r in json.loads((tmp_path / "lacot" / "s-0.json").read_text())}
+    assert rows[sft[0].sample_id]["reward"] == -0.5
+    assert all("reward" not in r for i, r in rows.items() if i != sft[0].sample_id and sft[0].cot_id not in i)
+    [log] = json.loads((tmp_path / "lacot" / "bin" / "s-0.json").read_text())
+    assert log == {"id": "m-1", "rationals": ["Red.", "Green."], "solutions": ["(A)", "(B)", "(C)", "(D)"],
+                   "likelihoods": [[-1.0, -0.5, -2.0, -3.0], [-1.5, -0.7, -2.0, -3.0]], "best_index": 0}
+    assert not (tmp_path / "lacot" / "bin" / "s-1.json").exists()  # a shard without scores has no log
+    assert "bin/" in (tmp_path / "lacot" / "README.md").read_text()

@@ -48,7 +48,7 @@ from lpt.records import (
     stable_id,
 )
 from lpt.stages import mcqs_from_response
-from lpt.verify import render_response, verify_shard
+from lpt.verify import find_setup_references, render_response, verify_shard
 
 EXAMPLES = 2000
 PROPERTY = settings(
@@ -631,8 +631,10 @@ _RESPONSE = re.compile(r"<think>\n(.*)\n</think>\n<answer>(.*)</answer>", re.DOT
 def _drop_reason_known(reason: str) -> bool:
     if reason in _FIXED_DROPS:
         return True
-    word = reason.removeprefix("short_").removeprefix("leak:")
-    return reason.removeprefix("short_").startswith("leak:") and word in VERIFY.leak_words
+    own = reason.removeprefix("short_")
+    if own.startswith("setup:"):
+        return bool(find_setup_references(own.removeprefix("setup:"), VERIFY.setup_phrases))
+    return own.startswith("leak:") and own.removeprefix("leak:") in VERIFY.leak_words
 
 
 @st.composite

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from collections import Counter
+from typing import Any
 
 from lpt.config import SelectConfig
+from lpt.grade import grade
+from lpt.parse import parse_cot
 from lpt.records import Label, PairType, TrainingPrompt, Verified, stable_id
 from lpt.select import mine_pairs, select_sft
 
@@ -153,3 +156,77 @@ def test_pairs_limited_by_available_combinations() -> None:
     assert Counter(p.pair_type for p in pairs) == Counter(
         {PairType.O_GT_X: 1, PairType.O_GT_O_O: 2}
     )
+
+
+def _realistic_pool(stage2_rows: list[dict[str, Any]], reference_items: list[Any]) -> list[Verified]:
+    """The reference run's 400 real short CoTs graded strictly (O/X as the real model earned
+    them), each continued 3 times with outcomes drawn by a stable hash: an O short stays right
+    9 times in 10, an X short corrects itself 3 times in 10. Self-corrections so cluster on the
+    MCQs the real model found hard, as in a real run."""
+    pool: list[Verified] = []
+    for row, presentation in reference_items:
+        for i, text in enumerate(row["outputs"]):
+            verdict = grade(parse_cot(text.removeprefix("<think>")).answer, presentation)
+            if verdict.letter is None:
+                continue
+            short = Label.O if verdict.correct else Label.X
+            pool.append(_trace(row["mcq_id"], short, i, words=40 + i))
+            for j in range(3):
+                draw = int(stable_id(row["mcq_id"], i, j), 16) % 10
+                right = draw < 9 if short is Label.O else draw < 3
+                label = Label(f"{short.value}_{'O' if right else 'X'}")
+                pool.append(_trace(row["mcq_id"], label, 10 * i + j, words=60 + 7 * j + i))
+    return pool
+
+
+def test_sft_balance_over_a_realistic_label_mix(
+    stage2_rows: list[dict[str, Any]], reference_items: list[Any]
+) -> None:
+    """Per MCQ alone, X_O stay well under half of the SFT set (they sit on hard MCQs with few
+    correct traces); balanced over the shard, they make about half, as in the method."""
+    pool = _realistic_pool(stage2_rows, reference_items)
+    mcqs = sorted({t.mcq_id for t in pool})
+    available = Counter(t.label for t in pool)
+    assert available[Label.X_O] > 60 and available[Label.O] > 150
+    samples = select_sft(pool, _prompts(*mcqs), SelectConfig())
+    share = sum(s.label is Label.X_O for s in samples) / len(samples)
+    assert 0.4 <= share <= 0.6
+    assert all(n <= SelectConfig().sft_per_mcq for n in Counter(s.mcq_id for s in samples).values())
+    per_mcq_only = [
+        s for m in mcqs for s in select_sft([t for t in pool if t.mcq_id == m], _prompts(m), SelectConfig())
+    ]
+    assert sum(s.label is Label.X_O for s in per_mcq_only) / len(per_mcq_only) < 0.4
+    assert select_sft(pool[::-1], _prompts(*mcqs), SelectConfig()) == samples
+
+
+def test_sft_balance_stays_length_weighted() -> None:
+    """Shard balance decides how many X_O an MCQ gives, not which: the longer one still wins."""
+    hard = [_trace("hard", Label.X_O, 0, words=400)] + [_trace("hard", Label.X_O, i, words=4) for i in range(1, 10)]
+    easy = [t for m in ("e1", "e2") for t in _pool(m, {Label.O: 8})]
+    picks = Counter(
+        s.trace_id
+        for seed in range(200)
+        for s in select_sft(hard + easy, _prompts("hard", "e1", "e2"), SelectConfig(sft_per_mcq=2, seed=seed))
+        if s.mcq_id == "hard"
+    )
+    assert sum(picks.values()) == 2 * 200  # both slots X_O: the shard is short of them
+    assert picks["hard-X_O-0"] > 150
+
+
+def test_sft_ranks_by_reward_when_asked() -> None:
+    """With `rank_by_reward`, each group gives its traces whose short CoT scored best; a trace
+    with no score comes last; without rewards the length-weighted draw stays."""
+    rows = [_trace("m1", Label.O, i, words=400 if i == 0 else 4) for i in range(6)]
+    rows += [_trace("m1", Label.X_O, i, words=4) for i in range(4)]
+    rewards = {r.cot_id: -float(i) for i, r in enumerate(reversed(rows)) if r.trace_id != "m1-O-5"}
+    config = SelectConfig(sft_per_mcq=4, rank_by_reward=True)
+    chosen = select_sft(rows, _prompts("m1"), config, rewards)
+    assert Counter(s.label for s in chosen) == {Label.O: 2, Label.X_O: 2}
+    for label in (Label.O, Label.X_O):
+        scored = [r for r in rows if r.label is label and r.cot_id in rewards]
+        best = sorted(scored, key=lambda r: -rewards[r.cot_id])[:2]
+        assert {s.trace_id for s in chosen if s.label is label} == {r.trace_id for r in best}
+    assert "m1-O-5" not in {s.trace_id for s in chosen}
+    assert select_sft(rows, _prompts("m1"), config, rewards) == chosen
+    weighted = select_sft(rows, _prompts("m1"), SelectConfig(sft_per_mcq=4), rewards)
+    assert weighted == select_sft(rows, _prompts("m1"), SelectConfig(sft_per_mcq=4))

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
+
+
 
 import polars as pl
 import pytest
@@ -13,6 +16,9 @@ from lpt.config import VerifyConfig
 from lpt.records import MCQ, Label, LongCot, Presentation, PresentedMCQ, SimpleCot, Verified
 from lpt.verify import (
     find_leaks,
+    find_setup_references,
+    leak_pattern,
+    leak_reason,
     render_response,
     tag_behaviours,
     verify_long,
@@ -41,6 +47,88 @@ MakeLong = Callable[..., LongCot]
 )
 def test_find_leaks_on_word_boundaries(text: str, leaks: list[str]) -> None:
     assert find_leaks(text, CONFIG.leak_words) == leaks
+
+
+@pytest.mark.parametrize(
+    ("text", "leaks"),
+    [
+        ("The descriptions agree on blue.", ["description"]),
+        ("Without mentioning the sky, it is blue.", ["mention"]),
+        ("Describing the mug: it is blue.", ["describe"]),
+        ("I misread the sign at first.", ["misread"]),
+        ("My mental picture is blurry; mentally I see blue.", ["mental"]),
+        ("The textual cue and the texts agree.", ["text"]),
+        ("A visualization helps.", ["visualize"]),
+        ("The texture, the context and the statement of the state.", []),
+        ("A stationary monument, a pretext and subtexts.", []),
+    ],
+)
+def test_find_leaks_by_word_family(text: str, leaks: list[str]) -> None:
+    assert find_leaks(text, CONFIG.leak_words) == leaks
+
+
+def test_leak_pattern_is_compiled_once_per_word_list() -> None:
+    assert leak_pattern(CONFIG.leak_words) is leak_pattern(tuple(CONFIG.leak_words))
+    assert find_leaks("any text", ()) == []
+
+
+@pytest.mark.parametrize(
+    ("text", "found"),
+    [
+        ("I'm supposed to avoid mentioning the image.", ["supposed to avoid mentioning"]),
+        ("The user provided a detailed image of a mug.", ["the user provided"]),
+        ("Based on the information given, it is blue.", ["based on the information given"]),
+        ("I was told not to guess, so: blue.", ["i was told not to"]),
+        ("The mug is blue; the user of the mug is absent.", []),
+        ("The information on the sign is given in red.", []),
+    ],
+)
+def test_find_setup_references(text: str, found: list[str]) -> None:
+    assert find_setup_references(text, CONFIG.setup_phrases) == found
+
+
+def _reference_thinks(stage2_rows: list[dict[str, Any]]) -> list[str]:
+    """The reasoning parts of the real reference-run outputs (clean of setup talk)."""
+    return [text.split("</think>")[0].removeprefix("<think>") for row in stage2_rows for text in row["outputs"]]
+
+
+def test_leak_families_on_reference_outputs(stage2_rows: list[dict[str, Any]]) -> None:
+    """Real traces that say "texture" and "context" stay clean; the same traces with a leak
+    word's inflection, or with talk about the setup, are dropped, each reason apart."""
+    thinks = _reference_thinks(stage2_rows)
+    clean = [t for t in thinks if re.search(r"\btexture\b|\bcontext\b", t) and not find_leaks(t, CONFIG.leak_words)]
+    assert len(clean) >= 20
+    clean = [t + " The statement holds." for t in clean]
+    assert [leak_reason(t, CONFIG) for t in clean] == [None] * len(clean)
+    for inserted, reason in [
+        ("As the descriptions say,", "leak:description"),
+        ("Without mentioning it,", "leak:mention"),
+        ("Describing the scene,", "leak:describe"),
+        ("I misread it:", "leak:misread"),
+        ("The user provided the scene:", "setup:the user provided"),
+        ("Based on the information given,", "setup:based on the information given"),
+    ]:
+        assert {leak_reason(f"{inserted} {t}", CONFIG) for t in clean} == {reason}
+
+
+def test_long_setup_reference_is_its_own_reason(
+    make_item: MakeItem, make_short: MakeShort, make_long: MakeLong
+) -> None:
+    item = make_item()
+    cot = make_short("Blue.</think><answer>B</answer>")
+    short = verify_short(cot, item, CONFIG)
+    long = make_long(cot, " I'm supposed to avoid mentioning the image. Blue.</think><answer>B</answer>")
+    row = verify_long(long, short, item, CONFIG)
+    assert (row.kept, row.drop_reason) == (False, "setup:supposed to avoid mentioning")
+    stand_in = make_short("The user provided a photo. Blue.</think><answer>B</answer>", stand_in=True)
+    stand_in_row = verify_short(stand_in, item, CONFIG)
+    assert stand_in_row.drop_reason == "setup:the user provided"
+    follow = verify_long(make_long(stand_in, " y</think><answer>B</answer>"), stand_in_row, item, CONFIG)
+    assert follow.drop_reason == "short_setup:the user provided"
+    from lpt_assets.summary import leak_split
+
+    leaky = verify_long(make_long(cot, " the description: blue.</think><answer>B</answer>", index=2), short, item, CONFIG)
+    assert leak_split([row, stand_in_row, follow, leaky, short]) == {"setup": 2, "short_setup": 1, "leak": 1}
 
 
 def test_tag_behaviours() -> None:

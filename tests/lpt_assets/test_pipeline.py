@@ -51,7 +51,7 @@ def test_registration_is_idempotent(pipeline_run):
 
 def test_every_asset_materialized_for_every_shard(pipeline_run):
     config, _, instance, keys = pipeline_run
-    partitioned = ["captions", "mcqs", "simple_cots", "long_cots", "verified", "sft_samples", "dpo_pairs"]
+    partitioned = ["captions", "mcqs", "simple_cots", "rationale_scores", "long_cots", "verified", "sft_samples", "dpo_pairs"]
     for name in partitioned:
         done = instance.get_materialized_partitions(AssetKey(name))
         assert done == set(keys), name
@@ -120,7 +120,7 @@ def test_rerun_sends_nothing_and_writes_the_same_rows(pipeline_run):
     config, store, instance, keys = pipeline_run
     before = {key: store.read_frame("dpo_pairs", key) for key in keys}
     run_pipeline(instance, config, keys)
-    for stage in ("mcqs", "simple_cots", "long_cots"):
+    for stage in ("mcqs", "simple_cots", "rationale_scores", "long_cots"):
         metadata = _engine_metadata(instance, stage)
         assert metadata["requests_sent"] == 0, stage
         assert metadata["cache_hits"] > 0, stage
@@ -136,3 +136,4 @@ def test_changing_stage3_sampling_only_resends_stage3(pipeline_run):
     assert _engine_metadata(instance, "mcqs")["requests_sent"] == 0
     assert _engine_metadata(instance, "simple_cots")["requests_sent"] == 0
     assert _engine_metadata(instance, "long_cots")["requests_sent"] > 0
+

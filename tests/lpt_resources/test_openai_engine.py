@@ -222,6 +222,17 @@ def test_prefill_refused_where_the_server_cannot_continue(serve):
     assert len(server.requests) == 2  # the refused requests never went out
 
 
+def test_scoring_requests_are_refused_not_sampled(serve):
+    """No HTTP scoring yet: a scoring request fails as the engine's (config) fault, without a
+    call, so no sampled text is ever cached as a score."""
+    server = serve()
+    scored = request(0).model_copy(update={"target": "(A)"})
+    results = make_engine(server).generate([scored, request(1)])
+    assert results[0].error_kind == "engine" and "scoring" in results[0].error
+    assert results[0].target_logprobs is None and results[1].error is None
+    assert len(server.requests) == 1
+
+
 # ---- images
 
 

@@ -279,3 +279,77 @@ def test_tiny_qwen2_5_vl_takes_an_image(tiny_qwen2_5_vl_path, astronaut, tmp_pat
         assert engine.stats.requests == 5 and engine.stats.samples == 4
     finally:
         engine.close()
+
+
+# ---------------------------------------------------------------------------- scoring (teacher-forced)
+
+
+def test_scoring_a_greedy_answer_gives_back_its_own_logprobs(tiny_qwen2_path):
+    """Scoring the text greedy decoding wrote, after the same prompt, teacher-forces the same
+    tokens: the target's log-probabilities are the generated tokens' own."""
+    engine = TransformersEngine(str(tiny_qwen2_path), batch_size=4)
+    try:
+        prompts = [("a", "What colour is the sky?", None), ("b", "Count to three.", "Sure, 1 2")]
+        generated = engine.generate(
+            [request(rid, text, temperature=0, max_tokens=6, logprobs=True, prefill=pre) for rid, text, pre in prompts]
+        )
+        tok = engine.handle().tokenizer
+        targets = [r.completions[0].text for r in generated]
+        assert all(len(tok(t, add_special_tokens=False)["input_ids"]) == 6 for t in targets)
+        scored = engine.generate(
+            [request(f"s{rid}", text, prefill=pre, target=t) for (rid, text, pre), t in zip(prompts, targets)]
+        )
+        for gen, score in zip(generated, scored):
+            assert score.error is None and score.completions == []
+            assert score.target_logprobs == pytest.approx(gen.completions[0].logprobs, abs=1e-4)
+            assert score.prompt_tokens == gen.prompt_tokens
+    finally:
+        engine.close()
+
+
+def test_scoring_batches_like_single_requests_and_mixes_with_generation(tiny_qwen2_path):
+    engine = TransformersEngine(str(tiny_qwen2_path), batch_size=3)
+    try:
+        reqs = [request(f"r{i}", "Which option is right?" + " really" * i, target=t)
+                for i, t in enumerate(["(A) red", "The answer is (B) blue, clearly.", "C", "(D) a long green leaf"])]
+        mixed = engine.generate([*reqs[:2], request("g", "Hi", temperature=0, max_tokens=3), *reqs[2:]])
+        alone = [engine.generate([r])[0] for r in reqs]
+        scores = [r for r in mixed if r.request_id != "g"]
+        assert [len(r.completions) for r in mixed if r.request_id == "g"] == [1]
+        tok = engine.handle().tokenizer
+        for one, batched, req in zip(alone, scores, reqs):
+            assert len(one.target_logprobs) == len(tok(req.target, add_special_tokens=False)["input_ids"])
+            assert all(x <= 0 for x in one.target_logprobs)
+            assert batched.target_logprobs == pytest.approx(one.target_logprobs, abs=1e-4)
+        [empty] = engine.generate([request("e", "Hi", target="")])
+        assert empty.refused and "non-empty target" in empty.error
+    finally:
+        engine.close()
+
+
+def test_scoring_sees_the_image(tiny_qwen2_5_vl_path, tmp_path):
+    engine = TransformersEngine(str(tiny_qwen2_5_vl_path), batch_size=2)
+    try:
+        paths = []
+        for colour in ("red", "blue"):
+            paths.append(tmp_path / f"{colour}.png")
+            Image.new("RGB", (56, 56), colour).save(paths[-1])
+        reqs = [request(p.stem, "What colour is it?", image=str(p), target="(A) red") for p in paths]
+        red, blue = engine.generate(reqs)
+        assert red.error is None and len(red.target_logprobs) == len(blue.target_logprobs) > 0
+        assert red.target_logprobs != pytest.approx(blue.target_logprobs, abs=1e-6)
+        assert engine.generate(reqs[:1])[0].target_logprobs == pytest.approx(red.target_logprobs, abs=1e-4)
+    finally:
+        engine.close()
+
+
+def test_an_unset_target_keeps_the_request_fingerprint():
+    """Caches written before scoring existed stay valid: the key of a generation request is
+    the hash of its fields without the (unset) target, as before."""
+    import hashlib
+
+    plain = request("x", "Hi", temperature=0)
+    before = json.dumps(plain.model_dump(mode="json", exclude={"request_id", "target"}), sort_keys=True)
+    assert plain.fingerprint() == hashlib.sha256(before.encode()).hexdigest()
+    scored = plain.model_copy(update={"target": "(A)"})
+    assert len({plain.fingerprint(), scored.fingerprint(), scored.model_copy(update={"target": "(B)"}).fingerprint()}) == 3

@@ -217,6 +217,25 @@ def test_greedy_matches_transformers(engine, hf_engine):
         assert ca.logprobs == pytest.approx(cb.logprobs, abs=2e-3)
 
 
+def test_scoring_matches_transformers(engine, hf_engine):
+    """Teacher-forced log-probabilities of a target after the prompt (vLLM: prompt_logprobs over
+    prompt + target) agree with the transformers forward pass, token for token; scoring and
+    generation requests share one stream."""
+    targets = ["(A) red", " The answer is (B) blue.", "C", "_functions_functions"]
+    reqs = [request(f"s{i}", "Which colour is the apple?", target=t) for i, t in enumerate(targets)]
+    reqs.append(request("sp", "Which colour?", prefill="<think>\nRed.</think>\n<answer>", target="(A)</answer>"))
+    mixed = [*reqs[:2], request("g", "Hi", temperature=0, max_tokens=3), *reqs[2:]]
+    ours = [r for r in engine.generate(mixed) if r.request_id != "g"]
+    theirs = hf_engine.generate(reqs)
+    for a, b in zip(ours, theirs):
+        assert a.error is None and b.error is None and a.completions == b.completions == []
+        assert a.prompt_tokens == b.prompt_tokens
+        assert len(a.target_logprobs) == len(b.target_logprobs) > 0
+        assert a.target_logprobs == pytest.approx(b.target_logprobs, abs=2e-3)
+    [empty] = engine.generate([request("e", "Hi", target="")])
+    assert empty.refused
+
+
 def test_prefill_is_rendered_as_an_open_assistant_turn(engine, hf_engine):
     req = request("p", "Is the sky blue?", temperature=0, max_tokens=3, prefill="<think>\nThe sky")
     engine.record_prompts = True
