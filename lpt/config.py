@@ -109,9 +109,10 @@ class VerifyConfig(StageConfig):
 class ScoringConfig(StageConfig):
     """LaCoT's rationale scoring (lpt/scoring.py): the VLM scores each short CoT with every
     option, teacher-forced; MCQs whose Best-of-N answer beats the gold one by more than
-    `suspect_margin` (mean log-probability per token) are suspect keys."""
+    `suspect_margin` (mean log-probability per token) are suspect keys. Off unless asked for:
+    it needs a vlm engine that can score (transformers or vllm; not yet an HTTP server)."""
 
-    enabled: bool = True
+    enabled: bool = False
     suspect_margin: float = 0.1
 
 
@@ -283,6 +284,15 @@ class PipelineConfig(BaseModel):
     export: ExportConfig = ExportConfig()
     checks: ChecksConfig = ChecksConfig()
     automation: AutomationConfig = AutomationConfig()
+
+    @model_validator(mode="after")
+    def _scoring_needs_a_scorer(self) -> PipelineConfig:
+        if self.scoring.enabled and self.engines.vlm.kind == "openai":
+            raise ValueError(
+                "scoring.enabled = true needs engines.vlm.kind = transformers or vllm: scoring over an "
+                "OpenAI-compatible server is not available yet; set scoring.enabled = false"
+            )
+        return self
 
 
 CONFIG_ENV = "LPT_CONFIG"

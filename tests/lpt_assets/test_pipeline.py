@@ -26,6 +26,7 @@ TINY = {
         "retry_max_tokens": 96,
         "sampling": {"n": 1, "temperature": 0.7, "top_p": 0.8, "top_k": 50, "max_tokens": 64},
     },
+    "scoring": {"enabled": True},
     "engines": {role: {"batch_size": 64} for role in ("ask", "vlm", "reasoner")},
 }
 

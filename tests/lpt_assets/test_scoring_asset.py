@@ -36,7 +36,7 @@ def test_rationale_scores_asset_scores_streams_and_caches(tmp_path, tiny_qwen2_p
     config = PipelineConfig.model_validate({
         "storage": str(tmp_path / "data"),
         "think": {"caption_stand_in": True},
-        "scoring": {"suspect_margin": 0.05},
+        "scoring": {"enabled": True, "suspect_margin": 0.05},
         "engines": {"vlm": {"model": str(tiny_qwen2_path), "batch_size": 8}},
     })
     store = ParquetStore(base=config.storage)
@@ -73,7 +73,7 @@ def test_curation_ranks_by_reward_and_holds_out_suspect_keys(tmp_path, tiny_qwen
     base = {
         "storage": str(tmp_path / "data"),
         "think": {"caption_stand_in": True},
-        "scoring": {"suspect_margin": 0.05},
+        "scoring": {"enabled": True, "suspect_margin": 0.05},
         "engines": {"vlm": {"model": str(tiny_qwen2_path), "batch_size": 8}},
     }
     store = ParquetStore(base=base["storage"])
