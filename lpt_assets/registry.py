@@ -6,11 +6,13 @@ from dagster import DagsterInstance
 from pydantic import BaseModel
 from sqlalchemy.exc import IntegrityError
 
-from lpt_assets.partitions import shards
+from lpt_assets.bulk_reads import registered_among
+from lpt_assets.partitions import chunks, shards
 from lpt_resources.captions.sources import ShardItem, parse_spec, read_items, shard
 from lpt_resources.storage import ParquetStore
 
 SHARD_MANIFEST = "shard_manifest"
+_CHUNK = 1000  # keys per query: below every database's limit on bound parameters
 
 
 class Registration(BaseModel):
@@ -38,13 +40,14 @@ def register_source(spec_text: str, store: ParquetStore, instance: DagsterInstan
         else:
             store.write(SHARD_MANIFEST, key, shard_items, ShardItem)
     keys = sorted(grouped)  # single-run backfills merge contiguous ranges: register in order
-    known = set(instance.get_dynamic_partitions(shards.name))
+    # membership of this source's keys only: the cost follows the new shards, not all of them
+    known = set().union(*(registered_among(instance, shards.name, part) for part in chunks(keys, _CHUNK)))
     added = [key for key in keys if key not in known]
-    if added:
+    for part in chunks(added, _CHUNK):
         try:
-            instance.add_dynamic_partitions(shards.name, added)
+            instance.add_dynamic_partitions(shards.name, part)
         except IntegrityError:
             # Another registration of the same source added some keys between Dagster's check
             # and its insert; a second call sees them and adds only the rest.
-            instance.add_dynamic_partitions(shards.name, added)
+            instance.add_dynamic_partitions(shards.name, part)
     return Registration(source=spec.name, shards=keys, added=added, items=len(items))
