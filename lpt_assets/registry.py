@@ -40,7 +40,13 @@ def register_source(spec_text: str, store: ParquetStore, instance: DagsterInstan
         else:
             store.write(SHARD_MANIFEST, key, shard_items, ShardItem)
     keys = sorted(grouped)  # single-run backfills merge contiguous ranges: register in order
-    # membership of this source's keys only: the cost follows the new shards, not all of them
+    added = add_shards(instance, keys)
+    return Registration(source=spec.name, shards=keys, added=added, items=len(items))
+
+
+def add_shards(instance: DagsterInstance, keys: list[str]) -> list[str]:
+    """Register those of `keys` not yet registered, in order; returns them. Reads the
+    membership of `keys` only, so the cost follows the new shards, not all of them."""
     known = set().union(*(registered_among(instance, shards.name, part) for part in chunks(keys, _CHUNK)))
     added = [key for key in keys if key not in known]
     for part in chunks(added, _CHUNK):
@@ -50,4 +56,4 @@ def register_source(spec_text: str, store: ParquetStore, instance: DagsterInstan
             # Another registration of the same source added some keys between Dagster's check
             # and its insert; a second call sees them and adds only the rest.
             instance.add_dynamic_partitions(shards.name, part)
-    return Registration(source=spec.name, shards=keys, added=added, items=len(items))
+    return added
