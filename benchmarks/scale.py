@@ -25,6 +25,7 @@ import sys
 import tempfile
 import time
 import uuid
+from datetime import datetime, timezone
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -94,16 +95,44 @@ def make_instance(backend: str, root: Path) -> Iterator[DagsterInstance]:
 
 
 def materialize(instance: DagsterInstance, defs, keys: list[str]) -> None:
-    """Runless materializations carrying what a run records: code and data versions."""
+    """Materializations as a run records them (code and data versions, one data version per
+    asset per run of RUN_SIZE shards), inserted in bulk into the event log's tables: reporting
+    70k events one by one would take longer than everything measured here."""
+    from dagster import DagsterEventType
+    from dagster._core.events import DagsterEvent, StepMaterializationData
+    from dagster._core.events.log import EventLogEntry
+    from dagster._core.instance.utils import RUNLESS_JOB_NAME, RUNLESS_RUN_ID
+    from dagster._core.storage.event_log.schema import AssetEventTagsTable, SqlEventLogStorageTable
+    from dagster._serdes import serialize_value
+
     graph = defs.resolve_asset_graph()
-    assets = [key for key in graph.toposorted_asset_keys if key in set(defs.resolve_job_def(PIPELINE_JOB).asset_layer.executable_asset_keys)]
-    for index, run in enumerate(chunks(keys, RUN_SIZE)):
-        for asset in assets:
-            code = graph.get(asset).code_version
-            tags = {CODE_VERSION_TAG: code, DATA_VERSION_TAG: stable_id(asset.to_user_string(), code, index)}
-            for key in run:
+    in_job = set(defs.resolve_job_def(PIPELINE_JOB).asset_layer.executable_asset_keys)
+    assets = [key for key in graph.toposorted_asset_keys if key in in_job]
+    storage = instance.event_log_storage
+    now = time.time()
+    with storage.index_connection() as conn:
+        for index, run in enumerate(chunks(keys, RUN_SIZE)):
+            for asset in assets:
+                code = graph.get(asset).code_version
+                tags = {CODE_VERSION_TAG: code, DATA_VERSION_TAG: stable_id(asset.to_user_string(), code, index)}
                 metadata = {"rows_out": 64} if asset == AssetKey("captions") else {}
-                instance.report_runless_asset_event(AssetMaterialization(asset_key=asset, partition=key, tags=tags, metadata=metadata))
+                for key in run:
+                    materialization = AssetMaterialization(asset_key=asset, partition=key, tags=tags, metadata=metadata)
+                    event = EventLogEntry(
+                        user_message="", level=20, job_name=RUNLESS_JOB_NAME, run_id=RUNLESS_RUN_ID, error_info=None, timestamp=now,
+                        dagster_event=DagsterEvent(
+                            event_type_value=DagsterEventType.ASSET_MATERIALIZATION.value, job_name=RUNLESS_JOB_NAME,
+                            event_specific_data=StepMaterializationData(materialization),
+                        ),
+                    )
+                    result = conn.execute(SqlEventLogStorageTable.insert().values(
+                        run_id=RUNLESS_RUN_ID, event=serialize_value(event), dagster_event_type=DagsterEventType.ASSET_MATERIALIZATION.value,
+                        timestamp=datetime.fromtimestamp(now, timezone.utc).replace(tzinfo=None), asset_key=asset.to_string(), partition=key,
+                    ))
+                    conn.execute(AssetEventTagsTable.insert().values(
+                        event_id=result.inserted_primary_key[0], asset_key=asset.to_string(), key=DATA_VERSION_TAG,
+                        value=tags[DATA_VERSION_TAG], event_timestamp=datetime.fromtimestamp(now, timezone.utc).replace(tzinfo=None),
+                    ))
 
 
 def schedule_tick(defs, instance) -> tuple[float, int]:
@@ -187,8 +216,9 @@ def orchestration(backend: str, size: int, old_up_to: int) -> dict:
             drop(work / "incoming")
             row["sensor_tick_s"] = sensor_tick(defs, instance)
             row["failed_checks_s"], _ = timed(failed_checks, instance, keys)
-            if old:
-                row["old_failed_checks_s"], _ = timed(old_failed_checks, instance, keys)
+            if old:  # one query per check per shard: timed on 100 shards, beside the new read of those 100
+                row["failed_checks_100_s"], _ = timed(failed_checks, instance, keys[:100])
+                row["old_failed_checks_100_s"], _ = timed(old_failed_checks, instance, keys[:100])
         return row
     finally:
         shutil.rmtree(work, ignore_errors=True)
