@@ -26,15 +26,23 @@ TRACE_RULES_VERSION = "trace-rules-2"
 # --------------------------------------------------------------------------- text helpers
 
 
+_ASCII_CONTROLS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")  # Cc in ASCII, less tab and line breaks
+
+
+def _invisible(character: str) -> bool:
+    return character not in "\t\n\r" and unicodedata.category(character) in ("Cf", "Cc")
+
+
 def clean_unicode(text: str) -> str:
     """Text as a reader sees it: NFKC folds compatibility forms ("（Ｂ）" is "(B)", NBSP is a
     space) and invisible format and control characters (zero-width spaces and joiners,
     direction marks, NUL) are removed. Look-alikes from other scripts (Cyrillic "В") and
     combining marks without a precomposed form ("B\u0301") stay what they are: not letters."""
+    if text.isascii():  # its own NFKC form, and its only invisible characters are controls
+        return _ASCII_CONTROLS.sub("", text)
     folded = unicodedata.normalize("NFKC", text)
-    return "".join(
-        c for c in folded if c in "\t\n\r" or unicodedata.category(c) not in ("Cf", "Cc")
-    )
+    invisible = [c for c in set(folded) if _invisible(c)]  # judged once per distinct character
+    return folded.translate(dict.fromkeys(map(ord, invisible))) if invisible else folded
 
 
 def encodable(text: str) -> bool:

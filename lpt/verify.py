@@ -72,25 +72,27 @@ def leak_reason(text: str, config: VerifyConfig) -> str | None:
     return f"leak:{leaks[0]}" if leaks else None
 
 
+# Each pattern opens with a look-ahead on the first letters its phrases can start with: the
+# same matches, but most positions fail on one class test instead of every alternative.
 _BEHAVIOURS: dict[str, re.Pattern[str]] = {
     "backtracking": re.compile(
-        r"\b(?:wait|actually|on second thought|let me reconsider|reconsider(?:ing)?|"
+        r"(?=[waolriht])\b(?:wait|actually|on second thought|let me reconsider|reconsider(?:ing)?|"
         r"i was wrong|i made a mistake|hold on|that'?s not right|re-?evaluat\w*)\b",
         re.IGNORECASE,
     ),
     "verification": re.compile(
-        r"\b(?:let me (?:check|verify|confirm)|double[- ]check\w*|verif\w*|confirm\w*|"
+        r"(?=[ldvcmr])\b(?:let me (?:check|verify|confirm)|double[- ]check\w*|verif\w*|confirm\w*|"
         r"make sure|check again|re-?check\w*)\b",
         re.IGNORECASE,
     ),
     "subgoal_setting": re.compile(
-        r"\b(?:first|next|then|finally),|\bstep\b|\bto answer this,? i need\b|"
-        r"\blet me start by\b|\blet'?s break (?:this|it) down\b",
+        r"(?=[fntsl])(?:\b(?:first|next|then|finally),|\bstep\b|\bto answer this,? i need\b|"
+        r"\blet me start by\b|\blet'?s break (?:this|it) down\b)",
         re.IGNORECASE,
     ),
     "enumeration": re.compile(
-        r"\b(?i:option|choice)\s*\(?[A-D]\)?(?!\w)|\([A-D]\)|(?<!\w)[A-D][.)](?=\s)|"
-        r"\b(?i:(?:first|second|third|fourth|last) (?:option|choice))\b"
+        r"(?=[(A-D]|(?i:[ocfstl]))(?:\b(?i:option|choice)\s*\(?[A-D]\)?(?!\w)|\([A-D]\)|(?<!\w)[A-D][.)](?=\s)|"
+        r"\b(?i:(?:first|second|third|fourth|last) (?:option|choice))\b)"
     ),
 }
 

@@ -45,9 +45,7 @@ from dagster import (
 from dagster._core.definitions.asset_checks.asset_check_evaluation import (
     AssetCheckEvaluationTargetMaterializationData,
 )
-from dagster._core.event_api import PartitionKeyFilter
 from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
-from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
 from lpt.config import PipelineConfig
@@ -62,6 +60,7 @@ from lpt.quality import (
 )
 from lpt.records import DpoPair, LongCot, PresentedMCQ, Quarantined, SimpleCot, Verified
 from lpt.verify import verify_short
+from lpt_assets.bulk_reads import latest_check_failures
 from lpt_assets.partitions import contiguous, shards, shards_of_run
 from lpt_resources.storage import ParquetStore
 
@@ -173,16 +172,13 @@ def build_checks(config: PipelineConfig) -> list[AssetChecksDefinition]:
 
 def failed_checks(instance: DagsterInstance, keys: Sequence[str], run_id: str | None = None) -> dict[str, list[str]]:
     """shard -> the checks ("asset:check") whose latest evaluation of it failed; with `run_id`,
-    only evaluations recorded by that run."""
-    done = {AssetCheckExecutionRecordStatus.SUCCEEDED, AssetCheckExecutionRecordStatus.FAILED}
+    only evaluations recorded by that run. One bulk read per check, whatever the shards."""
     failed: dict[str, list[str]] = {}
-    for check_key in check_keys():
-        for key in keys:
-            latest = instance.event_log_storage.get_asset_check_execution_history(
-                check_key, limit=1, status=done, partition_filter=PartitionKeyFilter(key=key)
-            )
-            if latest and latest[0].status == AssetCheckExecutionRecordStatus.FAILED and run_id in (None, latest[0].run_id):
-                failed.setdefault(key, []).append(f"{check_key.asset_key.to_user_string()}:{check_key.name}")
+    order = {check_key: index for index, check_key in enumerate(check_keys())}
+    for key, checks in latest_check_failures(instance, list(order), keys).items():
+        names = [f"{c.asset_key.to_user_string()}:{c.name}" for c, run in sorted(checks, key=lambda cr: order[cr[0]]) if run_id in (None, run)]
+        if names:
+            failed[key] = names
     return failed
 
 

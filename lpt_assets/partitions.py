@@ -1,7 +1,7 @@
 """Image shards: one dynamic partition per fixed group of images from one caption source, and
 the few rules for grouping them into runs (ranges must be contiguous in registration order)."""
 
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 
 from dagster import DagsterInstance, DagsterRunStatus, DynamicPartitionsDefinition, RunsFilter
 from dagster._core.storage.tags import (
@@ -44,10 +44,23 @@ def contiguous(ordered_keys: Sequence[str], chosen: Collection[str], limit: int 
 def shards_of_run(tags: Mapping[str, str], ordered_keys: Sequence[str]) -> list[str]:
     """The shards a run covers, from its partition tag or its partition-range tags (none when
     a range names a shard that is not registered)."""
+    return _shards_of_run(tags, ordered_keys, {})
+
+
+def shards_of_runs(runs_tags: Iterable[Mapping[str, str]], ordered_keys: Sequence[str]) -> set[str]:
+    """The shards any of these runs covers; the keys' positions are found once for all runs."""
+    position: dict[str, int] = {}
+    return {key for tags in runs_tags for key in _shards_of_run(tags, ordered_keys, position)}
+
+
+def _shards_of_run(tags: Mapping[str, str], ordered_keys: Sequence[str], position: dict[str, int]) -> list[str]:
     if PARTITION_NAME_TAG in tags:
         return [tags[PARTITION_NAME_TAG]]
-    position = {key: index for index, key in enumerate(ordered_keys)}
     start, end = tags.get(ASSET_PARTITION_RANGE_START_TAG), tags.get(ASSET_PARTITION_RANGE_END_TAG)
+    if start is None or end is None:
+        return []
+    if not position:  # filled on the first range: runs of one shard need no positions
+        position.update((key, index) for index, key in enumerate(ordered_keys))
     if start not in position or end not in position:
         return []
     return list(ordered_keys[position[start] : position[end] + 1])
@@ -56,4 +69,4 @@ def shards_of_run(tags: Mapping[str, str], ordered_keys: Sequence[str]) -> list[
 def shards_in_flight(instance: DagsterInstance, ordered_keys: Sequence[str]) -> set[str]:
     """Shards named by the partition or partition-range tags of queued and running runs."""
     records = instance.get_run_records(filters=RunsFilter(statuses=IN_FLIGHT))
-    return {key for record in records for key in shards_of_run(record.dagster_run.tags, ordered_keys)}
+    return shards_of_runs([record.dagster_run.tags for record in records], ordered_keys)

@@ -11,12 +11,14 @@ from sqlalchemy.exc import IntegrityError
 
 from lpt.config import PipelineConfig
 from lpt.export.parts import Exporter
+from lpt_assets.bulk_reads import registered_among
 from lpt_assets.instance_compat import wipe_partitions
-from lpt_assets.partitions import shards, shards_in_flight
+from lpt_assets.partitions import chunks, shards, shards_in_flight
 from lpt_resources.captions.sources import ShardItem, SourceSpec, parse_spec, read_items, shard
 from lpt_resources.storage import ParquetStore
 
 SHARD_MANIFEST = "shard_manifest"
+_CHUNK = 1000  # keys per query: below every database's limit on bound parameters
 
 
 class RegistryError(ValueError):
@@ -48,16 +50,23 @@ def register_source(spec_text: str, store: ParquetStore, instance: DagsterInstan
         else:
             store.write(SHARD_MANIFEST, key, shard_items, ShardItem)
     keys = sorted(grouped)  # single-run backfills merge contiguous ranges: register in order
-    known = set(instance.get_dynamic_partitions(shards.name))
+    added = add_shards(instance, keys)
+    return Registration(source=spec.name, shards=keys, added=added, items=len(items))
+
+
+def add_shards(instance: DagsterInstance, keys: list[str]) -> list[str]:
+    """Register those of `keys` not yet registered, in order; returns them. Reads the
+    membership of `keys` only, so the cost follows the new shards, not all of them."""
+    known = set().union(*(registered_among(instance, shards.name, part) for part in chunks(keys, _CHUNK)))
     added = [key for key in keys if key not in known]
-    if added:
+    for part in chunks(added, _CHUNK):
         try:
-            instance.add_dynamic_partitions(shards.name, added)
+            instance.add_dynamic_partitions(shards.name, part)
         except IntegrityError:
             # Another registration of the same source added some keys between Dagster's check
             # and its insert; a second call sees them and adds only the rest.
-            instance.add_dynamic_partitions(shards.name, added)
-    return Registration(source=spec.name, shards=keys, added=added, items=len(items))
+            instance.add_dynamic_partitions(shards.name, part)
+    return added
 
 
 class Unregistration(BaseModel):

@@ -3,11 +3,13 @@ for every shard, as Dagster's own stale-status resolver (the UI's "stale" badges
 
 import pytest
 from dagster import AssetKey
-from dagster._core.definitions.data_version import StaleStatus
+from dagster._core.asset_graph_view.asset_graph_view import AssetGraphView, TemporalContext
+from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleStatus
+from dagster._time import get_current_datetime
 
 from lpt.config import PipelineConfig
 from lpt_assets.definitions import build_definitions
-from lpt_assets.schedules import stale_resolver
+from lpt_assets.schedules import Staleness
 
 pytestmark = pytest.mark.slow
 
@@ -21,10 +23,27 @@ def done(dropped_and_run):
     return config, instance, KEYS
 
 
+def stale_resolver(instance, asset_graph) -> CachingStaleStatusResolver:
+    """Dagster's stale-status resolver (the one behind the UI's "stale" badges), as of now."""
+    view = AssetGraphView(
+        temporal_context=TemporalContext(effective_dt=get_current_datetime(), last_event_id=None),
+        instance=instance,
+        asset_graph=asset_graph,
+    )
+    return CachingStaleStatusResolver(instance=instance, asset_graph=asset_graph, loading_context=view)
+
+
 def statuses(config: PipelineConfig, instance, keys: list[str]) -> dict[str, set[StaleStatus]]:
     """asset -> the statuses its shards have, judged against the Definitions built from `config`."""
-    resolver = stale_resolver(instance, build_definitions(config).resolve_asset_graph())
-    return {name: {resolver.get_status(AssetKey(name), key) for key in keys} for name in STAGES}
+    graph = build_definitions(config).resolve_asset_graph()
+    resolver = stale_resolver(instance, graph)
+    seen = {name: {resolver.get_status(AssetKey(name), key) for key in keys} for name in STAGES}
+    # the backfill schedule's bulk reads find the same stale assets as Dagster's resolver
+    needed = Staleness(instance, graph, [AssetKey(name) for name in STAGES], keys).needed
+    assert {name for todo in needed.values() for name in (a.to_user_string() for a in todo)} == {
+        name for name, found in seen.items() if found != {StaleStatus.FRESH}
+    }
+    return seen
 
 
 def changed(config: PipelineConfig, section: str, **update) -> PipelineConfig:
