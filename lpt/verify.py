@@ -38,8 +38,13 @@ def leak_family(word: str) -> str:
 def leak_pattern(leak_words: tuple[str, ...]) -> re.Pattern[str]:
     """All leak word families in one case-insensitive regex, compiled once per word list;
     group `w<i>` matches the family of `leak_words[i]`."""
+    if not leak_words:
+        return re.compile(r"(?!)")
     alternatives = "|".join(f"(?P<w{i}>{leak_family(w)})" for i, w in enumerate(leak_words))
-    return re.compile(alternatives or r"(?!)", re.IGNORECASE)
+    # The look-ahead on the words' first letters fails most positions on one class test
+    # instead of trying every family there: the same matches, several times faster.
+    first = "".join(sorted({re.escape(w[0]) for w in leak_words}))
+    return re.compile(rf"(?=[{first}])(?:{alternatives})", re.IGNORECASE)
 
 
 def find_leaks(added_text: str, leak_words: Iterable[str]) -> list[str]:

@@ -1,7 +1,8 @@
 """The pure method gives the verdicts it gave before it was made faster: every short and long
 trace built from the reference run (and Unicode and leak-word variants of them, which exercise
 `clean_unicode` and the leak filter), every MCQ parse, compared with a JSON of verdicts written
-by the code as it stood before the speed-ups. Regenerate only for an intended rule change:
+by the code as it stood before the speed-ups (with the leak-word families and setup phrases of
+the rules in force). Regenerate only for an intended rule change:
 `python -m tests.lpt.test_reference_verdicts` (and bump the rule versions in lpt/parse.py)."""
 
 from __future__ import annotations
