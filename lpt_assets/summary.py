@@ -81,7 +81,8 @@ def summarize(store: ParquetStore, instance: DagsterInstance, keys: list[str], c
         "scoring": scoring_summary(scores) if scores else {},
         "labels": dict(Counter(v.label.value for v in verified if v.kept and v.label)),
         "pairs_by_type": dict(Counter(p.pair_type.value for p in dpo)),
-        "engines": {stage: _engine_stats(instance, stage, keys) for stage in GENERATION_STAGES},
+        "engines": {stage: _engine_stats(instance, stage, keys) for stage in GENERATION_STAGES
+                    if stage != "rationale_scores" or config.scoring.enabled},
         "exports": {
             "llamafactory": f"{exports}/llamafactory",
             "dataset_info": f"{exports}/llamafactory/dataset_info.json",
