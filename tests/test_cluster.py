@@ -43,7 +43,8 @@ CLUSTER = REPO / "dagster_home" / "cluster"
 PG = {"host": "127.0.0.1", "port": 5432, "user": "postgres"}
 REDIS_URL = "redis://127.0.0.1:6379/7"  # a database number nobody else here uses
 AMQP_URL = "pyamqp://guest:guest@127.0.0.1:5672//"
-GPU_STEPS = {"mcqs", "simple_cots", "rationale_scores", "long_cots"}
+GPU_STEPS = {"mcqs", "simple_cots", "long_cots"}
+SCORING_STEP = "rationale_scores"  # a GPU step too, where `[scoring]` is on
 CPU_STEPS = {"captions", "verified", "sft_samples", "dpo_pairs"}
 
 
@@ -227,13 +228,13 @@ def test_gpu_tags_and_worker_config_are_valid(monkeypatch):
 
 
 def test_generation_steps_carry_the_gpu_queue(tmp_path, monkeypatch):
-    (tmp_path / "lpt.toml").write_text(SMALL_TOML)
+    (tmp_path / "lpt.toml").write_text(SMALL_TOML + "\n[scoring]\nenabled = true\n")
     monkeypatch.setenv("LPT_EXECUTOR", "celery")
     monkeypatch.setenv("LPT_CELERY_GPU_QUEUE", "gpu-pool-a")
     job = build_definitions(load_config(tmp_path / "lpt.toml")).resolve_job_def(PIPELINE_JOB)
     assert job.executor_def.name == "celery"
     queues = {node.name: node.definition.tags.get(CELERY_QUEUE_TAG) for node in job.graph.nodes}
-    assert {name for name, queue in queues.items() if queue == "gpu-pool-a"} == GPU_STEPS
+    assert {name for name, queue in queues.items() if queue == "gpu-pool-a"} == GPU_STEPS | {SCORING_STEP}
     assert CPU_STEPS < {name for name, queue in queues.items() if queue is None}  # asset checks too
 
 
@@ -251,7 +252,7 @@ def test_k8s_instance_and_run_config_validate(tmp_path, monkeypatch):
     job = build_definitions(load_config(tmp_path / "lpt.toml")).resolve_job_def(PIPELINE_JOB)
     run_config = yaml.safe_load((CLUSTER / "k8s-run-config.yaml").read_text())
     assert validate_run_config(job, run_config)["execution"]["k8s"]["max_concurrent"] == 4
-    assert set(run_config["execution"]["config"]["per_step_k8s_config"]) == GPU_STEPS
+    assert set(run_config["execution"]["config"]["per_step_k8s_config"]) == GPU_STEPS | {SCORING_STEP}
     # the cluster's own dagster.yaml passes the same instance validation
     shutil.copy(CLUSTER / "dagster.yaml", tmp_path / "dagster.yaml")
     assert dagster_instance_config(str(tmp_path))[0]["storage"]["postgres"]["postgres_db"]["scheme"] == "postgresql+psycopg2"
