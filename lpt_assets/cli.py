@@ -81,6 +81,14 @@ ConfigOption = Annotated[
     typer.Option("--config", "-c", help="Pipeline config (TOML). Default: $LPT_CONFIG, else lpt.toml.", show_default=False),
 ]
 YesOption = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")]
+LogLevelOption = Annotated[
+    str, typer.Option("--log-level", help=f"Dagster events shown: {', '.join(LOG_LEVELS)}.", case_sensitive=False)
+]
+
+
+def _check_log_level(level: str) -> None:
+    if level.upper() not in LOG_LEVELS:
+        raise UserError(f"--log-level {level!r}: use one of {', '.join(LOG_LEVELS)}")
 
 
 @app.callback()
@@ -196,22 +204,25 @@ def check(config: ConfigOption = None) -> None:
         typer.echo(f"ok  {line}")
 
 
-def run_pipeline(instance: DagsterInstance, config: PipelineConfig, keys: list[str]) -> None:
-    """One run for all the shards (a single engine load), then the exports."""
+def run_pipeline(instance: DagsterInstance, config: PipelineConfig, keys: list[str], log_level: str = "INFO") -> None:
+    """One run for all the shards (a single engine load), then the exports; Dagster's console
+    log shows `log_level` and above (its own default, DEBUG, buries the summary)."""
     from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
     from lpt_assets.definitions import EXPORT_JOB, PIPELINE_JOB, build_definitions
 
     defs = build_definitions(config)
+    console = {"loggers": {"console": {"config": {"log_level": log_level.upper()}}}}
     # A failed run is reported by Dagster's own log and the exit status; re-raising it instead
     # would hand typer's pretty-printer a chain of Dagster frames that takes minutes to render.
     result = defs.resolve_job_def(PIPELINE_JOB).execute_in_process(
         instance=instance,
         tags={ASSET_PARTITION_RANGE_START_TAG: keys[0], ASSET_PARTITION_RANGE_END_TAG: keys[-1]},
+        run_config=console,
         raise_on_error=False,
     )
     if result.success:
-        result = defs.resolve_job_def(EXPORT_JOB).execute_in_process(instance=instance, raise_on_error=False)
+        result = defs.resolve_job_def(EXPORT_JOB).execute_in_process(instance=instance, run_config=console, raise_on_error=False)
     if not result.success:
         failure = next((e for e in result.all_events if e.is_step_failure), None)
         error = failure.step_failure_data.error if failure else None
@@ -235,17 +246,19 @@ def demo(
     config: ConfigOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
     source: Annotated[str, typer.Option(help="Caption source to run on.")] = "sample",
+    log_level: LogLevelOption = "INFO",
 ) -> None:
     """Register the bundled sample (or another source), materialize every asset and print what
     came out. A second run sends nothing the response cache already holds."""
     from lpt_assets.registry import register_source
     from lpt_resources.storage import ParquetStore
 
+    _check_log_level(log_level)
     settings = _config(config)
     _preflight(settings)
     with _instance() as instance:
         registration = register_source(source, ParquetStore(base=settings.storage), instance)
-        run_pipeline(instance, settings, registration.shards)
+        run_pipeline(instance, settings, registration.shards, log_level)
         _print_summary(settings, instance, registration.shards, as_json)
 
 
@@ -306,9 +319,7 @@ def job_execute(
     location: Annotated[str | None, typer.Option("-l", "--location", help="Code location, if the workspace names several.")] = None,
     tags: Annotated[str | None, typer.Option(help="Extra run tags as a JSON object.")] = None,
     config: ConfigOption = None,
-    log_level: Annotated[
-        str, typer.Option("--log-level", help=f"Dagster events shown: {', '.join(LOG_LEVELS)}.", case_sensitive=False)
-    ] = "INFO",
+    log_level: LogLevelOption = "INFO",
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
     """Run a job in this process on the instance in $DAGSTER_HOME, like `dagster job execute`,
@@ -319,8 +330,7 @@ def job_execute(
     from dagster import DagsterError
     from dagster._cli.job import execute_execute_command
 
-    if log_level.upper() not in LOG_LEVELS:
-        raise UserError(f"--log-level {log_level!r}: use one of {', '.join(LOG_LEVELS)}")
+    _check_log_level(log_level)
     if partition and partition_range:
         raise UserError("give --partition or --partition-range, not both")
     settings = _config(config)

@@ -8,7 +8,7 @@ from lpt.config import EngineSettings, PipelineConfig, load_config
 from lpt_assets.assets.curate import build_curation_assets
 from lpt_assets.assets.exports import build_export_assets
 from lpt_assets.assets.generate import build_generation_assets
-from lpt_assets.assets.ingest import captions
+from lpt_assets.assets.ingest import captions, usable_captions
 from lpt_assets.assets.scoring import build_scoring_assets
 from lpt_assets.checks import build_check_sensors, build_checks
 from lpt_assets.executors import executor_from_env
@@ -22,7 +22,7 @@ PIPELINE_JOB = "lpt_pipeline"
 EXPORT_JOB = "lpt_exports"
 # One job per stage, e.g. `lpt job execute -w workspace.yaml -j think_harder --partition KEY`.
 STAGE_JOBS = {
-    "ingest": ("captions",),
+    "ingest": ("captions", "usable_captions"),
     "ask": ("mcqs",),
     "think": ("simple_cots",),
     "think_harder": ("long_cots",),
@@ -35,7 +35,7 @@ def engine_resource(settings: EngineSettings) -> EngineResource:
 
 
 def build_definitions(config: PipelineConfig) -> Definitions:
-    partitioned = [captions, *build_generation_assets(config), *build_scoring_assets(config), *build_curation_assets(config)]
+    partitioned = [captions, usable_captions, *build_generation_assets(config), *build_scoring_assets(config), *build_curation_assets(config)]
     exports = build_export_assets(config)
     pipeline = define_asset_job(
         PIPELINE_JOB,

@@ -45,7 +45,7 @@ REDIS_URL = "redis://127.0.0.1:6379/7"  # a database number nobody else here use
 AMQP_URL = "pyamqp://guest:guest@127.0.0.1:5672//"
 GPU_STEPS = {"mcqs", "simple_cots", "long_cots"}
 SCORING_STEP = "rationale_scores"  # a GPU step too, where `[scoring]` is on
-CPU_STEPS = {"captions", "verified", "sft_samples", "dpo_pairs"}
+CPU_STEPS = {"captions", "usable_captions", "verified", "sft_samples", "dpo_pairs"}
 
 
 def _require(service: str, check) -> None:

@@ -140,7 +140,7 @@ def build_generation_assets(config: PipelineConfig) -> list[AssetsDefinition]:
         backfill_policy=BackfillPolicy.single_run(),
         code_version=versions["mcqs"],
         group_name="generate",
-        deps=["captions"],
+        deps=["captions", "usable_captions"],  # skipped where no shard of the run has a caption
         pool=GPU_POOL,
         op_tags=gpu_op_tags(),
         kinds={"parquet"},

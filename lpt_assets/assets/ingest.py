@@ -1,5 +1,7 @@
 """Captions: the registered shard's items, checked, with a quarantine of the bad ones."""
 
+from collections.abc import Iterator
+
 from dagster import AssetExecutionContext, BackfillPolicy, MaterializeResult, asset
 
 from lpt.records import Caption, Quarantined, stable_id
@@ -12,6 +14,7 @@ from lpt_resources.storage import ParquetStore
 
 LIMITS = CaptionLimits()
 CAPTIONS_VERSION = f"captions-3-{stable_id(LIMITS.model_dump_json())[:8]}"  # bump when validate.py's rules change
+USABLE_VERSION = "usable-1"
 
 
 @asset(
@@ -39,3 +42,25 @@ def captions(context: AssetExecutionContext, store: ParquetStore) -> Materialize
             ),
         })
     return report.result()
+
+
+@asset(
+    partitions_def=shards,
+    backfill_policy=BackfillPolicy.single_run(),
+    code_version=USABLE_VERSION,
+    group_name="ingest",
+    deps=[captions],
+    output_required=False,
+)
+def usable_captions(context: AssetExecutionContext, store: ParquetStore) -> Iterator[MaterializeResult]:
+    """The gate to the GPU stages: a run whose shards hold no usable caption materializes
+    nothing here, so Dagster skips every generation step of the run instead of queueing it for
+    the `gpu` pool to write empty tables. A run with any usable caption passes all its shards."""
+    counts = {key: store.count("captions", key) for key in context.partition_keys}
+    if not any(counts.values()):
+        context.log.info(f"no usable captions in {', '.join(counts)}: generation is skipped")
+        return
+    report = ShardReport(context)
+    for key, rows in counts.items():
+        report.add(key, {"usable_captions": rows})
+    yield report.result()

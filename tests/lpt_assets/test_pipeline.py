@@ -52,7 +52,7 @@ def test_registration_is_idempotent(pipeline_run):
 
 def test_every_asset_materialized_for_every_shard(pipeline_run):
     config, _, instance, keys = pipeline_run
-    partitioned = ["captions", "mcqs", "simple_cots", "rationale_scores", "long_cots", "verified", "sft_samples", "dpo_pairs"]
+    partitioned = ["captions", "usable_captions", "mcqs", "simple_cots", "rationale_scores", "long_cots", "verified", "sft_samples", "dpo_pairs"]
     for name in partitioned:
         done = instance.get_materialized_partitions(AssetKey(name))
         assert done == set(keys), name

@@ -78,6 +78,8 @@ def test_kill_during_streamed_stage2_then_rerun(tmp_path):
 
         done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
         assert done.returncode == 0, done.stderr[-3000:]
+        assert " - DEBUG - " not in done.stdout + done.stderr  # Dagster's events from INFO up
+        assert " - INFO - " in done.stdout + done.stderr
         summary = json.loads(done.stdout[done.stdout.index("{") :])
         stage2 = summary["engines"]["simple_cots"]
         mcqs = pl.concat([pl.read_parquet(p) for p in sorted((data / "mcqs").glob("*.parquet"))])

@@ -15,7 +15,7 @@ from lpt_assets.schedules import SCHEDULE_NAME
 from lpt_assets.sensors import SENSOR_NAME
 from tests.lpt_assets.drops import SAMPLE_ROWS, SKIMAGE_DATA, drop_manifest, evaluate_sensor, make_config
 
-PER_SHARD = ["captions", "mcqs", "simple_cots", "long_cots", "verified", "sft_samples", "dpo_pairs"]
+PER_SHARD = ["captions", "usable_captions", "mcqs", "simple_cots", "long_cots", "verified", "sft_samples", "dpo_pairs"]
 
 
 def evaluate_schedule(defs, instance):
