@@ -161,14 +161,14 @@ class _AsciiTag:
 
     def __init__(self, lowered: bool, alternatives: tuple[tuple[str | tuple[str, ...], str], ...]):
         self.lowered = lowered
-        self.anchors = [(anchor,) if isinstance(anchor, str) else anchor for anchor, _ in alternatives]
-        self.alternatives = [regex for _, regex in alternatives]
+        self.alternatives = [
+            (frozenset((anchor,) if isinstance(anchor, str) else anchor), regex) for anchor, regex in alternatives
+        ]
 
-    def count(self, text: str, lowered: str) -> int:
-        present = tuple(
-            regex for regex, anchors in zip(self.alternatives, self.anchors, strict=True) if any(a in lowered for a in anchors)
-        )
-        return len(_alternation(present).findall(lowered if self.lowered else text)) if present else 0
+    def count(self, text: str, lowered: str, present: set[str]) -> int:
+        """Matches in `text` (ASCII); `present`: the anchors of all tags found in `lowered`."""
+        chosen = tuple(regex for anchors, regex in self.alternatives if not anchors.isdisjoint(present))
+        return len(_alternation(chosen).findall(lowered if self.lowered else text)) if chosen else 0
 
 
 @functools.lru_cache(maxsize=1024)
@@ -227,6 +227,8 @@ _ASCII_BEHAVIOURS: dict[str, _AsciiTag] = {
     )),
 }
 
+_ANCHORS = tuple(sorted({a for tag in _ASCII_BEHAVIOURS.values() for anchors, _ in tag.alternatives for a in anchors}))
+
 
 def tag_behaviours(added_text: str) -> dict[str, int]:
     """Counts of cognitive behaviours (backtracking, verification, subgoal setting,
@@ -234,7 +236,8 @@ def tag_behaviours(added_text: str) -> dict[str, int]:
     trace) takes the fast patterns of `_ASCII_BEHAVIOURS`, other text `_BEHAVIOURS` itself."""
     if added_text.isascii():
         lowered = added_text.lower()
-        return {name: tag.count(added_text, lowered) for name, tag in _ASCII_BEHAVIOURS.items()}
+        present = {anchor for anchor in _ANCHORS if anchor in lowered}
+        return {name: tag.count(added_text, lowered, present) for name, tag in _ASCII_BEHAVIOURS.items()}
     return {name: len(pattern.findall(added_text)) for name, pattern in _BEHAVIOURS.items()}
 
 
