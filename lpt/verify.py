@@ -57,7 +57,7 @@ _KNOWN_TOKENS_LIMIT = 200_000  # distinct tokens remembered per word list before
 
 
 class _LeakLookup:
-    """What makes `find_leaks` fast. A family's match is a whole word, so when every leak word
+    r"""What makes `find_leaks` fast. A family's match is a whole word, so when every leak word
     is one (`\w+`), its matches are exactly the text's `\w+` tokens that the pattern matches
     whole: looking up each distinct token once (`known`: token -> index of the first leak
     word whose family it is) is the same as scanning the text with the pattern, and most
@@ -150,7 +150,7 @@ _BEHAVIOURS: dict[str, re.Pattern[str]] = {
 
 
 class _AsciiTag:
-    """One behaviour's pattern for ASCII text, which counts the matches of its `_BEHAVIOURS`
+    r"""One behaviour's pattern for ASCII text, which counts the matches of its `_BEHAVIOURS`
     pattern several times faster. Each alternative opens with a literal character (a
     `(?<!\w.)` after a first letter is the `\b` before it), so on a case-sensitive pattern the
     regex engine skips in C to the characters that can start one; and only the alternatives
