@@ -6,6 +6,7 @@ never an exception, because model output is untrusted input.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import unicodedata
@@ -54,10 +55,15 @@ def encodable(text: str) -> bool:
     return True
 
 
+_PUNCTUATION = re.compile(r"[^\w\s]|_")
+
+
+@functools.lru_cache(maxsize=65536)
 def normalise(text: str) -> str:
     """Comparison key for option texts: case, punctuation, spacing and Unicode compatibility
-    forms never decide a match."""
-    return " ".join(re.sub(r"[^\w\s]|_", " ", clean_unicode(text).casefold()).split())
+    forms never decide a match. Remembered: grading compares every trace with the same few
+    option texts."""
+    return " ".join(_PUNCTUATION.sub(" ", clean_unicode(text).casefold()).split())
 
 
 _LETTER_PREFIX = re.compile(r"^\s*(?:\(([A-Z])\)|([A-Z])[.):])\s*")

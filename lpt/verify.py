@@ -25,10 +25,15 @@ _FAMILY_ENDINGS = (
 )
 
 
+def _family_root(word: str) -> str:
+    """What every word of the family starts with: the word, less a final "e"."""
+    return word[:-1] if word.endswith("e") and len(word) > 3 else word
+
+
 def leak_family(word: str) -> str:
     """The regex of one leak word's family: the word, or its root before a final "e", plus at
     most one ending of `_FAMILY_ENDINGS`, as a whole word."""
-    root = word[:-1] if word.endswith("e") and len(word) > 3 else word
+    root = _family_root(word)
     endings = "|".join(sorted(map(re.escape, _FAMILY_ENDINGS), key=len, reverse=True))
     bare = "" if root != word else "?"
     return rf"(?<!\w){re.escape(root)}(?:{endings}){bare}(?!\w)"
@@ -47,11 +52,53 @@ def leak_pattern(leak_words: tuple[str, ...]) -> re.Pattern[str]:
     return re.compile(rf"(?=[{first}])(?:{alternatives})", re.IGNORECASE)
 
 
+_WORD = re.compile(r"\w+")
+_KNOWN_TOKENS_LIMIT = 200_000  # distinct tokens remembered per word list before starting afresh
+
+
+class _LeakLookup:
+    r"""What makes `find_leaks` fast. A family's match is a whole word, so when every leak word
+    is one (`\w+`), its matches are exactly the text's `\w+` tokens that the pattern matches
+    whole: looking up each distinct token once (`known`: token -> index of the first leak
+    word whose family it is) is the same as scanning the text with the pattern, and most
+    tokens recur from text to text. Before that, ASCII text holding none of the words' (ASCII)
+    roots, in lower case, holds no family at all: most texts stop there."""
+
+    def __init__(self, leak_words: tuple[str, ...]):
+        self.pattern = leak_pattern(leak_words)
+        roots = {_family_root(word).lower() for word in leak_words}
+        self.roots = tuple(roots) if all(root.isascii() for root in roots) else None
+        self.known: dict[str, int | None] | None = {} if all(_WORD.fullmatch(word) for word in leak_words) else None
+
+    def found(self, text: str) -> set[int]:
+        if self.roots is not None and text.isascii():
+            lowered = text.lower()
+            if not any(root in lowered for root in self.roots):
+                return set()
+        if self.known is None:
+            return {int(m.lastgroup[1:]) for m in self.pattern.finditer(text) if m.lastgroup}
+        if len(self.known) > _KNOWN_TOKENS_LIMIT:
+            self.known.clear()
+        found = set()
+        for token in set(_WORD.findall(text)):
+            if token not in self.known:
+                match = self.pattern.fullmatch(token)
+                self.known[token] = int(match.lastgroup[1:]) if match and match.lastgroup else None
+            if self.known[token] is not None:
+                found.add(self.known[token])
+        return found
+
+
+@functools.lru_cache(maxsize=32)
+def _leak_lookup(leak_words: tuple[str, ...]) -> _LeakLookup:
+    return _LeakLookup(leak_words)
+
+
 def find_leaks(added_text: str, leak_words: Iterable[str]) -> list[str]:
     """Listed leak words whose family appears as a whole word (case-insensitive), in
     `leak_words` order: "Text" and "descriptions" leak, "texture" and "context" do not."""
     words = tuple(leak_words)
-    found = {int(m.lastgroup[1:]) for m in leak_pattern(words).finditer(added_text) if m.lastgroup}
+    found = _leak_lookup(words).found(added_text)
     return [word for i, word in enumerate(words) if i in found]
 
 
@@ -102,9 +149,95 @@ _BEHAVIOURS: dict[str, re.Pattern[str]] = {
 }
 
 
+class _AsciiTag:
+    r"""One behaviour's pattern for ASCII text, which counts the matches of its `_BEHAVIOURS`
+    pattern several times faster. Each alternative opens with a literal character (a
+    `(?<!\w.)` after a first letter is the `\b` before it), so on a case-sensitive pattern the
+    regex engine skips in C to the characters that can start one; and only the alternatives
+    whose anchor (a text every match of it holds, in lower case) occurs in the lower-cased text
+    are compiled in, which leaves few such characters. The three word tags run on the text in
+    lower case, which on ASCII text is what their case-insensitive patterns see; enumeration
+    runs on the text as written, since its option letters are upper case."""
+
+    def __init__(self, lowered: bool, alternatives: tuple[tuple[str | tuple[str, ...], str], ...]):
+        self.lowered = lowered
+        self.alternatives = [
+            (frozenset((anchor,) if isinstance(anchor, str) else anchor), regex) for anchor, regex in alternatives
+        ]
+
+    def count(self, text: str, lowered: str, present: set[str]) -> int:
+        """Matches in `text` (ASCII); `present`: the anchors of all tags found in `lowered`."""
+        chosen = tuple(regex for anchors, regex in self.alternatives if not anchors.isdisjoint(present))
+        return len(_alternation(chosen).findall(lowered if self.lowered else text)) if chosen else 0
+
+
+@functools.lru_cache(maxsize=1024)
+def _alternation(alternatives: tuple[str, ...]) -> re.Pattern[str]:
+    return re.compile("|".join(alternatives))
+
+
+def _both_cases(anchor: str | tuple[str, ...], word: str, tail: str) -> tuple[tuple[str | tuple[str, ...], str], ...]:
+    """A case-insensitive `word` that must start a word, then `tail`: two alternatives led by
+    its first letter in either case (enumeration's pattern is case-sensitive)."""
+    return tuple((anchor, rf"{first}(?<!\w.)(?i:{word[1:]}){tail}") for first in (word[0], word[0].upper()))
+
+
+_ASCII_BEHAVIOURS: dict[str, _AsciiTag] = {
+    "backtracking": _AsciiTag(True, (
+        ("wait", r"w(?<!\w.)ait\b"),
+        ("actually", r"a(?<!\w.)ctually\b"),
+        ("on second thought", r"o(?<!\w.)n second thought\b"),
+        ("let me reconsider", r"l(?<!\w.)et me reconsider\b"),
+        ("reconsider", r"r(?<!\w.)econsider(?:ing)?\b"),
+        ("i was wrong", r"i(?<!\w.) was wrong\b"),
+        ("i made a mistake", r"i(?<!\w.) made a mistake\b"),
+        ("hold on", r"h(?<!\w.)old on\b"),
+        ("s not right", r"t(?<!\w.)hat'?s not right\b"),
+        ("evaluat", r"r(?<!\w.)e-?evaluat\w*\b"),
+    )),
+    "verification": _AsciiTag(True, (
+        ("let me ", r"l(?<!\w.)et me (?:check|verify|confirm)\b"),
+        ("double", r"d(?<!\w.)ouble[- ]check\w*\b"),
+        ("verif", r"v(?<!\w.)erif\w*\b"),
+        ("confirm", r"c(?<!\w.)onfirm\w*\b"),
+        ("make sure", r"m(?<!\w.)ake sure\b"),
+        ("check again", r"c(?<!\w.)heck again\b"),
+        ("check", r"r(?<!\w.)e-?check\w*\b"),
+    )),
+    "subgoal_setting": _AsciiTag(True, (
+        ("first,", r"f(?<!\w.)irst,"),
+        ("next,", r"n(?<!\w.)ext,"),
+        ("then,", r"t(?<!\w.)hen,"),
+        ("finally,", r"f(?<!\w.)inally,"),
+        ("step", r"s(?<!\w.)tep\b"),
+        ("i need", r"t(?<!\w.)o answer this,? i need\b"),
+        ("let me start by", r"l(?<!\w.)et me start by\b"),
+        ("break", r"l(?<!\w.)et'?s break (?:this|it) down\b"),
+    )),
+    "enumeration": _AsciiTag(False, (
+        *_both_cases("option", "option", r"\s*\(?[A-D]\)?(?!\w)"),
+        *_both_cases("choice", "choice", r"\s*\(?[A-D]\)?(?!\w)"),
+        (("(a)", "(b)", "(c)", "(d)"), r"\([A-D]\)"),
+        *(((f"{letter.lower()}.", f"{letter.lower()})"), rf"{letter}(?<!\w.)[.)](?=\s)") for letter in "ABCD"),
+        *(
+            pair
+            for ordinal in ("first", "second", "third", "fourth", "last")
+            for pair in _both_cases((f"{ordinal} option", f"{ordinal} choice"), f"{ordinal} (?:option|choice)", r"\b")
+        ),
+    )),
+}
+
+_ANCHORS = tuple(sorted({a for tag in _ASCII_BEHAVIOURS.values() for anchors, _ in tag.alternatives for a in anchors}))
+
+
 def tag_behaviours(added_text: str) -> dict[str, int]:
     """Counts of cognitive behaviours (backtracking, verification, subgoal setting,
-    enumeration of options); all four keys are always present."""
+    enumeration of options); all four keys are always present. ASCII text (nearly every
+    trace) takes the fast patterns of `_ASCII_BEHAVIOURS`, other text `_BEHAVIOURS` itself."""
+    if added_text.isascii():
+        lowered = added_text.lower()
+        present = {anchor for anchor in _ANCHORS if anchor in lowered}
+        return {name: tag.count(added_text, lowered, present) for name, tag in _ASCII_BEHAVIOURS.items()}
     return {name: len(pattern.findall(added_text)) for name, pattern in _BEHAVIOURS.items()}
 
 

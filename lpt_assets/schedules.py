@@ -80,8 +80,9 @@ class Staleness:
 
     def fingerprint(self, keys: Sequence[str], selection: Sequence[AssetKey], versions: Mapping[AssetKey, str | None]) -> str:
         """What makes these shards stale for these assets: equal for equal states."""
-        latest = [(asset.to_user_string(), key, getattr(self.latest[asset].get(key), "storage_id", None)) for asset in selection for key in keys]
-        return stable_id(sorted((a.to_user_string(), versions[a]) for a in selection), latest)[:16]
+        names = {asset: asset.to_user_string() for asset in selection}  # once per run, not per shard
+        latest = [(names[asset], key, getattr(self.latest[asset].get(key), "storage_id", None)) for asset in selection for key in keys]
+        return stable_id(sorted((names[a], versions[a]) for a in selection), latest)[:16]
 
 
 def empty_shards(instance: DagsterInstance, staleness: Staleness, keys: Sequence[str]) -> set[str]:

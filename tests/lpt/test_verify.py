@@ -11,10 +11,13 @@ from typing import Any
 
 import polars as pl
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from lpt.config import VerifyConfig
 from lpt.records import MCQ, Label, LongCot, Presentation, PresentedMCQ, SimpleCot, Verified
 from lpt.verify import (
+    _BEHAVIOURS,
     find_leaks,
     find_setup_references,
     leak_pattern,
@@ -150,6 +153,36 @@ def test_tag_behaviours() -> None:
         "enumeration": 0,
     }
     assert tag_behaviours("A red mug. Awaiting actualities.") == tag_behaviours("")
+
+
+# Pieces of text around what the tags and leak families look for, in several cases, with the
+# near misses and the punctuation and spacing that decide word boundaries.
+_FRAGMENTS = [
+    "wait", "Wait", "WAIT", "await", "waiting", "actually", "on second thought", "let me reconsider",
+    "reconsidering", "i was wrong", "I made a mistake", "hold on", "that's not right", "thats not right",
+    "re-evaluate", "reevaluating", "let me check", "Let me verify", "let me confirm", "double-check",
+    "double checking", "verify", "verification", "confirmed", "make sure", "check again", "re-check",
+    "rechecked", "first,", "Next,", "then,", "finally,", "step", "steps", "stepwise", "to answer this, I need",
+    "to answer this i need", "let me start by", "let's break this down", "lets break it down", "option A",
+    "Option (B)", "OPTION c", "optional", "choice D", "Choice(A)", "choices", "(A)", "(b)", "A.", "B)", "C.",
+    "D)", "A.B", "first option", "Second choice", "THIRD option", "fourth choice", "last option", "the text",
+    "texture", "context", "Descriptions", "described", "mentioning", "Mentally", "visualise", "says", "statement",
+    "a", "A", "I", "i", "s", "x", "re", "(", ")", ".", ",", "-", "'", "_", "1", " ", "\n", "\u017fecond option",
+    "\u0130", "\u212a", "caf\u00e9", "\u00e9wait",
+]
+
+
+@settings(max_examples=2000, deadline=None, derandomize=True, database=None)
+@given(st.lists(st.tuples(st.sampled_from(_FRAGMENTS), st.sampled_from(["", " ", ",", ".", "\n"])), max_size=14))
+def test_fast_paths_match_the_patterns(pieces: list[tuple[str, str]]) -> None:
+    """Tags and leaks (fast paths for ASCII text, token look-ups) count what the patterns
+    themselves find, on ASCII text and on text with look-alikes that case-insensitive
+    matching folds ("\u017f" is "s", "\u212a" is "k")."""
+    text = "".join(fragment + gap for fragment, gap in pieces)
+    assert tag_behaviours(text) == {name: len(pattern.findall(text)) for name, pattern in _BEHAVIOURS.items()}
+    words = CONFIG.leak_words
+    found = {int(m.lastgroup[1:]) for m in leak_pattern(words).finditer(text) if m.lastgroup}
+    assert find_leaks(text, words) == [word for i, word in enumerate(words) if i in found]
 
 
 def test_render_response() -> None:
