@@ -157,3 +157,34 @@ def test_stage_3_expands_only_the_best_rewarded_short_cots(tmp_path, tiny_qwen2_
     assert versions(top_1, 0.1) != versions(top_1, 0.3)
     all_k = PipelineConfig.model_validate(base)
     assert versions(all_k, 0.1) == versions(all_k, 0.3)
+
+
+def test_rationale_scores_over_a_vllm_server_stream_and_cache(tmp_path):
+    """The scoring stage on an OpenAI-compatible vLLM server (a real HTTP server speaking
+    vLLM's /tokenize and prompt_logprobs): every (rationale, option) is scored once, and a
+    rerun answers all of them from the response cache without a call."""
+    from tests.fake_openai_server import FakeOpenAIServer
+
+    with FakeOpenAIServer() as server:
+        config = PipelineConfig.model_validate({
+            "storage": str(tmp_path / "data"),
+            "think": {"caption_stand_in": True},
+            "scoring": {"enabled": True},
+            "engines": {"vlm": {"kind": "openai", "server_kind": "vllm", "model": "fake-vlm", "base_url": server.base_url}},
+        })
+        store = ParquetStore(base=config.storage)
+        _stored_shard(store)
+        resources = {"store": store, "vlm_engine": engine_resource(config.engines.vlm)}
+        (tmp_path / "home").mkdir()
+        with instance_for_test(temp_dir=str(tmp_path / "home")) as instance:
+            instance.add_dynamic_partitions("shards", ["s1"])
+            sent, calls = [], []
+            for _ in range(2):
+                before = len(server.requests)
+                assert materialize(build_scoring_assets(config), partition_key="s1", instance=instance, resources=resources).success
+                metadata = instance.get_latest_materialization_event(AssetKey("rationale_scores")).asset_materialization.metadata
+                sent.append((metadata["requests_sent"].value, metadata["cache_hits"].value))
+                calls.append(server.paths[before:].count("/v1/chat/completions"))
+            [scores] = store.read("rationale_scores", "s1", McqScores)
+    assert sent == [(8, 0), (0, 8)] and calls == [8, 0]
+    assert len(scores.likelihoods) == 2 and all(len(row) == 4 and all(v < 0 for v in row) for row in scores.likelihoods)
