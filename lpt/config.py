@@ -67,6 +67,10 @@ class ThinkHarderConfig(StageConfig):
     cue_weights: tuple[float, ...] = (0.6, 0.2, 0.2)
     separators: tuple[str, ...] = ("\n\n", " ")
     expand_labels: tuple[Literal["O", "X"], ...] = ("O", "X")
+    # With [scoring] on, k > 0 expands only the k short CoTs with the best LaCoT reward per MCQ
+    # and label (0: all): ranking O and X apart keeps the wrong shorts that self-corrections
+    # (X_O, about half of SFT) grow from, which a joint ranking by gold likelihood would starve.
+    expand_top_k_by_reward: int = Field(default=0, ge=0)
     retry_max_tokens: int = 4096  # one retry for continuations cut by the token limit
     constrain_format: bool = False  # force "…</think>\n<answer>…</answer>" (for weak models)
     ban_leak_words: bool = True  # the reasoner cannot write the verify stage's leak words at all
@@ -110,7 +114,8 @@ class ScoringConfig(StageConfig):
     """LaCoT's rationale scoring (lpt/scoring.py): the VLM scores each short CoT with every
     option, teacher-forced; MCQs whose Best-of-N answer beats the gold one by more than
     `suspect_margin` (mean log-probability per token) are suspect keys. Off unless asked for:
-    it needs a vlm engine that can score (transformers or vllm; not yet an HTTP server)."""
+    it needs a vlm engine that can score (transformers, vllm, or an OpenAI-compatible vLLM
+    server: kind = openai with server_kind = vllm)."""
 
     enabled: bool = False
     suspect_margin: float = 0.1
@@ -287,11 +292,19 @@ class PipelineConfig(BaseModel):
 
     @model_validator(mode="after")
     def _scoring_needs_a_scorer(self) -> PipelineConfig:
-        if self.scoring.enabled and self.engines.vlm.kind == "openai":
+        vlm = self.engines.vlm
+        if self.scoring.enabled and vlm.kind == "openai" and vlm.server_kind != "vllm":
             raise ValueError(
-                "scoring.enabled = true needs engines.vlm.kind = transformers or vllm: scoring over an "
-                "OpenAI-compatible server is not available yet; set scoring.enabled = false"
+                f"scoring.enabled = true needs engines.vlm.server_kind = vllm (a {vlm.server_kind} server "
+                "returns no prompt log-probabilities), or kind = transformers or vllm; or set scoring.enabled = false"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _top_k_needs_scores(self) -> PipelineConfig:
+        if self.think_harder.expand_top_k_by_reward and not self.scoring.enabled:
+            raise ValueError("think_harder.expand_top_k_by_reward ranks short CoTs by their rationale scores: "
+                             "set scoring.enabled = true, or expand_top_k_by_reward = 0")
         return self
 
 

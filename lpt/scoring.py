@@ -138,12 +138,18 @@ def without_suspects(prompts: Mapping[str, T], scores: Sequence[McqScores]) -> d
     return {mcq_id: value for mcq_id, value in prompts.items() if mcq_id not in suspects}
 
 
-def top_k_cots(scores: Sequence[McqScores], k: int) -> set[str]:
-    """The k short CoTs of each MCQ with the highest reward (ties: the earlier cot id)."""
+def top_k_cots(scores: Sequence[McqScores], k: int, labels: Mapping[str, str] | None = None) -> set[str]:
+    """The k short CoTs of each MCQ with the highest reward (ties: the earlier cot id); with
+    `labels` (cot id -> label), the k best of each label apart, among the labelled ones."""
     keep: set[str] = set()
     for s in scores:
-        ranked = sorted(zip(s.cot_ids, s.rewards), key=lambda pair: (-pair[1], pair[0]))
-        keep.update(cot_id for cot_id, _ in ranked[:k])
+        groups: dict[str | None, list[tuple[str, float]]] = {}
+        for cot_id, reward in zip(s.cot_ids, s.rewards):
+            if labels is None or cot_id in labels:
+                groups.setdefault(labels[cot_id] if labels is not None else None, []).append((cot_id, reward))
+        for group in groups.values():
+            ranked = sorted(group, key=lambda pair: (-pair[1], pair[0]))
+            keep.update(cot_id for cot_id, _ in ranked[:k])
     return keep
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
 
 from lpt.config import AskConfig, ThinkHarderConfig, VerifyConfig
 from lpt.parse import drafts_from_json, drafts_from_tagged, validate_drafts
@@ -18,6 +19,7 @@ from lpt.records import (
     Verified,
     stable_id,
 )
+from lpt.scoring import McqScores, top_k_cots
 from lpt.verify import verify_short
 
 
@@ -87,17 +89,32 @@ def plan_continuations(
     shorts: list[SimpleCot],
     think_harder: ThinkHarderConfig,
     verify: VerifyConfig,
+    scores: Sequence[McqScores] = (),
 ) -> list[ContinuationPlan]:
     """Which short CoTs to extend and how. Samples that drew the same cue and separator share
-    one request (n > 1), which saves prompt processing on every engine."""
-    plans: list[ContinuationPlan] = []
+    one request (n > 1), which saves prompt processing on every engine.
+
+    With `expand_top_k_by_reward` = k > 0, a scored MCQ keeps only its k best-rewarded short
+    CoTs of each label (`scores`: the shard's rationale scores); a short CoT its MCQ's scores
+    leave out repeats a scored one's reasoning word for word and is not extended either. An
+    MCQ with no scores (its scoring was refused) keeps them all."""
+    candidates: list[tuple[SimpleCot, PresentedMCQ, Verified]] = []
+    labels: dict[str, str] = {}
     for cot in sorted(shorts, key=lambda c: c.cot_id):
         item = items.get(cot.mcq_id)
         if item is None:
             continue
         graded: Verified = verify_short(cot, item, verify)
-        if not graded.kept or graded.label is None or graded.label.value not in think_harder.expand_labels:
-            continue
+        if graded.kept and graded.label is not None and graded.label.value in think_harder.expand_labels:
+            candidates.append((cot, item, graded))
+            labels[cot.cot_id] = graded.label.value
+    k = think_harder.expand_top_k_by_reward
+    if k:
+        best = top_k_cots(scores, k, labels)
+        scored = {s.mcq_id for s in scores}
+        candidates = [c for c in candidates if c[0].cot_id in best or c[0].mcq_id not in scored]
+    plans: list[ContinuationPlan] = []
+    for cot, item, graded in candidates:
         short_think = ensure_full_stop(graded.think)
         groups: dict[tuple[str, str], list[int]] = defaultdict(list)
         for index in range(think_harder.sampling.n):

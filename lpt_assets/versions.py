@@ -22,7 +22,8 @@ def stage_version(stage: StageConfig, engine: EngineSettings | None, upstream: s
 def code_versions(config: PipelineConfig) -> dict[str, str]:
     """asset name -> code version. Stages that ban the verify stage's leak words at decode time
     depend on that list too; stage 1 on the MCQ rules, stage 3 (which grades short CoTs to pick
-    those it extends) on the trace rules."""
+    those it extends) on the trace rules, and on the rationale scores when it extends only the
+    best-rewarded ones."""
     leak_words = config.verify.leak_words
     think, harder = config.think, config.think_harder
     versions = {"captions": CAPTIONS_VERSION}
@@ -33,12 +34,14 @@ def code_versions(config: PipelineConfig) -> dict[str, str]:
         versions["mcqs"],
         leak_words if think.caption_stand_in and think.ban_leak_words_in_stand_in else (),
     )
+    versions["rationale_scores"] = stage_version(config.scoring, config.engines.vlm, versions["simple_cots"], TRACE_RULES_VERSION)
     versions["long_cots"] = stage_version(
         harder,
         config.engines.reasoner,
         versions["simple_cots"],
         leak_words if harder.ban_leak_words else (),
         TRACE_RULES_VERSION,
+        *([versions["rationale_scores"]] if harder.expand_top_k_by_reward else []),
     )
     versions["verified"] = stage_version(config.verify, None, versions["long_cots"])
     versions["sft_samples"] = versions["dpo_pairs"] = stage_version(config.select, None, versions["verified"])

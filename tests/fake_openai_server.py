@@ -25,10 +25,17 @@ connection without a response), "malformed" (200 with a broken JSON body), "echo
 whose message repeats the Authorization header, as a careless server might). `rule(body)` can
 force a behaviour for particular requests (return None to fall through to the schedule).
 
+Scoring as vLLM does it: POST /tokenize renders a chat to token ids (every word, role marker and
+image placeholder a token; `continue_final_message` leaves the final turn open), and a chat
+completion that asks for `prompt_logprobs` gets one entry per prompt token after the first, each
+the token's id with a log-probability derived from it (`prompt_logprobs=False` plays a server
+that ignores the field).
+
 GET /v1/models lists `served_models` (by default the names the tests' configs give it), as
 `vllm serve` lists its served model names; the engine preflight reads it.
 
-Every request body is recorded in `requests` (and the Authorization header in `auth_headers`),
+Every request body is recorded in `requests` (its path in `paths`, the Authorization header in
+`auth_headers`),
 and `max_in_flight` is the most requests it was handling at once.
 """
 
@@ -84,8 +91,10 @@ class FakeOpenAIServer:
         reply_words: int = 6,
         completion_tokens_override: int | None = None,
         served_models: tuple[str, ...] = DEFAULT_SERVED_MODELS,
+        prompt_logprobs: bool = True,
     ) -> None:
         self.served_models = served_models
+        self.prompt_logprobs = prompt_logprobs
         self.schedule: list[Behaviour] = list(schedule or [])
         self.rule = rule
         self.delay_s = delay_s
@@ -96,6 +105,7 @@ class FakeOpenAIServer:
         self.reply_words = reply_words
         self.completion_tokens_override = completion_tokens_override
         self.requests: list[dict[str, Any]] = []
+        self.paths: list[str] = []
         self.auth_headers: list[str] = []
         self.behaviours: list[Behaviour] = []
         self.in_flight = 0
@@ -212,14 +222,55 @@ class FakeOpenAIServer:
         prompt = _words(messages)
         if self.completion_tokens_override is not None:
             total = self.completion_tokens_override
-        return {
+        out: dict[str, Any] = {
             "id": f"chatcmpl-{key}",
             "object": "chat.completion",
             "created": 1_700_000_000,
             "model": body.get("model", "fake"),
             "choices": choices,
-            "usage": {"prompt_tokens": prompt, "completion_tokens": total, "total_tokens": prompt + total},
         }
+        if body.get("prompt_logprobs") is not None and self.prompt_logprobs:
+            ids = token_ids(messages, bool(continuing), bool(body.get("add_generation_prompt", True)))
+            out["prompt_logprobs"] = [None] + [{str(t): {"logprob": fake_logprob(t), "rank": 1, "decoded_token": "?"}}
+                                               for t in ids[1:]]
+            prompt = len(ids)
+        out["usage"] = {"prompt_tokens": prompt, "completion_tokens": total, "total_tokens": prompt + total}
+        return out
+
+    def tokenize(self, body: dict[str, Any]) -> dict[str, Any]:
+        """vLLM's POST /tokenize for a chat."""
+        ids = token_ids(list(body.get("messages") or []), bool(body.get("continue_final_message")),
+                        bool(body.get("add_generation_prompt", True)))
+        return {"count": len(ids), "max_model_len": 4096, "tokens": ids}
+
+
+def fake_token(text: str) -> int:
+    return int(hashlib.sha256(text.encode()).hexdigest()[:6], 16)
+
+
+def token_ids(messages: list[dict[str, Any]], continuing: bool, add_generation_prompt: bool) -> list[int]:
+    """The fake chat template: a role marker, each word (an image: ten placeholders), an end
+    marker unless the final turn is continued; an open assistant turn when asked for."""
+    ids: list[int] = []
+    for position, m in enumerate(messages):
+        ids.append(fake_token(f"<{m['role']}>"))
+        content = m.get("content")
+        parts = [{"type": "text", "text": content}] if isinstance(content, str) else list(content or [])
+        for part in parts:
+            if part.get("type") == "text":
+                ids += [fake_token(w) for w in str(part.get("text", "")).split()]
+            else:
+                ids += [fake_token("<image>")] * 10
+        if not (continuing and position == len(messages) - 1):
+            ids.append(fake_token("</turn>"))
+    if add_generation_prompt and not continuing:
+        ids.append(fake_token("<assistant>"))
+    return ids
+
+
+def fake_logprob(token: int) -> float:
+    """The fake model's log-probability of a token wherever it stands."""
+    return -0.01 - (token % 997) / 100
 
 
 def _schema_of(body: dict[str, Any]) -> dict[str, Any] | None:
@@ -293,22 +344,24 @@ class _Handler(BaseHTTPRequestHandler):
             return
         with fake._lock:
             fake.requests.append(body)
+            fake.paths.append(self.path.rstrip("/"))
             fake.auth_headers.append(self.headers.get("Authorization", ""))
             fake.in_flight += 1
             fake.max_in_flight = max(fake.max_in_flight, fake.in_flight)
         try:
-            if self.path.rstrip("/") != "/v1/chat/completions":
+            answer = {"/v1/chat/completions": fake.completion, "/tokenize": fake.tokenize}.get(self.path.rstrip("/"))
+            if answer is None:
                 self._send(404, b'{"error": {"message": "not found"}}')
                 return
             behaviour = fake._next_behaviour(body)
             if fake.delay_s:
                 time.sleep(fake.delay_s)
             if behaviour == "ok":
-                self._send(200, json.dumps(fake.completion(body)).encode())
+                self._send(200, json.dumps(answer(body)).encode())
             elif behaviour == "timeout":
                 time.sleep(fake.timeout_sleep_s)
                 try:
-                    self._send(200, json.dumps(fake.completion(body)).encode())
+                    self._send(200, json.dumps(answer(body)).encode())
                 except OSError:
                     pass
             elif behaviour == "drop":

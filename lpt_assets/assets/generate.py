@@ -22,6 +22,7 @@ from lpt.config import EngineSettings, PipelineConfig
 from lpt.parse import mcq_json_schema
 from lpt.prompts import ask_prompt, think_answer_regex, think_prompt
 from lpt.records import Caption, LongCot, PresentedMCQ, Quarantined, SimpleCot
+from lpt.scoring import McqScores
 from lpt.stages import ContinuationPlan, long_cot, mcqs_from_response, plan_continuations, simple_cot_id
 from lpt_assets.executors import gpu_op_tags
 from lpt_assets.generation import Answer, GenerationRun, GenerationStats, ShardDone, to_request
@@ -287,7 +288,12 @@ def build_generation_assets(config: PipelineConfig) -> list[AssetsDefinition]:
         captions = {c.image_id: c for cs in _read_all(store, "captions", keys, Caption).values() for c in cs}
         items = {i.mcq.mcq_id: i for its in _read_all(store, "mcqs", keys, PresentedMCQ).values() for i in its}
         shorts_by_shard = _read_all(store, "simple_cots", keys, SimpleCot)
-        plans = {key: plan_continuations(items, captions, shorts_by_shard[key], cfg, config.verify) for key in keys}
+        # the best-rewarded short CoTs only, when asked (the config makes sure scoring is on)
+        scores = _read_all(store, "rationale_scores", keys, McqScores) if cfg.expand_top_k_by_reward else {}
+        plans = {
+            key: plan_continuations(items, captions, shorts_by_shard[key], cfg, config.verify, scores.get(key, ()))
+            for key in keys
+        }
         retry = cfg.retry_max_tokens > cfg.sampling.max_tokens
         banned = config.verify.leak_words if cfg.ban_leak_words else ()
 
@@ -350,6 +356,8 @@ def build_generation_assets(config: PipelineConfig) -> list[AssetsDefinition]:
                 "cues": counts_table(Counter(r.cue for r in rows), "cue"),
                 "sample_rows": table([{"cot_id": r.cot_id, "cue": r.cue, "continuation": r.continuation} for r in rows]),
             })
-        return report.result(run_wide={**run_engine_figures(run.stats), "engine": MetadataValue.json(reasoner_engine.describe())})
+        top_k = {"expand_top_k_by_reward": cfg.expand_top_k_by_reward} if cfg.expand_top_k_by_reward else {}
+        return report.result(run_wide={**run_engine_figures(run.stats), **top_k,
+                                       "engine": MetadataValue.json(reasoner_engine.describe())})
 
     return [mcqs, simple_cots, long_cots]

@@ -7,7 +7,6 @@ from collections import defaultdict
 from dagster import AssetExecutionContext, AssetsDefinition, BackfillPolicy, MaterializeResult, MetadataValue, asset
 
 from lpt.config import PipelineConfig
-from lpt.parse import TRACE_RULES_VERSION
 from lpt.prompts import think_prompt
 from lpt.records import Caption, PresentedMCQ, SimpleCot
 from lpt.scoring import McqScores, Rationale, rationales, score_mcq, summary, targets
@@ -17,13 +16,9 @@ from lpt_assets.generation import GenerationRun, GenerationStats, ShardDone, to_
 from lpt_assets.metadata import ShardReport, engine_counts, histogram, run_engine_figures, table
 from lpt_assets.partitions import shards
 from lpt_assets.preflight import preflight_run
-from lpt_assets.versions import code_versions, stage_version
+from lpt_assets.versions import code_versions
 from lpt_resources.engines.resource import EngineResource
 from lpt_resources.storage import ParquetStore
-
-
-def scoring_version(config: PipelineConfig) -> str:
-    return stage_version(config.scoring, config.engines.vlm, code_versions(config)["simple_cots"], TRACE_RULES_VERSION)
 
 
 def build_scoring_assets(config: PipelineConfig) -> list[AssetsDefinition]:
@@ -33,7 +28,7 @@ def build_scoring_assets(config: PipelineConfig) -> list[AssetsDefinition]:
     @asset(
         partitions_def=shards,
         backfill_policy=BackfillPolicy.single_run(),
-        code_version=scoring_version(config),
+        code_version=code_versions(config)["rationale_scores"],
         group_name="generate",
         deps=["simple_cots"],
         pool=GPU_POOL,

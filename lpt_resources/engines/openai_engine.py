@@ -38,6 +38,13 @@ openai            `response_format` json_schema with `strict: true`; `max_comple
                   no top_k / repetition penalty / banned words (ignored, with a warning).
 ================  =========================================================================
 
+Scoring (a request with a `target`): vLLM servers only, as `_score` says: the server's chat
+template renders the chat whose pre-fill ends with the target (with its image), one token is
+generated and `prompt_logprobs: 0` returns the log-probability of every prompt token; the
+target's tokens are counted on the text-only chat through the server's `POST /tokenize`, as the
+in-process engines count them. Other server kinds return no prompt log-probabilities: their
+scoring requests fail as the engine's (config) fault, before any call.
+
 Samples: `n` is sent as asked; when a server returns fewer choices, the remainder is requested
 in further calls, each with the seed (when one is set) advanced by the number of samples
 already received, so the extra samples are new draws and a rerun repeats them exactly.
@@ -63,7 +70,7 @@ import random
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from functools import partial
 from typing import Any, Literal
 
@@ -75,6 +82,7 @@ from .base import (
     GenerationResult,
     RequestFeed,
     banned_word_variants,
+    target_token_count,
 )
 from .images import ImagePrefetcher, image_data_url
 
@@ -337,6 +345,8 @@ class OpenAIEngine(Engine):
             return self._failed(req, 0, exc, key, kind="engine"), 0, 0
         except Exception as exc:  # noqa: BLE001 - a bad request (its image) must not sink the batch
             return self._failed(req, 0, exc, key, kind="request"), 0, 0
+        if req.target is not None:
+            return await self._score(client, key, http_slots, req, base)
 
         n = req.sampling.n
         completions: list[Completion] = []
@@ -350,7 +360,8 @@ class OpenAIEngine(Engine):
                     kwargs["n"] = want
                 if req.sampling.seed is not None:
                     kwargs["seed"] = req.sampling.seed + len(completions)
-                resp = await self._call(client, key, http_slots, req.request_id, kwargs)
+                resp = await self._call(key, http_slots, req.request_id,
+                                        partial(client.chat.completions.create, **kwargs), _check_response)
                 got, p_tokens, c_tokens = self._parse(resp, req)
                 completions.extend(got[:want])
                 if len(completions) < n:
@@ -373,9 +384,49 @@ class OpenAIEngine(Engine):
         log.warning("request %s failed: %s", req.request_id, msg)
         return GenerationResult(request_id=req.request_id, prompt_tokens=prompt_tokens, error=msg, error_kind=kind)
 
+    async def _score(
+        self, client: Any, key: str, http_slots: asyncio.Semaphore, req: GenerationRequest, kwargs: dict[str, Any]
+    ) -> tuple[GenerationResult, int, int]:
+        """A scoring request on a vLLM server: the chat with the target as the end of a final
+        assistant message, rendered by the server's chat template (with the image), one token
+        generated and the prompt's log-probabilities returned (`prompt_logprobs`). The
+        target's tokens are counted as VLLMEngine counts them, on the text-only chat rendered by
+        the server's `/tokenize`, and must be the last tokens of the prompt the server scored."""
+        root = re.sub(r"/v1/?$", "", str(client.base_url).rstrip("/"))
+
+        def tokenize(r: GenerationRequest) -> Awaitable[Any]:
+            body = {
+                "model": self.model,
+                "messages": self._messages(r, None),
+                "add_generation_prompt": r.prefill is None,
+                "continue_final_message": r.prefill is not None,
+                "add_special_tokens": False,
+            }
+            return self._call(key, http_slots, req.request_id, partial(client.post, f"{root}/tokenize", cast_to=object, body=body),
+                              _check_tokens)
+
+        billed_prompt = billed_completion = 0
+        try:
+            alone, scored = await asyncio.gather(tokenize(req), tokenize(req.as_scored_prompt()))
+            count = target_token_count(alone["tokens"], scored["tokens"])
+            resp = await self._call(key, http_slots, req.request_id, partial(client.chat.completions.create, **kwargs),
+                                    _check_response)
+            usage = getattr(resp, "usage", None)
+            billed_prompt = int(getattr(usage, "prompt_tokens", 0) or 0)
+            billed_completion = int(getattr(usage, "completion_tokens", 0) or 0)
+            logprobs = _target_logprobs(resp, scored["tokens"][len(scored["tokens"]) - count:])
+        except Exception as exc:  # noqa: BLE001 - reported on this request only
+            kind = "request" if _refused_by_server(exc) else "engine"
+            return self._failed(req, 0, exc, key, kind=kind), billed_prompt, billed_completion
+        result = GenerationResult(request_id=req.request_id, prompt_tokens=billed_prompt - count, target_logprobs=logprobs)
+        return result, billed_prompt, billed_completion
+
     async def _call(
-        self, client: Any, key: str, http_slots: asyncio.Semaphore, request_id: str, kwargs: dict[str, Any]
+        self, key: str, http_slots: asyncio.Semaphore, request_id: str, send: Callable[[], Awaitable[Any]],
+        check: Callable[[Any], None],
     ) -> Any:
+        """One HTTP call (`send`), retried as the module says; `check` refuses a body that is
+        not what was asked for (MalformedResponse is retried)."""
         from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
 
         def before_sleep(state: Any) -> None:
@@ -396,8 +447,8 @@ class OpenAIEngine(Engine):
         ):
             with attempt:
                 async with http_slots:
-                    resp = await client.chat.completions.create(**kwargs)
-                _check_response(resp)
+                    resp = await send()
+                check(resp)
         return resp
 
     def _wait(self, state: Any) -> float:
@@ -422,8 +473,14 @@ class OpenAIEngine(Engine):
             raise RequestNotSupported(NO_PREFILL)
         if req.regex is not None and self.server_kind in ("openai", "llamacpp"):
             raise RequestNotSupported(f"{self.server_kind} server cannot constrain output to a regex")
-        if req.target is not None:  # a sampled answer would be cached as if it were a score
-            raise RequestNotSupported("scoring a target is not available over HTTP yet; serve the scorer with kind = vllm or transformers")
+        if req.target is not None:
+            if self.server_kind != "vllm":  # a sampled answer would be cached as if it were a score
+                raise RequestNotSupported(
+                    f"a {self.server_kind} server returns no prompt log-probabilities, so it cannot score: serve the "
+                    "scoring role with server_kind = vllm, or kind = transformers or vllm"
+                )
+            if not req.target:
+                raise ValueError("a scoring request needs a non-empty target")
 
     def _messages(self, req: GenerationRequest, image_url: str | None) -> list[dict[str, Any]]:
         messages: list[dict[str, Any]] = [{"role": m.role, "content": m.content} for m in req.messages]
@@ -438,6 +495,15 @@ class OpenAIEngine(Engine):
         return messages
 
     def _request_kwargs(self, req: GenerationRequest, image_url: str | None) -> dict[str, Any]:
+        if req.target is not None:  # vLLM: the target ends the pre-fill; its prompt log-probs are read
+            return {
+                "model": self.model,
+                "messages": self._messages(req.as_scored_prompt(), image_url),
+                "max_tokens": 1,
+                "temperature": 0.0,
+                "extra_body": {**self.extra_body, "continue_final_message": True, "add_generation_prompt": False,
+                               "prompt_logprobs": 0},
+            }
         s = req.sampling
         kind = self.server_kind
         kw: dict[str, Any] = {
@@ -571,6 +637,34 @@ def _choice_tokens(choice: Any, logprobs: list[float] | None) -> int | None:
     if logprobs is not None:
         return len(logprobs)
     return None
+
+
+def _check_tokens(resp: Any) -> None:
+    tokens = resp.get("tokens") if isinstance(resp, dict) else None
+    if not isinstance(tokens, list) or not all(isinstance(t, int) for t in tokens):
+        raise MalformedResponse("tokenize response has no token list")
+
+
+def _target_logprobs(resp: Any, target_ids: list[int]) -> list[float]:
+    """The log-probability the server gave each of the prompt's last tokens, which must be
+    `target_ids`: vLLM's `prompt_logprobs` has one entry per prompt token after the first,
+    and with prompt_logprobs=0 it holds only the token that is there (id -> its logprob)."""
+    entries = getattr(resp, "prompt_logprobs", None)
+    if not isinstance(entries, list):
+        raise RequestNotSupported("the server returned no prompt log-probabilities: is it a vLLM server (server_kind = vllm)?")
+    if not 0 < len(target_ids) < len(entries):
+        raise MalformedResponse(f"{len(entries)} prompt log-probabilities for a target of {len(target_ids)} tokens")
+    try:
+        found = [(int(token), float(value["logprob"]))
+                 for entry in entries[len(entries) - len(target_ids):] for token, value in entry.items()]
+    except (AttributeError, KeyError, TypeError, ValueError) as exc:
+        raise MalformedResponse(f"unreadable prompt log-probabilities ({exc})") from exc
+    if [token for token, _ in found] != target_ids:
+        raise RequestNotSupported(
+            "the prompt the server scored does not end with the target's tokens (its chat template renders the "
+            "pre-fill otherwise than its /tokenize does)"
+        )
+    return [logprob for _, logprob in found]
 
 
 def _check_response(resp: Any) -> None:

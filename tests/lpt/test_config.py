@@ -120,3 +120,21 @@ def test_the_backfill_schedule_runs_by_default_only_in_the_gpu_configs():
     assert load_config(root / "lpt.toml").automation.schedule_enabled is False
     for path in sorted((root / "configs").glob("paper*.toml")):
         assert load_config(path).automation.schedule_enabled is True, path.name
+
+
+def test_scoring_needs_an_engine_that_scores_and_top_k_needs_scoring():
+    """A vLLM server scores (its prompt log-probabilities); other servers are refused at load,
+    naming the role and the setting; ranking stage 3 by reward needs the scores."""
+    import pytest
+    from pydantic import ValidationError
+
+    from lpt.config import PipelineConfig
+
+    served = {"kind": "openai", "model": "m", "base_url": "http://h:8000/v1"}
+    assert PipelineConfig.model_validate({"scoring": {"enabled": True}, "engines": {"vlm": served}}).scoring.enabled
+    with pytest.raises(ValidationError, match=r"engines\.vlm\.server_kind = vllm \(a sglang server"):
+        PipelineConfig.model_validate({"scoring": {"enabled": True}, "engines": {"vlm": {**served, "server_kind": "sglang"}}})
+    with pytest.raises(ValidationError, match=r"expand_top_k_by_reward ranks short CoTs by their rationale scores"):
+        PipelineConfig.model_validate({"think_harder": {"expand_top_k_by_reward": 2}})
+    on = PipelineConfig.model_validate({"scoring": {"enabled": True}, "think_harder": {"expand_top_k_by_reward": 2}})
+    assert on.think_harder.expand_top_k_by_reward == 2

@@ -115,3 +115,51 @@ def test_bin_picks_the_answer_the_tiny_model_prefers(tiny_qwen2_path, make_item:
     assert s.rationales[s.best_index].startswith("_functions")  # the rationale it prefers too
     right_key = score_mcq(make_item(options=options, gold_letter="B", answer_style="option_text"), scored, logprobs, 0.05)
     assert (right_key.suspect, right_key.margin, right_key.rewards) == (False, 0.0, [row[1] for row in s.likelihoods])
+
+
+def _scores(item: PresentedMCQ, cots: list[SimpleCot], rewards: dict[str, float]):
+    """Scores whose reward (gold-answer likelihood) for each rationale is rewards[its think]."""
+    scored = rationales(item, cots)
+    gold = item.presentation.gold_letter
+    logprobs = {(r.cot_id, letter): [rewards[r.think] if letter == gold else -9.0] for r in scored for letter in LETTERS}
+    return score_mcq(item, scored, logprobs, suspect_margin=0.1)
+
+
+def test_top_k_ranks_each_label_apart(make_item: MakeItem, make_short: MakeShort) -> None:
+    s = _scores(make_item(), _cots(make_short, ["one", "two", "three", "four"]),
+                {"one": -1.0, "two": -0.5, "three": -3.0, "four": -2.0})
+    a, b, c, d = (dict(zip(s.rationales, s.cot_ids))[t] for t in ("one", "two", "three", "four"))
+    assert top_k_cots([s], 1) == {b}
+    assert top_k_cots([s], 1, {a: "O", b: "O", c: "X", d: "X"}) == {b, d}
+    assert top_k_cots([s], 1, {a: "O", c: "X"}) == {a, c}  # unlabelled ones do not compete
+    assert top_k_cots([s], 5, {a: "O", b: "O", c: "X", d: "X"}) == {a, b, c, d}
+
+
+def test_stage_3_expands_the_best_rewarded_short_cots_of_each_label(make_item: MakeItem, make_short: MakeShort) -> None:
+    """k = 1: per scored MCQ, its best right (O) and its best wrong (X) short CoT, so self-
+    corrections keep their seeds; an MCQ without scores keeps every short CoT; expand_labels
+    still decides which labels are extended at all."""
+    from lpt.config import Sampling, ThinkHarderConfig, VerifyConfig
+    from lpt.records import Caption
+    from lpt.stages import plan_continuations
+
+    items = {m: make_item(mcq_id=m, gold_letter="B") for m in ("m1", "m2")}
+    captions = {"img1": Caption(image_id="img1", source="t", split="train", image_path="/none.png", description="An eye.",
+                                width=8, height=8)}
+    right = [make_short(f"Blue {i}.</think><answer>(B)</answer>", index=i) for i in range(3)]
+    wrong = [make_short(f"Green {i}.</think><answer>(C)</answer>", index=3 + i) for i in range(2)]
+    unscored = [make_short(f"Blue again {i}.</think><answer>(B)</answer>", mcq_id="m2", index=i) for i in range(2)]
+    shorts = right + wrong + unscored
+    s = _scores(items["m1"], right + wrong, {"Blue 0.": -2.0, "Blue 1.": -0.5, "Blue 2.": -1.0, "Green 0.": -3.0, "Green 1.": -2.5})
+    by_think = dict(zip(s.rationales, s.cot_ids))
+    best_right, best_wrong = by_think["Blue 1."], by_think["Green 1."]
+
+    def expanded(**fields) -> set[str]:
+        cfg = ThinkHarderConfig(sampling=Sampling(n=1), **fields)
+        return {p.cot.cot_id for p in plan_continuations(items, captions, shorts, cfg, VerifyConfig(), [s])}
+
+    everything = {c.cot_id for c in shorts}
+    assert expanded() == everything
+    assert expanded(expand_top_k_by_reward=1) == {best_right, best_wrong} | {c.cot_id for c in unscored}
+    assert expanded(expand_top_k_by_reward=1, expand_labels=("O",)) == {best_right} | {c.cot_id for c in unscored}
+    assert expanded(expand_top_k_by_reward=9) == everything

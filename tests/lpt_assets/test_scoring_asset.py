@@ -96,3 +96,95 @@ def test_curation_ranks_by_reward_and_holds_out_suspect_keys(tmp_path, tiny_qwen
             chosen[hold_out] = [s.cot_id for s in store.read("sft_samples", "s1", SftSample)]
     best = max(zip(scores.rewards, scores.cot_ids))[1]
     assert chosen == {True: [], False: [best]}
+
+
+def test_stage_3_expands_only_the_best_rewarded_short_cots(tmp_path, tiny_qwen2_path):
+    """`expand_top_k_by_reward = 1`: the reasoner (a real HTTP server) gets one request for the
+    best-rewarded right short CoT and one for the best-rewarded wrong one, by the scores the
+    tiny VLM wrote; with 0 it gets the other two as well. Stage 3's version follows the scores
+    only when it ranks by them."""
+    import json
+
+    from lpt.records import LongCot
+    from lpt_assets.assets.generate import build_generation_assets
+    from lpt_assets.versions import code_versions
+    from tests.fake_openai_server import FakeOpenAIServer
+
+    with FakeOpenAIServer() as server:
+        base = {
+            "storage": str(tmp_path / "data"),
+            "think": {"caption_stand_in": True},
+            "think_harder": {"sampling": {"n": 1, "max_tokens": 8}, "retry_max_tokens": 8},
+            "scoring": {"enabled": True},
+            "engines": {"vlm": {"model": str(tiny_qwen2_path), "batch_size": 8},
+                        "reasoner": {"kind": "openai", "model": "fake-reasoner", "base_url": server.base_url}},
+        }
+        store = ParquetStore(base=base["storage"])
+        _stored_shard(store)  # two short CoTs answering the gold option
+        wrong = [
+            SimpleCot(cot_id=f"w{i}", mcq_id="m1", image_id="img1", sample_index=2 + i, text=f"\n{t}\n</think>\n<answer>{a}</answer>",
+                      finish_reason="stop", prompt_tokens=10, completion_tokens=5, model="vlm", stand_in=True)
+            for i, (t, a) in enumerate([("Seven, I count.", OPTIONS[3]), ("A zebra crossing, clearly.", OPTIONS[0])])
+        ]
+        store.write("simple_cots", "s1", store.read("simple_cots", "s1", SimpleCot) + wrong, SimpleCot)
+        top_1 = PipelineConfig.model_validate({**base, "think_harder": {**base["think_harder"], "expand_top_k_by_reward": 1}})
+        resources = {"store": store, "vlm_engine": engine_resource(top_1.engines.vlm),
+                     "reasoner_engine": engine_resource(top_1.engines.reasoner)}
+        (tmp_path / "home").mkdir()
+        with instance_for_test(temp_dir=str(tmp_path / "home")) as instance:
+            instance.add_dynamic_partitions("shards", ["s1"])
+            assert materialize(build_scoring_assets(top_1), partition_key="s1", instance=instance, resources=resources).success
+            [scores] = store.read("rationale_scores", "s1", McqScores)
+            reward = dict(zip(scores.cot_ids, scores.rewards))
+            best = {max(["c0", "c1"], key=reward.get), max(["w0", "w1"], key=reward.get)}
+            thinks = {c.cot_id: c.text.split("</think>")[0].strip() for c in store.read("simple_cots", "s1", SimpleCot)}
+            sent: list[list[str]] = []
+            extended: list[set[str]] = []
+            for config in (top_1, PipelineConfig.model_validate(base)):
+                before = len(server.requests)
+                stage_3 = [a for a in build_generation_assets(config) if a.key == AssetKey("long_cots")]
+                assert materialize(stage_3, partition_key="s1", instance=instance, resources=resources).success
+                shown = [json.dumps(body["messages"]) for body in server.requests[before:]]
+                sent.append(sorted(cot for cot, think in thinks.items() for text in shown if json.dumps(think)[1:-1] in text))
+                extended.append({r.cot_id for r in store.read("long_cots", "s1", LongCot)})
+    # k = 1: two requests, the best of each label; all: the other two (the first two from the cache)
+    assert sent == [sorted(best), sorted({"c0", "c1", "w0", "w1"} - best)]
+    assert extended == [best, {"c0", "c1", "w0", "w1"}]
+
+    def versions(config: PipelineConfig, margin: float) -> str:
+        return code_versions(config.model_copy(update={"scoring": config.scoring.model_copy(update={"suspect_margin": margin})}))["long_cots"]
+
+    assert versions(top_1, 0.1) != versions(top_1, 0.3)
+    all_k = PipelineConfig.model_validate(base)
+    assert versions(all_k, 0.1) == versions(all_k, 0.3)
+
+
+def test_rationale_scores_over_a_vllm_server_stream_and_cache(tmp_path):
+    """The scoring stage on an OpenAI-compatible vLLM server (a real HTTP server speaking
+    vLLM's /tokenize and prompt_logprobs): every (rationale, option) is scored once, and a
+    rerun answers all of them from the response cache without a call."""
+    from tests.fake_openai_server import FakeOpenAIServer
+
+    with FakeOpenAIServer() as server:
+        config = PipelineConfig.model_validate({
+            "storage": str(tmp_path / "data"),
+            "think": {"caption_stand_in": True},
+            "scoring": {"enabled": True},
+            "engines": {"vlm": {"kind": "openai", "server_kind": "vllm", "model": "fake-vlm", "base_url": server.base_url}},
+        })
+        store = ParquetStore(base=config.storage)
+        _stored_shard(store)
+        resources = {"store": store, "vlm_engine": engine_resource(config.engines.vlm)}
+        (tmp_path / "home").mkdir()
+        with instance_for_test(temp_dir=str(tmp_path / "home")) as instance:
+            instance.add_dynamic_partitions("shards", ["s1"])
+            sent, calls = [], []
+            for _ in range(2):
+                before = len(server.requests)
+                assert materialize(build_scoring_assets(config), partition_key="s1", instance=instance, resources=resources).success
+                metadata = instance.get_latest_materialization_event(AssetKey("rationale_scores")).asset_materialization.metadata
+                sent.append((metadata["requests_sent"].value, metadata["cache_hits"].value))
+                calls.append(server.paths[before:].count("/v1/chat/completions"))
+            [scores] = store.read("rationale_scores", "s1", McqScores)
+    assert sent == [(8, 0), (0, 8)] and calls == [8, 0]
+    assert len(scores.likelihoods) == 2 and all(len(row) == 4 and all(v < 0 for v in row) for row in scores.likelihoods)

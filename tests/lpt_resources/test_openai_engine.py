@@ -222,15 +222,64 @@ def test_prefill_refused_where_the_server_cannot_continue(serve):
     assert len(server.requests) == 2  # the refused requests never went out
 
 
-def test_scoring_requests_are_refused_not_sampled(serve):
-    """No HTTP scoring yet: a scoring request fails as the engine's (config) fault, without a
-    call, so no sampled text is ever cached as a score."""
+def _scored(i: int, target: str = "(A) red", **kw) -> GenerationRequest:
+    return request(i, prefill="<think>\n", target=target, **kw)
+
+
+def test_scoring_reads_the_targets_prompt_logprobs_from_a_vllm_server(serve, tmp_path):
+    """The target ends the pre-fill of a continued assistant turn; its tokens are counted on
+    the text-only chat by /tokenize; their prompt log-probabilities come back per token, with
+    the image in the scored chat and never in the tokenised ones; mixed with generation."""
+    from tests.fake_openai_server import fake_logprob, fake_token, token_ids
+
     server = serve()
-    scored = request(0).model_copy(update={"target": "(A)"})
-    results = make_engine(server).generate([scored, request(1)])
-    assert results[0].error_kind == "engine" and "scoring" in results[0].error
-    assert results[0].target_logprobs is None and results[1].error is None
+    engine = make_engine(server, supports_images=True)
+    image = _png(tmp_path / "a.png", (8, 8))
+    results = engine.generate([_scored(0), request(1), _scored(2, "(B) blue and more", image=image)])
+    assert [r.error for r in results] == [None, None, None]
+    for r, target in ((results[0], "(A) red"), (results[2], "(B) blue and more")):
+        assert r.completions == [] and r.target_logprobs == [fake_logprob(fake_token(w)) for w in target.split()]
+    prompt = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "question 0"},
+              {"role": "assistant", "content": "<think>\n"}]
+    assert results[0].prompt_tokens == len(token_ids(prompt, True, False))
+    assert results[2].prompt_tokens == results[0].prompt_tokens + 10  # the image's placeholders
+    chats = [b for b, path in zip(server.requests, server.paths) if path == "/v1/chat/completions" and "prompt_logprobs" in b]
+    tokenized = [b for b, path in zip(server.requests, server.paths) if path == "/tokenize"]
+    assert len(chats) == 2 and len(tokenized) == 4
+    with_image = next(b for b in chats if isinstance(b["messages"][1]["content"], list))
+    assert with_image["messages"][-1] == {"role": "assistant", "content": "<think>\n(B) blue and more"}
+    assert (with_image["continue_final_message"], with_image["add_generation_prompt"], with_image["max_tokens"]) == (True, False, 1)
+    assert with_image["messages"][1]["content"][0]["type"] == "image_url"
+    assert all(isinstance(m["content"], str) for b in tokenized for m in b["messages"])
+    assert engine.stats.requests == 3 and engine.stats.completion_tokens == len(results[1].completions[0].text.split())
+
+
+def test_scoring_faults_are_retried_and_an_empty_target_is_refused(serve):
+    clean = make_engine(serve()).generate([_scored(0)])
+    server = serve([503, "drop", 500])
+    [again] = make_engine(server).generate([_scored(0)])
+    assert again.error is None and again.target_logprobs == clean[0].target_logprobs
+    assert server.behaviours[:3] == [503, "drop", 500] and len(server.requests) == 3 + 3
+    [empty] = make_engine(server).generate([_scored(1, "")])
+    assert empty.refused and "non-empty target" in empty.error
+
+
+@pytest.mark.parametrize("kind", ["sglang", "llamacpp", "openai"])
+def test_scoring_is_refused_by_servers_that_cannot_score(serve, kind):
+    """A sampled answer must never be cached as a score: the request fails as the engine's
+    (config) fault, without a call, in one line naming the setting."""
+    server = serve()
+    [scored, plain] = make_engine(server, server_kind=kind, supports_prefill=True).generate([_scored(0), request(1)])
+    assert scored.error_kind == "engine" and "server_kind = vllm" in scored.error and "\n" not in scored.error
+    assert scored.target_logprobs is None and plain.error is None
     assert len(server.requests) == 1
+
+
+def test_a_server_that_returns_no_prompt_logprobs_fails_the_engine_not_the_row(serve):
+    server = serve(prompt_logprobs=False)
+    [r] = make_engine(server).generate([_scored(0)])
+    assert r.error_kind == "engine" and "no prompt log-probabilities" in r.error
+    assert len(server.requests) == 3  # two tokenisations and the chat, not retried
 
 
 # ---- images

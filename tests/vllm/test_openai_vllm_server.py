@@ -204,3 +204,25 @@ def test_regex_output_matches(engine):
     for c in r.completions:
         assert re.fullmatch(pattern, c.text), c.text
         assert c.finish_reason == "stop"
+
+
+def test_scoring_matches_transformers(engine, hf_engine):
+    """Teacher-forced log-probabilities over HTTP (the server's `prompt_logprobs` of the chat
+    whose pre-fill ends with the target, the target's tokens counted by its `/tokenize`)
+    agree with the transformers forward pass token for token, as the in-process VLLMEngine's
+    do (test_vllm_engine.py); scoring and generation share one stream, and an empty target is
+    the request's own refusal."""
+    targets = ["(A) red", " The answer is (B) blue.", "C", "_functions_functions"]
+    reqs = [request(f"s{i}", "Which colour is the apple?", target=t) for i, t in enumerate(targets)]
+    reqs.append(request("sp", "Which colour?", prefill="<think>\nRed.</think>\n<answer>", target="(A)</answer>"))
+    mixed = [*reqs[:2], request("g", "Hi", temperature=0, max_tokens=3), *reqs[2:]]
+    ours = [r for r in engine.generate(mixed) if r.request_id != "g"]
+    theirs = hf_engine.generate(reqs)
+    for a, b in zip(ours, theirs):
+        assert a.error is None and b.error is None, (a.error, b.error)
+        assert a.completions == b.completions == []
+        assert a.prompt_tokens == b.prompt_tokens
+        assert len(a.target_logprobs) == len(b.target_logprobs) > 0
+        assert a.target_logprobs == pytest.approx(b.target_logprobs, abs=2e-3)
+    [empty] = engine.generate([request("e", "Hi", target="")])
+    assert empty.refused
