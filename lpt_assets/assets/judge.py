@@ -41,12 +41,22 @@ def build_judge_assets(config: PipelineConfig) -> list[AssetsDefinition]:
         keys = context.partition_keys
         items = {i.mcq.mcq_id: i for its in _read_all(store, "mcqs", keys, PresentedMCQ).values() for i in its}
         longs = {c.long_id: c for cs in _read_all(store, "long_cots", keys, LongCot).values() for c in cs}
-        traces = {
-            key: [r for r in judged_traces(rows) if r.mcq_id in items and r.trace_id in longs]
-            for key, rows in _read_all(store, "verified", keys, Verified).items()
-        }
+        judged = {key: judged_traces(rows) for key, rows in _read_all(store, "verified", keys, Verified).items()}
+        traces = {key: [r for r in rows if r.mcq_id in items and r.trace_id in longs] for key, rows in judged.items()}
+        missing = {key: [r for r in rows if r.mcq_id not in items or r.trace_id not in longs] for key, rows in judged.items()}
         schema = judge_json_schema() if cfg.structured_output else None
         tables = ShardTables(store, keys, "judge_verdicts", JudgeVerdict, "judge_verdicts_quarantine")
+
+        def record(shard: str, position: int, verdict: JudgeVerdict) -> None:
+            if verdict.error:
+                tables.refused[shard].append(
+                    Quarantined(stage="judge_verdicts", item_id=verdict.trace_id, reason=verdict.error, detail=verdict.reason)
+                )
+            tables.add(shard, position, [verdict])
+
+        for key in keys:  # a trace whose MCQ or long CoT is no longer stored cannot be shown to the judge
+            for position, row in enumerate(missing[key]):
+                record(key, len(traces[key]) + position, no_verdict(row, "judge_missing_input", "its MCQ or long CoT is not stored", cfg))
         tables.write_empty(keys, {key: len(traces[key]) for key in keys})
         work = (
             (key, to_request(judge_prompt(items[row.mcq_id], longs[row.trace_id], row), cfg.sampling, json_schema=schema), (position, row))
@@ -64,11 +74,7 @@ def build_judge_assets(config: PipelineConfig) -> list[AssetsDefinition]:
                 else:
                     completion = result.completions[0]
                     verdict = verdict_from_reply(row, completion.text, completion.finish_reason, cfg)
-                if verdict.error:
-                    tables.refused[answer.shard].append(
-                        Quarantined(stage="judge_verdicts", item_id=row.trace_id, reason=verdict.error, detail=verdict.reason)
-                    )
-                tables.add(answer.shard, position, [verdict])
+                record(answer.shard, position, verdict)
         finally:
             _release(context, judge_engine, config.engines.judge, None)
         report = ShardReport(context)
@@ -76,7 +82,7 @@ def build_judge_assets(config: PipelineConfig) -> list[AssetsDefinition]:
             verdicts = tables.written[key]
             figures = summary(verdicts)
             report.add(key, {
-                "rows_in": len(traces[key]),
+                "rows_in": len(judged[key]),
                 **tables.figures(key),
                 **{name: figures[name] for name in ("judged", "consistent", "judge_inconsistent", "judge_setup_reference", "judge_no_verdict")},
                 "judge_drops": counts_table(figures["dropped"], "reason"),

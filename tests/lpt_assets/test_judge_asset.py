@@ -144,4 +144,46 @@ def test_garbage_replies_are_quarantined_and_kept_unless_the_knob_drops_them(tmp
             assert {q.reason for q in quarantined} <= {"judge_no_json", "judge_truncated", "judge_invalid_unicode"}
             assert metadata["quarantined"] == 5 and metadata["judge_no_verdict"] == 5
             chosen[tuple(drop)] = _selected(store)[0]
+        # a long CoT gone from storage after verification: no verdict, with why, and no crash
+        store.write("long_cots", "s1", [c for c in store.read("long_cots", "s1", LongCot) if c.long_id != "l5"], LongCot)
+        config = _config(tmp_path, tiny_qwen2_path, drop=["judge_no_verdict"], **free)
+        resources = {"store": store, "judge_engine": engine_resource(config.engines.judge)}
+        assert materialize(build_judge_assets(config), partition_key="s1", instance=instance, resources=resources).success
+        verdicts = {v.trace_id: v for v in store.read("judge_verdicts", "s1", JudgeVerdict)}
+        assert len(verdicts) == 5 and verdicts["l5"].error == "judge_missing_input"
+        assert verdicts["l5"].drop_reason == "judge_no_verdict"
     assert chosen[()] == {"c2", "l1", "l2", "l3", "l5"} and chosen[("judge_no_verdict",)] == {"c2"}
+
+
+def test_the_pipeline_with_the_judge_on_loads_one_model_and_reruns_for_free(tmp_path, caplog):
+    """`lpt_pipeline` with the judge on and every role (the judge by default) on the bundled
+    model: the reasoner's loaded model serves the judge (one load in the run), the verdicts
+    cover the kept long traces, the demo summary shows them, and a rerun sends nothing."""
+    import logging
+
+    from lpt.judge import judged_traces
+    from lpt_assets.cli import run_pipeline
+    from lpt_assets.registry import register_source
+    from lpt_resources.engines import transformers_engine
+    from tests.lpt_assets.drops import SMALL
+
+    config = PipelineConfig.model_validate({
+        **SMALL, "storage": str(tmp_path / "data"), "exports": str(tmp_path / "exports"),
+        "judge": {"enabled": True, "sampling": {"n": 1, "temperature": 0.0, "max_tokens": 96}},
+    })
+    store = ParquetStore(base=config.storage)
+    (tmp_path / "home").mkdir()
+    with instance_for_test(temp_dir=str(tmp_path / "home")) as instance:
+        keys = register_source("sample?limit=2&shard_size=2", store, instance).shards
+        caplog.set_level(logging.INFO, logger=transformers_engine.__name__)
+        run_pipeline(instance, config, keys)
+        loads = [r for r in caplog.records if r.name == transformers_engine.__name__ and r.getMessage().startswith("loaded ")]
+        assert len(loads) == 1, [r.getMessage() for r in loads]
+        judged = {r.trace_id for key in keys for r in judged_traces(store.read("verified", key, Verified))}
+        verdicts = [v for key in keys for v in store.read("judge_verdicts", key, JudgeVerdict)]
+        assert judged and {v.trace_id for v in verdicts} == judged
+        summary = summarize(store, instance, keys, config)
+        assert summary["judge"]["judged"] == len(judged) and summary["engines"]["judge_verdicts"]["requests_sent"] == len(judged)
+        assert f"judge verdicts: {len(judged)} long traces judged" in render(summary)
+        run_pipeline(instance, config, keys)
+        assert summarize(store, instance, keys, config)["engines"]["judge_verdicts"]["requests_sent"] == 0
