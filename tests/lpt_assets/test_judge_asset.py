@@ -6,6 +6,7 @@ garbage is quarantined with its reason and kept unless the knob drops it."""
 
 from collections import Counter
 
+import pytest
 from dagster import AssetKey, instance_for_test, materialize
 
 from lpt.config import PipelineConfig
@@ -155,6 +156,7 @@ def test_garbage_replies_are_quarantined_and_kept_unless_the_knob_drops_them(tmp
     assert chosen[()] == {"c2", "l1", "l2", "l3", "l5"} and chosen[("judge_no_verdict",)] == {"c2"}
 
 
+@pytest.mark.slow
 def test_the_pipeline_with_the_judge_on_loads_one_model_and_reruns_for_free(tmp_path, caplog):
     """`lpt_pipeline` with the judge on and every role (the judge by default) on the bundled
     model: the reasoner's loaded model serves the judge (one load in the run), the verdicts
@@ -165,7 +167,7 @@ def test_the_pipeline_with_the_judge_on_loads_one_model_and_reruns_for_free(tmp_
     from lpt_assets.cli import run_pipeline
     from lpt_assets.registry import register_source
     from lpt_resources.engines import transformers_engine
-    from tests.lpt_assets.drops import SMALL
+    from tests.small_config import SMALL
 
     config = PipelineConfig.model_validate({
         **SMALL, "storage": str(tmp_path / "data"), "exports": str(tmp_path / "exports"),
@@ -174,7 +176,7 @@ def test_the_pipeline_with_the_judge_on_loads_one_model_and_reruns_for_free(tmp_
     store = ParquetStore(base=config.storage)
     (tmp_path / "home").mkdir()
     with instance_for_test(temp_dir=str(tmp_path / "home")) as instance:
-        keys = register_source("sample?limit=2&shard_size=2", store, instance).shards
+        keys = register_source("sample?limit=1&shard_size=1", store, instance).shards
         caplog.set_level(logging.INFO, logger=transformers_engine.__name__)
         run_pipeline(instance, config, keys)
         loads = [r for r in caplog.records if r.name == transformers_engine.__name__ and r.getMessage().startswith("loaded ")]
