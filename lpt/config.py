@@ -121,6 +121,21 @@ class ScoringConfig(StageConfig):
     suspect_margin: float = 0.1
 
 
+JudgeFinding = Literal["judge_inconsistent", "judge_setup_reference", "judge_no_verdict"]
+
+
+class JudgeConfig(StageConfig):
+    """The optional LLM judge (lpt/judge.py): the `judge` engine reads each kept long CoT and
+    says whether its added reflection leads to its final answer and whether it talks about its
+    setup. Findings listed in `drop` take the trace out of SFT and DPO with that reason; the
+    others are only recorded (flagged). `judge_no_verdict`: the judge's reply was unusable."""
+
+    enabled: bool = False
+    drop: tuple[JudgeFinding, ...] = ("judge_inconsistent", "judge_setup_reference")
+    structured_output: bool = True  # JSON schema + guided decoding; the prompt asks for JSON either way
+    sampling: Sampling = Sampling(n=1, temperature=0.0, top_p=1.0, max_tokens=384)
+
+
 class SelectConfig(StageConfig):
     """SFT selection and DPO mining."""
 
@@ -202,6 +217,16 @@ class Engines(BaseModel):
     ask: EngineSettings = EngineSettings()
     vlm: EngineSettings = EngineSettings()
     reasoner: EngineSettings = EngineSettings()
+    judge: EngineSettings = EngineSettings()  # unset: the reasoner's settings
+
+    @model_validator(mode="before")
+    @classmethod
+    def _judge_is_the_reasoner(cls, data: Any) -> Any:
+        """Without its own table the judge is the reasoner: same settings, so the loaded
+        reasoner is parked for the judge and serves it (one model, one load)."""
+        if isinstance(data, dict) and "judge" not in data:
+            data = {**data, "judge": data.get("reasoner", {})}
+        return data
 
 
 class AutomationConfig(BaseModel):
@@ -282,6 +307,7 @@ class PipelineConfig(BaseModel):
     think_harder: ThinkHarderConfig = ThinkHarderConfig()
     verify: VerifyConfig = VerifyConfig()
     scoring: ScoringConfig = ScoringConfig()
+    judge: JudgeConfig = JudgeConfig()
     select: SelectConfig = SelectConfig()
     engines: Engines = Engines()
     storage: str = "data"  # local folder (relative to the config file) or fsspec URL
@@ -306,6 +332,10 @@ class PipelineConfig(BaseModel):
             raise ValueError("think_harder.expand_top_k_by_reward ranks short CoTs by their rationale scores: "
                              "set scoring.enabled = true, or expand_top_k_by_reward = 0")
         return self
+
+    def engine_roles(self) -> list[str]:
+        """The engine roles the pipeline uses: the judge's only when it is on."""
+        return ["ask", "vlm", "reasoner", *(["judge"] if self.judge.enabled else [])]
 
 
 CONFIG_ENV = "LPT_CONFIG"

@@ -126,7 +126,7 @@ def _config(path: Path | None) -> PipelineConfig:
 def _preflight(settings: PipelineConfig, roles: list[str] | None = None) -> list[str]:
     from lpt_resources.engines.preflight import check_engines
 
-    return check_engines(settings.engines, roles)
+    return check_engines(settings.engines, roles or settings.engine_roles())
 
 
 @app.command(short_help="Add a caption source's shards to the instance.")

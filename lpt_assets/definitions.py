@@ -9,6 +9,7 @@ from lpt_assets.assets.curate import build_curation_assets
 from lpt_assets.assets.exports import build_export_assets
 from lpt_assets.assets.generate import build_generation_assets
 from lpt_assets.assets.ingest import captions, usable_captions
+from lpt_assets.assets.judge import build_judge_assets
 from lpt_assets.assets.scoring import build_scoring_assets
 from lpt_assets.checks import build_check_sensors, build_checks
 from lpt_assets.executors import executor_from_env
@@ -35,7 +36,8 @@ def engine_resource(settings: EngineSettings) -> EngineResource:
 
 
 def build_definitions(config: PipelineConfig) -> Definitions:
-    partitioned = [captions, usable_captions, *build_generation_assets(config), *build_scoring_assets(config), *build_curation_assets(config)]
+    partitioned = [captions, usable_captions, *build_generation_assets(config), *build_scoring_assets(config),
+                   *build_curation_assets(config), *build_judge_assets(config)]
     exports = build_export_assets(config)
     pipeline = define_asset_job(
         PIPELINE_JOB,
@@ -69,6 +71,7 @@ def build_definitions(config: PipelineConfig) -> Definitions:
             "ask_engine": engine_resource(config.engines.ask),
             "vlm_engine": engine_resource(config.engines.vlm),
             "reasoner_engine": engine_resource(config.engines.reasoner),
+            **({"judge_engine": engine_resource(config.engines.judge)} if config.judge.enabled else {}),
         },
     )
 

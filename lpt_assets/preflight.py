@@ -10,7 +10,8 @@ from lpt.config import Engines
 from lpt_resources.engines.preflight import EngineCheckError, check_engine
 
 # Which engine role each generation asset uses.
-ROLE_OF_ASSET = {"mcqs": "ask", "simple_cots": "vlm", "rationale_scores": "vlm", "long_cots": "reasoner"}
+ROLE_OF_ASSET = {"mcqs": "ask", "simple_cots": "vlm", "rationale_scores": "vlm", "long_cots": "reasoner",
+                 "judge_verdicts": "judge"}
 _checked: set[tuple[str, str]] = set()  # (run id, role) already checked in this process
 
 

@@ -8,6 +8,8 @@ from typing import Any
 from dagster import AssetKey, AssetRecordsFilter, DagsterInstance
 
 from lpt.config import PipelineConfig
+from lpt.judge import JudgeVerdict
+from lpt.judge import summary as judge_summary
 from lpt.records import Caption, DpoPair, LongCot, PresentedMCQ, Quarantined, SftSample, SimpleCot, Verified
 from lpt.scoring import McqScores
 from lpt.scoring import summary as scoring_summary
@@ -15,7 +17,7 @@ from lpt_assets.assets.curate import accuracy
 from lpt_assets.metadata import ENGINE_COUNTS
 from lpt_resources.storage import ParquetStore
 
-GENERATION_STAGES = ("mcqs", "simple_cots", "rationale_scores", "long_cots")
+GENERATION_STAGES = ("mcqs", "simple_cots", "rationale_scores", "long_cots", "judge_verdicts")
 
 
 def _rows(store: ParquetStore, asset: str, keys: list[str], model) -> list:
@@ -51,6 +53,7 @@ def summarize(store: ParquetStore, instance: DagsterInstance, keys: list[str], c
     sft = _rows(store, "sft_samples", keys, SftSample)
     dpo = _rows(store, "dpo_pairs", keys, DpoPair)
     scores = _rows(store, "rationale_scores", keys, McqScores)
+    judge = judge_summary(_rows(store, "judge_verdicts", keys, JudgeVerdict)) if config.judge.enabled else {}
     quarantine = {
         stage: dict(Counter(q.reason for q in _rows(store, f"{stage}_quarantine", keys, Quarantined)))
         for stage in ("captions", "mcqs")
@@ -75,14 +78,16 @@ def summarize(store: ParquetStore, instance: DagsterInstance, keys: list[str], c
             "captions": quarantine["captions"],
             "mcqs": quarantine["mcqs"],
             "verified": dict(Counter(v.drop_reason for v in verified if v.drop_reason)),
+            **({"judge": judge["dropped"]} if judge else {}),
         },
         "accuracy": {"stage2_short": accuracy(verified, "short"), "stage3_long": accuracy(verified, "long")},
         "leak_reasons": leak_split(verified),
         "scoring": scoring_summary(scores) if scores else {},
+        "judge": judge,
         "labels": dict(Counter(v.label.value for v in verified if v.kept and v.label)),
         "pairs_by_type": dict(Counter(p.pair_type.value for p in dpo)),
         "engines": {stage: _engine_stats(instance, stage, keys) for stage in GENERATION_STAGES
-                    if stage != "rationale_scores" or config.scoring.enabled},
+                    if (stage != "rationale_scores" or config.scoring.enabled) and (stage != "judge_verdicts" or config.judge.enabled)},
         "exports": {
             "llamafactory": f"{exports}/llamafactory",
             "dataset_info": f"{exports}/llamafactory/dataset_info.json",
@@ -120,6 +125,16 @@ def render(summary: dict[str, Any]) -> str:
             f"p10/median/p90 {scoring['reward_p10']}/{scoring['reward_median']}/{scoring['reward_p90']}; "
             f"BiN accuracy vs gold {scoring['bin_accuracy']}; suspect keys {len(scoring['suspect_keys'])}"
             + (f" ({', '.join(scoring['suspect_keys'][:5])})" if scoring["suspect_keys"] else "")
+        ]
+    judge = summary["judge"]
+    if judge:
+        lines += [
+            f"judge verdicts: {judge['judged']} long traces judged; consistent {judge['consistent']}, "
+            f"inconsistent {judge['judge_inconsistent']}, setup reference {judge['judge_setup_reference']}, "
+            f"no verdict {judge['judge_no_verdict']}; dropped "
+            + (", ".join(f"{k}={v}" for k, v in judge["dropped"].items()) or "none")
+            + "; flagged, kept "
+            + (", ".join(f"{k}={v}" for k, v in judge["flagged"].items()) or "none")
         ]
     lines += ["labels kept: " + ", ".join(f"{k}={v}" for k, v in sorted(summary["labels"].items()))]
     lines += ["DPO pairs by type: " + ", ".join(f"{k}={v}" for k, v in sorted(summary["pairs_by_type"].items()))]

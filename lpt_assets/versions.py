@@ -44,5 +44,8 @@ def code_versions(config: PipelineConfig) -> dict[str, str]:
         *([versions["rationale_scores"]] if harder.expand_top_k_by_reward else []),
     )
     versions["verified"] = stage_version(config.verify, None, versions["long_cots"])
-    versions["sft_samples"] = versions["dpo_pairs"] = stage_version(config.select, None, versions["verified"])
+    selected_from = versions["verified"]
+    if config.judge.enabled:  # the judge's drops change what is selected
+        versions["judge_verdicts"] = selected_from = stage_version(config.judge, config.engines.judge, versions["verified"])
+    versions["sft_samples"] = versions["dpo_pairs"] = stage_version(config.select, None, selected_from)
     return versions

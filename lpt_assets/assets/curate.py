@@ -19,6 +19,7 @@ from lpt.records import (
     TrainingPrompt,
     Verified,
 )
+from lpt.judge import JudgeVerdict, apply_verdicts
 from lpt.scoring import McqScores, rewards_by_cot, without_suspects
 from lpt.select import mine_pairs, select_sft
 from lpt.verify import verify_shard
@@ -113,15 +114,20 @@ def build_curation_assets(config: PipelineConfig) -> list[AssetsDefinition]:
 
     def _inputs(store: ParquetStore, key: str) -> tuple[list[Verified], dict[str, TrainingPrompt]]:
         """A shard's verified rows and training prompts; MCQs with a suspect key have no prompt
-        (and so no samples) when the config holds them out."""
+        (and so no samples) when the config holds them out; with the judge on, the traces its
+        verdicts drop are no longer kept (their reason is the judge's)."""
         prompts = training_prompts(store.read("mcqs", key, PresentedMCQ), store.read("captions", key, Caption))
         if config.select.hold_out_suspect_keys:
             prompts = without_suspects(prompts, _scores(store, key))
-        return store.read("verified", key, Verified), prompts
+        rows = store.read("verified", key, Verified)
+        if config.judge.enabled:
+            rows = apply_verdicts(rows, store.read("judge_verdicts", key, JudgeVerdict))
+        return rows, prompts
 
-    scored = ["rationale_scores"] if config.scoring.enabled else []
+    optional = ["rationale_scores"] if config.scoring.enabled else []
+    optional += ["judge_verdicts"] if config.judge.enabled else []
 
-    @asset(code_version=versions["sft_samples"], deps=[verified, *scored], **common)
+    @asset(code_version=versions["sft_samples"], deps=[verified, *optional], **common)
     def sft_samples(context: AssetExecutionContext, store: ParquetStore) -> MaterializeResult:
         """Correct short CoTs, correct extensions and self-corrections, about half X_O, with a
         length-weighted seeded subsample per MCQ."""
@@ -136,7 +142,7 @@ def build_curation_assets(config: PipelineConfig) -> list[AssetsDefinition]:
             })
         return report.result()
 
-    @asset(code_version=versions["dpo_pairs"], deps=[verified, *scored], **common)
+    @asset(code_version=versions["dpo_pairs"], deps=[verified, *optional], **common)
     def dpo_pairs(context: AssetExecutionContext, store: ParquetStore) -> MaterializeResult:
         """Typed preference pairs per MCQ: correctness pairs and compactness pairs (O > O_O)."""
         report = ShardReport(context)

@@ -35,9 +35,10 @@ class ExportRunConfig(Config):
 
 def run_info(config: PipelineConfig) -> dict[str, object]:
     return {
-        "models": {role: settings["model"] for role, settings in config.engines.model_dump().items()},
+        "models": {role: getattr(config.engines, role).model for role in config.engine_roles()},
         "config_fingerprints": {
-            stage: getattr(config, stage).fingerprint() for stage in ("ask", "think", "think_harder", "verify", "select")
+            stage: getattr(config, stage).fingerprint()
+            for stage in ("ask", "think", "think_harder", "verify", *(["judge"] if config.judge.enabled else []), "select")
         },
         "caption_stand_in": config.think.caption_stand_in,
     }

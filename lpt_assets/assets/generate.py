@@ -342,7 +342,8 @@ def build_generation_assets(config: PipelineConfig) -> list[AssetsDefinition]:
                     if not (retry and completion.finish_reason == "length")
                 ])
         finally:
-            _release(context, reasoner_engine, engines.reasoner, None)
+            # the judge, when on and left to the reasoner's settings, picks the loaded model up
+            _release(context, reasoner_engine, engines.reasoner, ("judge_verdicts", engines.judge) if config.judge.enabled else None)
         report = ShardReport(context)
         for key in keys:
             rows = tables.written[key]

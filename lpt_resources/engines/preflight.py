@@ -104,5 +104,6 @@ def _check_server(role: str, settings: EngineSettings, timeout_s: float) -> str:
 
 
 def check_engines(engines: Engines, roles: list[str] | None = None, timeout_s: float = SERVER_TIMEOUT_S) -> list[str]:
-    """Check each role's engine (all roles by default); the first that cannot work raises."""
-    return [check_engine(role, getattr(engines, role), timeout_s) for role in roles or list(Engines.model_fields)]
+    """Check each role's engine (the three generation roles by default; the judge's only when
+    named, as it serves only where the config turns it on); the first that cannot work raises."""
+    return [check_engine(role, getattr(engines, role), timeout_s) for role in roles or ["ask", "vlm", "reasoner"]]
