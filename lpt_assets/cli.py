@@ -334,13 +334,13 @@ def job_execute(
     if partition and partition_range:
         raise UserError("give --partition or --partition-range, not both")
     settings = _config(config)
-    from lpt_assets.definitions import PIPELINE_JOB, STAGE_JOBS
+    from lpt_assets.definitions import PIPELINE_JOB, stage_jobs, stage_roles
 
-    per_shard = job == PIPELINE_JOB or job in STAGE_JOBS
+    per_shard = job == PIPELINE_JOB or job in stage_jobs(settings)
     if per_shard and not (partition or partition_range):
         raise UserError(f"job {job} runs per shard: give --partition KEY or --partition-range START...END (see `lpt register`)")
-    roles = {"ask": ["ask"], "think": ["vlm"], "think_harder": ["reasoner"], PIPELINE_JOB: None}
-    if job in roles:
+    roles: dict[str, list[str] | None] = {**stage_roles(settings), PIPELINE_JOB: None}
+    if job in roles and roles[job] != []:
         _preflight(settings, roles[job])
     pointer = workspace_pointer(workspace, location)
     with _instance() as instance:

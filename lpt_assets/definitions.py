@@ -21,14 +21,27 @@ from lpt_resources.storage import ParquetStore
 
 PIPELINE_JOB = "lpt_pipeline"
 EXPORT_JOB = "lpt_exports"
-# One job per stage, e.g. `lpt job execute -w workspace.yaml -j think_harder --partition KEY`.
-STAGE_JOBS = {
-    "ingest": ("captions", "usable_captions"),
-    "ask": ("mcqs",),
-    "think": ("simple_cots",),
-    "think_harder": ("long_cots",),
-    "curate": ("verified", "sft_samples", "dpo_pairs"),
-}
+
+
+def stage_jobs(config: PipelineConfig) -> dict[str, tuple[str, ...]]:
+    """One job per stage, e.g. `lpt job execute -w workspace.yaml -j think_harder --partition KEY`:
+    `score` where scoring is on; where the judge is on, `curate` judges before it selects (SFT
+    and DPO read the verdicts)."""
+    jobs = {
+        "ingest": ("captions", "usable_captions"),
+        "ask": ("mcqs",),
+        "think": ("simple_cots",),
+        **({"score": ("rationale_scores",)} if config.scoring.enabled else {}),
+        "think_harder": ("long_cots",),
+        "curate": ("verified", *(("judge_verdicts",) if config.judge.enabled else ()), "sft_samples", "dpo_pairs"),
+    }
+    return jobs
+
+
+def stage_roles(config: PipelineConfig) -> dict[str, list[str]]:
+    """The engine roles each stage job uses (checked before it runs)."""
+    return {"ask": ["ask"], "think": ["vlm"], "score": ["vlm"], "think_harder": ["reasoner"],
+            "curate": ["judge"] if config.judge.enabled else []}
 
 
 def engine_resource(settings: EngineSettings) -> EngineResource:
@@ -49,18 +62,18 @@ def build_definitions(config: PipelineConfig) -> Definitions:
         selection=AssetSelection.assets(*exports),
         description="LLaMA-Factory, LaCoT and Hugging Face exports of every finished shard.",
     )
-    stage_jobs = [
+    per_stage = [
         define_asset_job(name, selection=AssetSelection.assets(*assets), description=f"Stage {name}: {', '.join(assets)}.")
-        for name, assets in STAGE_JOBS.items()
+        for name, assets in stage_jobs(config).items()
     ]
     return Definitions(
         assets=[*partitioned, *exports],
         asset_checks=build_checks(config),  # blocking, per shard; jobs selecting an asset run its checks
-        jobs=[pipeline, export, *stage_jobs],
+        jobs=[pipeline, export, *per_stage],
         sensors=[
             build_caption_sensor(config.automation, PIPELINE_JOB),
             build_exports_sensor(config.automation, EXPORT_JOB),
-            *build_check_sensors(config, [pipeline, *stage_jobs]),
+            *build_check_sensors(config, [pipeline, *per_stage]),
         ],
         schedules=[build_backfill_schedule(config.automation, PIPELINE_JOB)],
         # Every job and ad-hoc run: in-process by default (one engine load serves every stage
