@@ -284,8 +284,8 @@ def test_pipeline_two_shards_on_postgres_with_celery_workers(tmp_path, database,
             assert run.status == DagsterRunStatus.SUCCESS
             for asset in GPU_STEPS | CPU_STEPS:
                 assert instance.get_materialized_partitions(AssetKey(asset)) == set(keys), asset
-                for key in keys:
-                    assert (tmp_path / "data" / asset / f"{key}.parquet").exists(), (asset, key)
+                for key in keys:  # every asset but the usable_captions gate writes a table
+                    assert asset == "usable_captions" or (tmp_path / "data" / asset / f"{key}.parquet").exists(), (asset, key)
             for key in keys:  # the GPU worker's steps really asked the model server
                 assert pl.read_parquet(tmp_path / "data" / "long_cots" / f"{key}.parquet").height > 0
             host = socket.gethostname()
