@@ -14,6 +14,7 @@ from lpt_assets.assets.scoring import build_scoring_assets
 from lpt_assets.checks import build_check_sensors, build_checks
 from lpt_assets.executors import executor_from_env
 from lpt_assets.export_automation import build_exports_sensor
+from lpt_assets.preflight import ROLE_OF_ASSET
 from lpt_assets.schedules import build_backfill_schedule
 from lpt_assets.sensors import build_caption_sensor
 from lpt_resources.engines.resource import EngineResource
@@ -27,7 +28,7 @@ def stage_jobs(config: PipelineConfig) -> dict[str, tuple[str, ...]]:
     """One job per stage, e.g. `lpt job execute -w workspace.yaml -j think_harder --partition KEY`:
     `score` where scoring is on; where the judge is on, `curate` judges before it selects (SFT
     and DPO read the verdicts)."""
-    jobs = {
+    return {
         "ingest": ("captions", "usable_captions"),
         "ask": ("mcqs",),
         "think": ("simple_cots",),
@@ -35,13 +36,11 @@ def stage_jobs(config: PipelineConfig) -> dict[str, tuple[str, ...]]:
         "think_harder": ("long_cots",),
         "curate": ("verified", *(("judge_verdicts",) if config.judge.enabled else ()), "sft_samples", "dpo_pairs"),
     }
-    return jobs
 
 
 def stage_roles(config: PipelineConfig) -> dict[str, list[str]]:
-    """The engine roles each stage job uses (checked before it runs)."""
-    return {"ask": ["ask"], "think": ["vlm"], "score": ["vlm"], "think_harder": ["reasoner"],
-            "curate": ["judge"] if config.judge.enabled else []}
+    """The engine roles each stage job uses (checked before it runs), from its assets' roles."""
+    return {job: sorted({ROLE_OF_ASSET[a] for a in assets if a in ROLE_OF_ASSET}) for job, assets in stage_jobs(config).items()}
 
 
 def engine_resource(settings: EngineSettings) -> EngineResource:

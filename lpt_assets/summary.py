@@ -20,6 +20,12 @@ from lpt_resources.storage import ParquetStore
 GENERATION_STAGES = ("mcqs", "simple_cots", "rationale_scores", "long_cots", "judge_verdicts")
 
 
+def generation_stages(config: PipelineConfig) -> list[str]:
+    """The generation stages this config runs: scoring's and the judge's only when they are on."""
+    off = {"rationale_scores": not config.scoring.enabled, "judge_verdicts": not config.judge.enabled}
+    return [stage for stage in GENERATION_STAGES if not off.get(stage)]
+
+
 def _rows(store: ParquetStore, asset: str, keys: list[str], model) -> list:
     return [row for key in keys if store.exists(asset, key) for row in store.read(asset, key, model)]
 
@@ -86,8 +92,7 @@ def summarize(store: ParquetStore, instance: DagsterInstance, keys: list[str], c
         "judge": judge,
         "labels": dict(Counter(v.label.value for v in verified if v.kept and v.label)),
         "pairs_by_type": dict(Counter(p.pair_type.value for p in dpo)),
-        "engines": {stage: _engine_stats(instance, stage, keys) for stage in GENERATION_STAGES
-                    if (stage != "rationale_scores" or config.scoring.enabled) and (stage != "judge_verdicts" or config.judge.enabled)},
+        "engines": {stage: _engine_stats(instance, stage, keys) for stage in generation_stages(config)},
         "exports": {
             "llamafactory": f"{exports}/llamafactory",
             "dataset_info": f"{exports}/llamafactory/dataset_info.json",
