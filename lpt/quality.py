@@ -43,7 +43,7 @@ def _gate(
     """The shared verdict: `ok(value)` decides once there are at least `min_rows` rows."""
     value = _rate(hits, total)
     measured = f"{what} {value} ({hits}/{total})" if value is not None else f"no rows to measure {what} on"
-    if total < min_rows:
+    if value is None or total < min_rows:
         return QualityResult(
             check=check, passed=True, value=value, threshold=threshold, rows=total, judged=False,
             reason=f"{measured}: too few rows to judge (fewer than {min_rows}); passed without judging",

@@ -78,7 +78,8 @@ class CommitResult(BaseModel):
 def _fsspec_reader(path: str) -> bytes:
     import fsspec
 
-    with fsspec.open(path, "rb") as handle:
+    fs, location = fsspec.core.url_to_fs(path)
+    with fs.open(location, "rb") as handle:
         return handle.read()
 
 

@@ -22,14 +22,13 @@ from __future__ import annotations
 
 import difflib
 import hashlib
-import importlib.util
 import io
 import json
 import random
 import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import parse_qsl
 
 import fsspec
@@ -222,7 +221,9 @@ def _row_item(
 
 
 def _sample(spec: SourceSpec, image_root: str) -> Iterator[ShardItem]:
-    skimage_data = Path(importlib.util.find_spec("skimage").submodule_search_locations[0]) / "data"
+    import skimage
+
+    skimage_data = Path(skimage.__file__).parent / "data"
     fs, root = fsspec.core.url_to_fs(image_root)
     fs.makedirs(f"{root}/sample", exist_ok=True)
     for line in SAMPLE_CAPTIONS.read_text().splitlines():
@@ -297,7 +298,8 @@ def _manifest_rows(location: str) -> Iterator[tuple[int, dict[str, Any] | str]]:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        with fsspec.open(location, "rb") as handle:
+        fs, path = fsspec.core.url_to_fs(location)
+        with fs.open(path, "rb") as handle:
             table = pq.read_table(io.BytesIO(handle.read()))
         # Text columns are read as bytes and decoded per row, so one value that is not UTF-8
         # refuses its row, not the file (polars would reject the whole file).
@@ -352,7 +354,8 @@ def _hf(spec: SourceSpec, image_root: str) -> Iterator[ShardItem]:
     fs, root = fsspec.core.url_to_fs(image_root)
     folder = f"{root}/{spec.name}"
     fs.makedirs(folder, exist_ok=True)
-    for index, row in enumerate(dataset):
+    for index, row in enumerate(cast("datasets.Dataset", dataset)):
+        row = cast(dict[str, Any], row)
         image_id = str(row[id_key]) if id_key else f"{spec.name}-{index:07d}"
         image = row.get(image_key)
         description = row.get(text_key)
