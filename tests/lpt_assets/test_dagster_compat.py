@@ -12,7 +12,7 @@ from dagster import (
 )
 from dagster._core.storage.event_log.base import AssetRecordsFilter
 
-from lpt_assets.instance_compat import wipe_partitions
+from lpt_assets._dagster_compat import wipe_partitions
 
 parts = DynamicPartitionsDefinition(name="parts")
 
