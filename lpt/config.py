@@ -8,11 +8,11 @@ import json
 import re
 import os
 import tomllib
-import typing
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
 from lpt.records import PairType
 
@@ -342,6 +342,54 @@ CONFIG_ENV = "LPT_CONFIG"
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "lpt.toml"
 
 
+class _EngineEnvironment(EnvSettingsSource):
+    """Engine overrides from the environment, `LPT_<ROLE>_<FIELD>` (LPT_REASONER_KIND=openai,
+    LPT_REASONER_BASE_URL=http://…; dict fields as JSON), as `engines.<role>.<field>`. The
+    variables are read against `Engines`: the roles' tables sit under `engines`, and two roles
+    (ask, judge) share their names with stage tables. Variables naming no engine field are
+    ignored; `variables` says which variable set each key, for error messages."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            Engines,  # type: ignore[arg-type]  # a plain model: only its fields are read
+            env_prefix="LPT_",
+            env_nested_delimiter="_",
+            env_nested_max_split=1,  # LPT_REASONER_BASE_URL: role `reasoner`, field `base_url`
+            case_sensitive=False,
+        )
+        self.variables: dict[tuple[str, ...], str] = {}
+        self._not_json: dict[str, ValueError] = {}
+
+    def decode_complex_value(self, field_name: str, field: Any, value: Any) -> Any:
+        """A dict field's value that is not JSON is kept as text and reported by __call__,
+        which knows its variable."""
+        try:
+            return super().decode_complex_value(field_name, field, value)
+        except ValueError as error:
+            self._not_json[field_name] = error
+            return value
+
+    def __call__(self) -> dict[str, Any]:
+        roles: dict[str, dict[str, Any]] = {}
+        for role, fields in super().__call__().items():
+            known = {key: value for key, value in fields.items() if key in EngineSettings.model_fields} if isinstance(fields, dict) else {}
+            for key, value in known.items():
+                variable = f"LPT_{role}_{key}".upper()
+                if key in self._not_json and isinstance(value, str):
+                    raise ConfigError(f"${variable}: not a JSON object ({self._not_json[key]})")
+                self.variables[("engines", role, key)] = variable
+            if known:
+                roles[role] = known
+        return {"engines": roles} if roles else {}
+
+
+class PipelineSettings(PipelineConfig, BaseSettings):
+    """PipelineConfig with its sources, as load_config reads it: a TOML file, under the engine
+    overrides from the environment (_EngineEnvironment)."""
+
+    model_config = SettingsConfigDict(frozen=True, extra="forbid")
+
+
 def load_config(path: str | os.PathLike[str] | None = None) -> PipelineConfig:
     """Read a TOML config ($LPT_CONFIG, else lpt.toml beside the package), then apply engine
     overrides from the environment (`LPT_<ROLE>_<FIELD>`, e.g. LPT_REASONER_KIND=openai,
@@ -351,27 +399,16 @@ def load_config(path: str | os.PathLike[str] | None = None) -> PipelineConfig:
     chosen = Path(named or DEFAULT_CONFIG)
     if named and not chosen.is_file():
         raise ConfigError(f"{chosen}: no such config file")
+    environment = _EngineEnvironment()
     try:
-        raw = tomllib.loads(chosen.read_text()) if chosen.exists() else {}
+        file = TomlConfigSettingsSource(PipelineSettings, toml_file=chosen)  # none there: the defaults
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"{chosen}: not valid TOML ({error})") from error
-    engines = raw.setdefault("engines", {})
-    from_env: dict[tuple[str, ...], str] = {}
-    for role in Engines.model_fields:
-        for field, info in EngineSettings.model_fields.items():
-            variable = f"LPT_{role}_{field}".upper()
-            value = os.environ.get(variable)
-            if value is not None:
-                try:
-                    parsed = json.loads(value) if _is_mapping(info.annotation) else value
-                except json.JSONDecodeError as error:
-                    raise ConfigError(f"${variable}: not a JSON object ({error})") from error
-                engines.setdefault(role, {})[field] = parsed
-                from_env[("engines", role, field)] = variable
     try:
-        config = PipelineConfig.model_validate(raw)
+        settings = PipelineSettings(_build_sources=((environment, file), {}))  # the environment wins
     except ValidationError as error:
-        raise ConfigError(describe_config_error(chosen, error, from_env)) from error
+        raise ConfigError(describe_config_error(chosen, error, environment.variables)) from error
+    config = PipelineConfig(**dict(settings))
     return config.model_copy(
         update={
             "storage": _resolve(config.storage, chosen.parent),
@@ -423,12 +460,6 @@ def _fields_at(location: tuple[str, ...]) -> list[str]:
             return []
         model = annotation
     return list(model.model_fields)
-
-
-def _is_mapping(annotation: object) -> bool:
-    """dict fields (also `dict | None`) come from the environment as JSON."""
-    candidates = (annotation, *typing.get_args(annotation))
-    return any(typing.get_origin(c) is dict for c in candidates)
 
 
 def _resolve(location: str, base: Path) -> str:

@@ -2,9 +2,10 @@
 
 Dagster's public API answers one asset partition (or one check of one partition) at a time; a
 schedule tick at 16k shards cannot afford that. These functions read a whole asset, or every
-check, in one query each. The non-public storage calls they need (Dagster 1.13, on any SQL
-storage) live here and nowhere else; tests/lpt_assets/test_bulk_reads.py runs them on sqlite
-and on Postgres, so an upgrade that changes them fails there first.
+check, in one query each. The event-log storage methods they call (Dagster 1.13, on any SQL
+storage) are called here and nowhere else, and the names Dagster does not export come from
+_dagster_compat.py; tests/lpt_assets/test_bulk_reads.py runs them on sqlite and on Postgres, so
+an upgrade that changes them fails there first.
 """
 
 from __future__ import annotations
@@ -18,9 +19,9 @@ from dagster import (
     DagsterEventType,
     DagsterInstance,
 )
-from dagster._core.definitions.data_version import CODE_VERSION_TAG, DATA_VERSION_TAG
-from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
 from pydantic import BaseModel, ConfigDict
+
+from lpt_assets._dagster_compat import CODE_VERSION_TAG, DATA_VERSION_TAG, AssetCheckExecutionRecordStatus
 
 # A data version is a hash that includes the code version that made it (Dagster's logical
 # data versions), so what it maps to never changes: remembered for the life of the process

@@ -42,11 +42,6 @@ from dagster import (
     multi_asset_check,
     run_failure_sensor,
 )
-from dagster._core.definitions.asset_checks.asset_check_evaluation import (
-    AssetCheckEvaluationTargetMaterializationData,
-)
-from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
-from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
 from lpt.config import PipelineConfig
 from lpt.quality import (
@@ -60,6 +55,12 @@ from lpt.quality import (
 )
 from lpt.records import DpoPair, LongCot, PresentedMCQ, Quarantined, SimpleCot, Verified
 from lpt.verify import verify_short
+from lpt_assets._dagster_compat import (
+    ASSET_PARTITION_RANGE_END_TAG,
+    ASSET_PARTITION_RANGE_START_TAG,
+    AssetCheckEvaluationTargetMaterializationData,
+    UnresolvedAssetJobDefinition,
+)
 from lpt_assets.bulk_reads import latest_check_failures
 from lpt_assets.partitions import contiguous, shards, shards_of_run
 from lpt_resources.storage import ParquetStore

@@ -14,7 +14,9 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
+import click
 import typer
+from typer.core import TyperGroup
 
 if TYPE_CHECKING:
     from dagster import DagsterInstance
@@ -49,24 +51,29 @@ def user_error_message(error: BaseException) -> str | None:
     return None
 
 
-def _debug() -> bool:
+def _debug_env() -> bool:
     return os.environ.get(DEBUG_ENV, "").lower() in {"1", "true", "yes", "on"}
 
 
-class _Lpt(typer.Typer):
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+class _Commands(TyperGroup):
+    """lpt's commands: a user's mistake any of them raises becomes one line on stderr and exit
+    code 2, unless the group's own `--debug` (read from its parsed options) or LPT_DEBUG=1 asks
+    for the traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
         try:
-            return super().__call__(*args, **kwargs)
+            return super().invoke(ctx)
         except Exception as error:
             message = user_error_message(error)
-            if message is None or _debug():
+            if message is None or ctx.params.get("debug") or _debug_env():
                 raise
             typer.echo(f"lpt: {message}", err=True)
             typer.echo("(run with --debug for the traceback)", err=True)
             sys.exit(2)
 
 
-app = _Lpt(
+app = typer.Typer(
+    cls=_Commands,
     no_args_is_help=True,
     add_completion=False,
     help=__doc__.split("\n\n")[0],
@@ -95,8 +102,7 @@ def _check_log_level(level: str) -> None:
 def main(
     debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks (also LPT_DEBUG=1).")] = False,
 ) -> None:
-    if debug:
-        os.environ[DEBUG_ENV] = "1"
+    """`--debug` is read by _Commands, around every command."""
 
 
 def _instance() -> DagsterInstance:
@@ -108,18 +114,20 @@ def _instance() -> DagsterInstance:
     from dagster import DagsterInstance
     from filelock import FileLock
 
-    os.environ.setdefault("DAGSTER_HOME", str(REPO_DAGSTER_HOME))
-    home = Path(os.environ["DAGSTER_HOME"])
+    home = Path(os.environ.get("DAGSTER_HOME") or REPO_DAGSTER_HOME).expanduser()
     home.mkdir(parents=True, exist_ok=True)
     with FileLock(home / ".lpt-instance.lock"):
-        return DagsterInstance.get()
+        return DagsterInstance.from_config(str(home))
 
 
 def _config(path: Path | None) -> PipelineConfig:
     from lpt.config import load_config
 
     if path is not None:
-        os.environ["LPT_CONFIG"] = str(path.resolve())  # so the code location sees the same config
+        # The one setting passed through the environment: the code location that Dagster imports
+        # by itself (`lpt_assets.definitions`, here and in each step subprocess a multiprocess
+        # executor starts) reads its config from $LPT_CONFIG, and takes no argument.
+        os.environ["LPT_CONFIG"] = str(path.resolve())
     return load_config(path)
 
 
@@ -207,8 +215,7 @@ def check(config: ConfigOption = None) -> None:
 def run_pipeline(instance: DagsterInstance, config: PipelineConfig, keys: list[str], log_level: str = "INFO") -> None:
     """One run for all the shards (a single engine load), then the exports; Dagster's console
     log shows `log_level` and above (its own default, DEBUG, buries the summary)."""
-    from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
-
+    from lpt_assets._dagster_compat import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
     from lpt_assets.definitions import EXPORT_JOB, PIPELINE_JOB, build_definitions
 
     defs = build_definitions(config)
@@ -326,9 +333,9 @@ def job_execute(
     with the code location taken from a workspace file and the partition (or range) turned into
     Dagster's own partition tags, then print the summary of the shards it ran (as `lpt demo`
     does). Exits non-zero when the run fails."""
-    import click
     from dagster import DagsterError
-    from dagster._cli.job import execute_execute_command
+
+    from lpt_assets._dagster_compat import execute_job_command
 
     _check_log_level(log_level)
     if partition and partition_range:
@@ -345,8 +352,8 @@ def job_execute(
     pointer = workspace_pointer(workspace, location)
     with _instance() as instance:
         try:
-            result = execute_execute_command(
-                python_pointer_opts=pointer,
+            result = execute_job_command(
+                pointer=pointer,
                 instance=instance,
                 job_name=job,
                 tags=tags,

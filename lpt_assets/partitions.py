@@ -4,11 +4,8 @@ the few rules for grouping them into runs (ranges must be contiguous in registra
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 
 from dagster import DagsterInstance, DagsterRunStatus, DynamicPartitionsDefinition, RunsFilter
-from dagster._core.storage.tags import (
-    ASSET_PARTITION_RANGE_END_TAG,
-    ASSET_PARTITION_RANGE_START_TAG,
-    PARTITION_NAME_TAG,
-)
+
+from lpt_assets._dagster_compat import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG, PARTITION_NAME_TAG
 
 shards = DynamicPartitionsDefinition(name="shards")
 # Runs that still hold their shards: not to be doubled, nor their shards removed under them.

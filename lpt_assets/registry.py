@@ -11,8 +11,8 @@ from sqlalchemy.exc import IntegrityError
 
 from lpt.config import PipelineConfig
 from lpt.export.parts import Exporter
+from lpt_assets._dagster_compat import wipe_partitions
 from lpt_assets.bulk_reads import registered_among
-from lpt_assets.instance_compat import wipe_partitions
 from lpt_assets.partitions import chunks, shards, shards_in_flight
 from lpt_resources.captions.sources import ShardItem, SourceSpec, parse_spec, read_items, shard
 from lpt_resources.storage import ParquetStore

@@ -37,11 +37,10 @@ from dagster import (
     SkipReason,
     schedule,
 )
-from dagster._core.definitions.assets.graph.base_asset_graph import BaseAssetGraph
-from dagster._core.storage.tags import RUN_KEY_TAG, SCHEDULE_NAME_TAG
 
 from lpt.config import AutomationConfig
 from lpt.records import stable_id
+from lpt_assets._dagster_compat import RUN_KEY_TAG, SCHEDULE_NAME_TAG, BaseAssetGraph
 from lpt_assets.bulk_reads import Latest, code_versions_of, latest_check_failures, latest_materializations, materialization_metadata
 from lpt_assets.partitions import contiguous, shards, shards_in_flight
 from lpt_assets.sensors import shard_run_request

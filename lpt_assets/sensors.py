@@ -22,10 +22,10 @@ from dagster import (
     SkipReason,
     sensor,
 )
-from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 from pydantic import BaseModel
 
 from lpt.config import AutomationConfig
+from lpt_assets._dagster_compat import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 from lpt_assets.partitions import chunks
 from lpt_assets.registry import register_source
 from lpt_resources.storage import ParquetStore

@@ -138,3 +138,19 @@ def test_scoring_needs_an_engine_that_scores_and_top_k_needs_scoring():
         PipelineConfig.model_validate({"think_harder": {"expand_top_k_by_reward": 2}})
     on = PipelineConfig.model_validate({"scoring": {"enabled": True}, "think_harder": {"expand_top_k_by_reward": 2}})
     assert on.think_harder.expand_top_k_by_reward == 2
+
+
+def test_an_engine_variable_that_is_not_json_or_no_field_is_named_or_ignored(tmp_path, monkeypatch):
+    """A dict field's variable that is not JSON is named; a variable naming no engine field,
+    or no role, is not the config's (as LPT_CELERY_BROKER is the executor's)."""
+    import pytest
+
+    from lpt.config import ConfigError
+
+    (tmp_path / "c.toml").write_text("")
+    monkeypatch.setenv("LPT_VLM_KINDD", "vllm")
+    monkeypatch.setenv("LPT_CELERY_BROKER", "redis://h:6379/0")
+    assert load_config(tmp_path / "c.toml").engines.vlm.kind == "transformers"
+    monkeypatch.setenv("LPT_VLM_ENGINE_KWARGS", "{max_num_seqs: 4}")
+    with pytest.raises(ConfigError, match=r"^\$LPT_VLM_ENGINE_KWARGS: not a JSON object \("):
+        load_config(tmp_path / "c.toml")
