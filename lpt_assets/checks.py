@@ -53,7 +53,7 @@ from lpt.quality import (
     parse_rate,
     truncation_rate,
 )
-from lpt.records import DpoPair, LongCot, PresentedMCQ, Quarantined, SimpleCot, Verified
+from lpt.tables import DPO_PAIRS, LONG_COTS, MCQS, MCQS_QUARANTINE, SIMPLE_COTS, VERIFIED
 from lpt.verify import verify_short
 from lpt_assets._dagster_compat import (
     ASSET_PARTITION_RANGE_END_TAG,
@@ -69,18 +69,18 @@ UNBLOCK_SENSOR = "unblock_passing_shards"
 UNBLOCKED_FROM_TAG = "lpt/unblocked_from"  # on a follow-up run: the run a failed check stopped
 # asset -> its checks, with what each one guards against (the UI shows these descriptions)
 CHECKS: dict[str, dict[str, str]] = {
-    "mcqs": {"mcq_validity": "Valid MCQs among all the ask model proposed (refused ones included)."},
-    "simple_cots": {
+    MCQS.name: {"mcq_validity": "Valid MCQs among all the ask model proposed (refused ones included)."},
+    SIMPLE_COTS.name: {
         "parse_rate": "Short CoTs whose answer could be parsed and graded, among those that finished.",
         "truncation_rate": "Short CoTs cut at the token limit.",
     },
-    "long_cots": {"truncation_rate": "Continuations still cut at the token limit after the retry."},
-    "verified": {
+    LONG_COTS.name: {"truncation_rate": "Continuations still cut at the token limit after the retry."},
+    VERIFIED.name: {
         "leak_rate": "Graded traces dropped because they leak the setup (description, text, ...).",
         "short_accuracy": "Short-CoT accuracy within its band: too low is broken, too high is too easy.",
         "long_accuracy": "Long-CoT accuracy within its band: too low is broken, too high is too easy.",
     },
-    "dpo_pairs": {"pair_balance": "No DPO pair type dominates, and a shard with enough MCQs yields pairs."},
+    DPO_PAIRS.name: {"pair_balance": "No DPO pair type dominates, and a shard with enough MCQs yields pairs."},
 }
 
 
@@ -91,24 +91,24 @@ def check_keys() -> list[AssetCheckKey]:
 def _judge(asset: str, store: ParquetStore, key: str, config: PipelineConfig) -> list[QualityResult]:
     """Every check of one asset on one shard, in the order of CHECKS[asset]."""
     limits = config.checks
-    if asset == "mcqs":
-        return [mcq_validity(store.read("mcqs", key, PresentedMCQ), store.read("mcqs_quarantine", key, Quarantined), limits)]
-    if asset == "simple_cots":
-        shorts = store.read("simple_cots", key, SimpleCot)
-        items = {i.mcq.mcq_id: i for i in store.read("mcqs", key, PresentedMCQ)}
+    if asset == MCQS.name:
+        return [mcq_validity(store.read(MCQS, key), store.read(MCQS_QUARANTINE, key), limits)]
+    if asset == SIMPLE_COTS.name:
+        shorts = store.read(SIMPLE_COTS, key)
+        items = {i.mcq.mcq_id: i for i in store.read(MCQS, key)}
         graded = [verify_short(c, items[c.mcq_id], config.verify) for c in shorts if c.mcq_id in items]
         return [parse_rate(graded, limits), truncation_rate(shorts, limits.max_truncation_rate_short, limits)]
-    if asset == "long_cots":
-        return [truncation_rate(store.read("long_cots", key, LongCot), limits.max_truncation_rate_long, limits)]
-    if asset == "verified":
-        rows = store.read("verified", key, Verified)
+    if asset == LONG_COTS.name:
+        return [truncation_rate(store.read(LONG_COTS, key), limits.max_truncation_rate_long, limits)]
+    if asset == VERIFIED.name:
+        rows = store.read(VERIFIED, key)
         return [
             leak_rate(rows, limits),
             accuracy_band(rows, "short", limits.short_accuracy, limits),
             accuracy_band(rows, "long", limits.long_accuracy, limits),
         ]
-    if asset == "dpo_pairs":
-        return [pair_balance(store.read("dpo_pairs", key, DpoPair), len(store.read("mcqs", key, PresentedMCQ)), limits)]
+    if asset == DPO_PAIRS.name:
+        return [pair_balance(store.read(DPO_PAIRS, key), len(store.read(MCQS, key)), limits)]
     raise ValueError(f"no checks for asset {asset!r}")
 
 

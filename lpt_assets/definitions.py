@@ -2,9 +2,23 @@
 
 from __future__ import annotations
 
-from dagster import AssetSelection, Definitions, define_asset_job
+from collections.abc import Sequence
+
+from dagster import AssetKey, AssetsDefinition, AssetSelection, AssetSpec, Definitions, define_asset_job
 
 from lpt.config import EngineSettings, PipelineConfig, load_config
+from lpt.tables import (
+    CAPTIONS,
+    DPO_PAIRS,
+    JUDGE_VERDICTS,
+    LONG_COTS,
+    MCQS,
+    QUARANTINES,
+    RATIONALE_SCORES,
+    SFT_SAMPLES,
+    SIMPLE_COTS,
+    VERIFIED,
+)
 from lpt_assets.assets.curate import build_curation_assets
 from lpt_assets.assets.exports import build_export_assets
 from lpt_assets.assets.generate import build_generation_assets
@@ -14,7 +28,9 @@ from lpt_assets.assets.scoring import build_scoring_assets
 from lpt_assets.checks import build_check_sensors, build_checks
 from lpt_assets.executors import executor_from_env
 from lpt_assets.export_automation import build_exports_sensor
+from lpt_assets.partitions import shards
 from lpt_assets.preflight import ROLE_OF_ASSET
+from lpt_assets.registry import SHARD_MANIFEST
 from lpt_assets.schedules import build_backfill_schedule
 from lpt_assets.sensors import build_caption_sensor
 from lpt_resources.engines.resource import EngineResource
@@ -29,18 +45,36 @@ def stage_jobs(config: PipelineConfig) -> dict[str, tuple[str, ...]]:
     `score` where scoring is on; where the judge is on, `curate` judges before it selects (SFT
     and DPO read the verdicts)."""
     return {
-        "ingest": ("captions", "usable_captions"),
-        "ask": ("mcqs",),
-        "think": ("simple_cots",),
-        **({"score": ("rationale_scores",)} if config.scoring.enabled else {}),
-        "think_harder": ("long_cots",),
-        "curate": ("verified", *(("judge_verdicts",) if config.judge.enabled else ()), "sft_samples", "dpo_pairs"),
+        "ingest": (CAPTIONS.name, usable_captions.key.to_user_string()),
+        "ask": (MCQS.name,),
+        "think": (SIMPLE_COTS.name,),
+        **({"score": (RATIONALE_SCORES.name,)} if config.scoring.enabled else {}),
+        "think_harder": (LONG_COTS.name,),
+        "curate": (VERIFIED.name, *((JUDGE_VERDICTS.name,) if config.judge.enabled else ()), SFT_SAMPLES.name, DPO_PAIRS.name),
     }
 
 
 def stage_roles(config: PipelineConfig) -> dict[str, list[str]]:
     """The engine roles each stage job uses (checked before it runs), from its assets' roles."""
     return {job: sorted({ROLE_OF_ASSET[a] for a in assets if a in ROLE_OF_ASSET}) for job, assets in stage_jobs(config).items()}
+
+
+def table_specs(producers: Sequence[AssetsDefinition]) -> list[AssetSpec]:
+    """Tables no asset returns, so the catalog lists them too. They are not executable: each
+    quarantine is recorded per shard by the asset that writes it (its producer, whose group it
+    joins); the shard manifest is written by `lpt register`, which records nothing (registration
+    costs the same per shard as before), and no asset depends on it (a new dependency of
+    `captions` would mark every shard already made stale)."""
+    groups = {key: group for producer in producers for key, group in producer.group_names_by_key.items()}
+    quarantines = [
+        AssetSpec(quarantine.name, deps=[table.name], partitions_def=shards, group_name=groups[AssetKey(table.name)],
+                  description=quarantine.description, kinds={"parquet"}, metadata={"table": quarantine.name})
+        for table, quarantine in QUARANTINES.items()
+        if AssetKey(table.name) in groups
+    ]
+    manifest = AssetSpec(SHARD_MANIFEST.name, partitions_def=shards, group_name=groups[AssetKey(CAPTIONS.name)],
+                         description=SHARD_MANIFEST.description, kinds={"parquet"}, metadata={"table": SHARD_MANIFEST.name})
+    return [manifest, *quarantines]
 
 
 def engine_resource(settings: EngineSettings) -> EngineResource:
@@ -66,7 +100,7 @@ def build_definitions(config: PipelineConfig) -> Definitions:
         for name, assets in stage_jobs(config).items()
     ]
     return Definitions(
-        assets=[*partitioned, *exports],
+        assets=[*partitioned, *exports, *table_specs(partitioned)],
         asset_checks=build_checks(config),  # blocking, per shard; jobs selecting an asset run its checks
         jobs=[pipeline, export, *per_stage],
         sensors=[

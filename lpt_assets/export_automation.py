@@ -32,12 +32,13 @@ from dagster import (
 from pydantic import BaseModel, ConfigDict
 
 from lpt.config import AutomationConfig
+from lpt.tables import DPO_PAIRS, LONG_COTS, MCQS, RATIONALE_SCORES, SFT_SAMPLES, SIMPLE_COTS, VERIFIED
 from lpt_assets.partitions import IN_FLIGHT
 
 EXPORTS_SENSOR = "exports_sensor"
 TRIGGER_TAG = "lpt/trigger"
 # the per-shard assets whose materialization can change what a shard exports
-WATCHED = ("mcqs", "simple_cots", "rationale_scores", "long_cots", "verified", "sft_samples", "dpo_pairs")
+WATCHED = tuple(t.name for t in (MCQS, SIMPLE_COTS, RATIONALE_SCORES, LONG_COTS, VERIFIED, SFT_SAMPLES, DPO_PAIRS))
 FINISHED = {DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED}
 _PAGE = 1000
 

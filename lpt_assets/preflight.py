@@ -7,11 +7,12 @@ from __future__ import annotations
 from dagster import AssetExecutionContext, AssetKey, Failure
 
 from lpt.config import Engines
+from lpt.tables import JUDGE_VERDICTS, LONG_COTS, MCQS, RATIONALE_SCORES, SIMPLE_COTS
 from lpt_resources.engines.preflight import EngineCheckError, check_engine
 
 # Which engine role each generation asset uses.
-ROLE_OF_ASSET = {"mcqs": "ask", "simple_cots": "vlm", "rationale_scores": "vlm", "long_cots": "reasoner",
-                 "judge_verdicts": "judge"}
+ROLE_OF_ASSET = {MCQS.name: "ask", SIMPLE_COTS.name: "vlm", RATIONALE_SCORES.name: "vlm", LONG_COTS.name: "reasoner",
+                 JUDGE_VERDICTS.name: "judge"}
 _checked: set[tuple[str, str]] = set()  # (run id, role) already checked in this process
 
 

@@ -11,13 +11,16 @@ from sqlalchemy.exc import IntegrityError
 
 from lpt.config import PipelineConfig
 from lpt.export.parts import Exporter
+from lpt.tables import Table
 from lpt_assets._dagster_compat import wipe_partitions
 from lpt_assets.bulk_reads import registered_among
 from lpt_assets.partitions import chunks, shards, shards_in_flight
 from lpt_resources.captions.sources import ShardItem, SourceSpec, parse_spec, read_items, shard
 from lpt_resources.storage import ParquetStore
 
-SHARD_MANIFEST = "shard_manifest"
+SHARD_MANIFEST = Table(
+    "shard_manifest", ShardItem, "Each registered shard's items as its source listed them, before any check (`lpt register`)."
+)
 _CHUNK = 1000  # keys per query: below every database's limit on bound parameters
 
 
@@ -41,14 +44,14 @@ def register_source(spec_text: str, store: ParquetStore, instance: DagsterInstan
     grouped = shard(spec, items)
     for key, shard_items in grouped.items():
         if store.exists(SHARD_MANIFEST, key):
-            registered = store.read(SHARD_MANIFEST, key, ShardItem)
+            registered = store.read(SHARD_MANIFEST, key)
             if registered != shard_items:
                 raise RegistryError(
                     f"shard {key} is already registered with different contents: register the changed "
                     "data under a new name (…?name=NEW), or replace it with `lpt register --replace`"
                 )
         else:
-            store.write(SHARD_MANIFEST, key, shard_items, ShardItem)
+            store.write(SHARD_MANIFEST, key, shard_items)
     keys = sorted(grouped)  # single-run backfills merge contiguous ranges: register in order
     added = add_shards(instance, keys)
     return Registration(source=spec.name, shards=keys, added=added, items=len(items))

@@ -8,26 +8,38 @@ from typing import Any
 from dagster import AssetKey, AssetRecordsFilter, DagsterInstance
 
 from lpt.config import PipelineConfig
-from lpt.judge import JudgeVerdict
 from lpt.judge import summary as judge_summary
-from lpt.records import Caption, DpoPair, LongCot, PresentedMCQ, Quarantined, SftSample, SimpleCot, Verified
-from lpt.scoring import McqScores
+from lpt.records import Verified
 from lpt.scoring import summary as scoring_summary
+from lpt.tables import (
+    CAPTIONS,
+    DPO_PAIRS,
+    JUDGE_VERDICTS,
+    LONG_COTS,
+    MCQS,
+    QUARANTINES,
+    RATIONALE_SCORES,
+    SFT_SAMPLES,
+    SIMPLE_COTS,
+    VERIFIED,
+    M,
+    Table,
+)
 from lpt_assets.assets.curate import accuracy
 from lpt_assets.metadata import ENGINE_COUNTS
 from lpt_resources.storage import ParquetStore
 
-GENERATION_STAGES = ("mcqs", "simple_cots", "rationale_scores", "long_cots", "judge_verdicts")
+GENERATION_STAGES = tuple(t.name for t in (MCQS, SIMPLE_COTS, RATIONALE_SCORES, LONG_COTS, JUDGE_VERDICTS))
 
 
 def generation_stages(config: PipelineConfig) -> list[str]:
     """The generation stages this config runs: scoring's and the judge's only when they are on."""
-    off = {"rationale_scores": not config.scoring.enabled, "judge_verdicts": not config.judge.enabled}
+    off = {RATIONALE_SCORES.name: not config.scoring.enabled, JUDGE_VERDICTS.name: not config.judge.enabled}
     return [stage for stage in GENERATION_STAGES if not off.get(stage)]
 
 
-def _rows(store: ParquetStore, asset: str, keys: list[str], model) -> list:
-    return [row for key in keys if store.exists(asset, key) for row in store.read(asset, key, model)]
+def _rows(store: ParquetStore, table: Table[M], keys: list[str]) -> list[M]:
+    return [row for key in keys if store.exists(table, key) for row in store.read(table, key)]
 
 
 def _engine_stats(instance: DagsterInstance, asset: str, keys: list[str]) -> dict[str, Any]:
@@ -51,18 +63,17 @@ def _engine_stats(instance: DagsterInstance, asset: str, keys: list[str]) -> dic
 
 
 def summarize(store: ParquetStore, instance: DagsterInstance, keys: list[str], config: PipelineConfig) -> dict[str, Any]:
-    captions = _rows(store, "captions", keys, Caption)
-    mcqs = _rows(store, "mcqs", keys, PresentedMCQ)
-    shorts = _rows(store, "simple_cots", keys, SimpleCot)
-    longs = _rows(store, "long_cots", keys, LongCot)
-    verified = _rows(store, "verified", keys, Verified)
-    sft = _rows(store, "sft_samples", keys, SftSample)
-    dpo = _rows(store, "dpo_pairs", keys, DpoPair)
-    scores = _rows(store, "rationale_scores", keys, McqScores)
-    judge = judge_summary(_rows(store, "judge_verdicts", keys, JudgeVerdict)) if config.judge.enabled else {}
+    captions = _rows(store, CAPTIONS, keys)
+    mcqs = _rows(store, MCQS, keys)
+    shorts = _rows(store, SIMPLE_COTS, keys)
+    longs = _rows(store, LONG_COTS, keys)
+    verified = _rows(store, VERIFIED, keys)
+    sft = _rows(store, SFT_SAMPLES, keys)
+    dpo = _rows(store, DPO_PAIRS, keys)
+    scores = _rows(store, RATIONALE_SCORES, keys)
+    judge = judge_summary(_rows(store, JUDGE_VERDICTS, keys)) if config.judge.enabled else {}
     quarantine = {
-        stage: dict(Counter(q.reason for q in _rows(store, f"{stage}_quarantine", keys, Quarantined)))
-        for stage in ("captions", "mcqs")
+        stage.name: dict(Counter(q.reason for q in _rows(store, QUARANTINES[stage], keys))) for stage in (CAPTIONS, MCQS)
     }
     exports = config.exports.rstrip("/")  # a folder or a URL (s3://…): joined as text
     return {

@@ -10,6 +10,7 @@ fresh, before anything has run.
 from lpt.config import EngineSettings, PipelineConfig, StageConfig
 from lpt.parse import MCQ_RULES_VERSION, TRACE_RULES_VERSION
 from lpt.records import stable_id
+from lpt.tables import CAPTIONS, DPO_PAIRS, JUDGE_VERDICTS, LONG_COTS, MCQS, RATIONALE_SCORES, SFT_SAMPLES, SIMPLE_COTS, VERIFIED
 from lpt_assets.assets.ingest import CAPTIONS_VERSION
 
 
@@ -26,26 +27,27 @@ def code_versions(config: PipelineConfig) -> dict[str, str]:
     best-rewarded ones."""
     leak_words = config.verify.leak_words
     think, harder = config.think, config.think_harder
-    versions = {"captions": CAPTIONS_VERSION}
-    versions["mcqs"] = stage_version(config.ask, config.engines.ask, versions["captions"], MCQ_RULES_VERSION)
-    versions["simple_cots"] = stage_version(
+    mcqs = stage_version(config.ask, config.engines.ask, CAPTIONS_VERSION, MCQ_RULES_VERSION)
+    simple_cots = stage_version(
         think,
         config.engines.vlm,
-        versions["mcqs"],
+        mcqs,
         leak_words if think.caption_stand_in and think.ban_leak_words_in_stand_in else (),
     )
-    versions["rationale_scores"] = stage_version(config.scoring, config.engines.vlm, versions["simple_cots"], TRACE_RULES_VERSION)
-    versions["long_cots"] = stage_version(
+    scores = stage_version(config.scoring, config.engines.vlm, simple_cots, TRACE_RULES_VERSION)
+    long_cots = stage_version(
         harder,
         config.engines.reasoner,
-        versions["simple_cots"],
+        simple_cots,
         leak_words if harder.ban_leak_words else (),
         TRACE_RULES_VERSION,
-        *([versions["rationale_scores"]] if harder.expand_top_k_by_reward else []),
+        *([scores] if harder.expand_top_k_by_reward else []),
     )
-    versions["verified"] = stage_version(config.verify, None, versions["long_cots"])
-    selected_from = versions["verified"]
+    verified = stage_version(config.verify, None, long_cots)
+    versions = {CAPTIONS: CAPTIONS_VERSION, MCQS: mcqs, SIMPLE_COTS: simple_cots, RATIONALE_SCORES: scores,
+                LONG_COTS: long_cots, VERIFIED: verified}
+    selected_from = verified
     if config.judge.enabled:  # the judge's drops change what is selected
-        versions["judge_verdicts"] = selected_from = stage_version(config.judge, config.engines.judge, versions["verified"])
-    versions["sft_samples"] = versions["dpo_pairs"] = stage_version(config.select, None, selected_from)
-    return versions
+        versions[JUDGE_VERDICTS] = selected_from = stage_version(config.judge, config.engines.judge, verified)
+    versions[SFT_SAMPLES] = versions[DPO_PAIRS] = stage_version(config.select, None, selected_from)
+    return {table.name: version for table, version in versions.items()}

@@ -13,13 +13,15 @@ import types
 import typing
 import uuid
 from collections.abc import Iterable, Sequence
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, overload
 
 import fsspec
 import polars as pl
 import pyarrow.parquet as pq
 from dagster import ConfigurableResource
 from pydantic import BaseModel, PrivateAttr
+
+from lpt.tables import Table
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -83,8 +85,26 @@ def from_frame(frame: pl.DataFrame, model: type[M]) -> list[M]:
     return rows
 
 
+def _name(table: Table | str) -> str:
+    return table if isinstance(table, str) else table.name
+
+
+def _typed(table: Table[M] | str, model: type[M] | None) -> Table[M]:
+    """The table to read or write. A bare name with its record type is the older spelling, kept
+    while generate.py, judge.py, scoring.py and some tests still use it (issue 14)."""
+    if isinstance(table, str):
+        if model is None:
+            raise TypeError(f"reading or writing {table!r} by name needs its record type")
+        return Table(table, model)
+    if model is not None and model is not table.record:
+        raise TypeError(f"{table.name} holds {table.record.__name__} rows, not {model.__name__}")
+    return table
+
+
 class ParquetStore(ConfigurableResource):
-    """Where every asset keeps its tables: `{base}/{asset}/{partition}.parquet`."""
+    """Where every asset keeps its tables: `{base}/{table}/{partition}.parquet`. Tables come from
+    lpt/tables.py (`store.read(MCQS, key)` is a `list[PresentedMCQ]`); the frame-level methods
+    also take a bare name, for tables whose frames carry their own schema."""
 
     base: str
 
@@ -96,22 +116,30 @@ class ParquetStore(ConfigurableResource):
             self._fs, self._root = fsspec.core.url_to_fs(self.base)
         return self._fs, self._root
 
-    def path(self, asset: str, partition: str | None = None) -> str:
+    def path(self, table: Table | str, partition: str | None = None) -> str:
         _, root = self._filesystem()
-        return f"{root.rstrip('/')}/{asset}/{partition or 'all'}.parquet"
+        return f"{root.rstrip('/')}/{_name(table)}/{partition or 'all'}.parquet"
 
-    def exists(self, asset: str, partition: str | None = None) -> bool:
+    def exists(self, table: Table | str, partition: str | None = None) -> bool:
         fs, _ = self._filesystem()
-        return fs.exists(self.path(asset, partition))
+        return fs.exists(self.path(table, partition))
 
-    def write(
-        self, asset: str, partition: str | None, rows: Iterable[BaseModel], model: type[BaseModel]
-    ) -> str:
-        return self.write_frame(asset, partition, to_frame(rows, model))
+    @overload
+    def write(self, table: Table[M], partition: str | None, rows: Iterable[M]) -> str: ...
+    @overload
+    def write(self, table: str, partition: str | None, rows: Iterable[M], model: type[M]) -> str: ...
+    def write(self, table: Table | str, partition: str | None, rows: Iterable[BaseModel], model: type[BaseModel] | None = None) -> str:
+        """Rows of the table's record type only: a row of another type is a bug upstream."""
+        typed = _typed(table, model)
+        rows = list(rows)
+        wrong = sorted({type(row).__name__ for row in rows if not isinstance(row, typed.record)})
+        if wrong:
+            raise TypeError(f"{typed.name} holds {typed.record.__name__} rows, not {', '.join(wrong)}")
+        return self.write_frame(typed.name, partition, to_frame(rows, typed.record))
 
-    def write_frame(self, asset: str, partition: str | None, frame: pl.DataFrame) -> str:
+    def write_frame(self, table: Table | str, partition: str | None, frame: pl.DataFrame) -> str:
         fs, _ = self._filesystem()
-        target = self.path(asset, partition)
+        target = self.path(table, partition)
         folder = target.rsplit("/", 1)[0]
         fs.makedirs(folder, exist_ok=True)
         buffer = io.BytesIO()
@@ -126,32 +154,37 @@ class ParquetStore(ConfigurableResource):
                 fs.rm(temporary)
         return target
 
-    def read(self, asset: str, partition: str | None, model: type[M]) -> list[M]:
-        return from_frame(self.read_frame(asset, partition), model)
+    @overload
+    def read(self, table: Table[M], partition: str | None) -> list[M]: ...
+    @overload
+    def read(self, table: str, partition: str | None, model: type[M]) -> list[M]: ...
+    def read(self, table: Table | str, partition: str | None, model: type[BaseModel] | None = None) -> list:
+        typed = _typed(table, model)
+        return from_frame(self.read_frame(typed.name, partition), typed.record)
 
-    def read_frame(self, asset: str, partition: str | None = None, columns: Sequence[str] | None = None) -> pl.DataFrame:
+    def read_frame(self, table: Table | str, partition: str | None = None, columns: Sequence[str] | None = None) -> pl.DataFrame:
         fs, _ = self._filesystem()
-        path = self.path(asset, partition)
+        path = self.path(table, partition)
         if not fs.exists(path):
             raise FileNotFoundError(
-                f"{asset} has no table for partition {partition!r} at {path}: materialize it first"
+                f"{_name(table)} has no table for partition {partition!r} at {path}: materialize it first"
             )
         with fs.open(path, "rb") as handle:
             return pl.read_parquet(handle, columns=list(columns) if columns is not None else None)
 
-    def count(self, asset: str, partition: str | None = None) -> int:
+    def count(self, table: Table | str, partition: str | None = None) -> int:
         """Rows in a table (0 when there is none), from the Parquet footer alone."""
         fs, _ = self._filesystem()
-        path = self.path(asset, partition)
+        path = self.path(table, partition)
         if not fs.exists(path):
             return 0
         with fs.open(path, "rb") as handle:
             return pq.ParquetFile(handle).metadata.num_rows
 
-    def partitions(self, asset: str) -> list[str]:
+    def partitions(self, table: Table | str) -> list[str]:
         """Partitions that have a table, sorted."""
         fs, _ = self._filesystem()
-        folder = f"{self._filesystem()[1].rstrip('/')}/{asset}"
+        folder = f"{self._filesystem()[1].rstrip('/')}/{_name(table)}"
         if not fs.exists(folder):
             return []
         names = [p.rsplit("/", 1)[-1] for p in fs.ls(folder, detail=False)]

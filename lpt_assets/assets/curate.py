@@ -7,21 +7,21 @@ from dagster import AssetExecutionContext, AssetsDefinition, BackfillPolicy, Mat
 
 from lpt.config import PipelineConfig
 from lpt.prompts import VLM_SYSTEM, render_question
-from lpt.records import (
-    LETTERS,
-    Caption,
-    DpoPair,
-    Label,
-    LongCot,
-    PresentedMCQ,
-    SftSample,
-    SimpleCot,
-    TrainingPrompt,
-    Verified,
-)
-from lpt.judge import JudgeVerdict, apply_verdicts
+from lpt.records import LETTERS, Caption, Label, PresentedMCQ, TrainingPrompt, Verified
+from lpt.judge import apply_verdicts
 from lpt.scoring import McqScores, rewards_by_cot, without_suspects
 from lpt.select import mine_pairs, select_sft
+from lpt.tables import (
+    CAPTIONS,
+    DPO_PAIRS,
+    JUDGE_VERDICTS,
+    LONG_COTS,
+    MCQS,
+    RATIONALE_SCORES,
+    SFT_SAMPLES,
+    SIMPLE_COTS,
+    VERIFIED,
+)
 from lpt.verify import verify_shard
 from lpt_assets.metadata import ShardReport, bar_chart, counts_table, first_lines, reason_counts, table
 from lpt_assets.partitions import shards
@@ -79,17 +79,15 @@ def build_curation_assets(config: PipelineConfig) -> list[AssetsDefinition]:
     versions = code_versions(config)
     common = dict(partitions_def=shards, backfill_policy=BackfillPolicy.single_run(), group_name="curate", kinds={"parquet"})
 
-    @asset(code_version=versions["verified"], deps=["long_cots"], **common)
+    @asset(name=VERIFIED.name, code_version=versions[VERIFIED.name], deps=[LONG_COTS.name], **common)
     def verified(context: AssetExecutionContext, store: ParquetStore) -> MaterializeResult:
         """Every short and long CoT graded strictly, labelled, filtered for leaks, truncation and
         duplicates (with the reason kept), and tagged with cognitive behaviours."""
         report = ShardReport(context)
         for key in context.partition_keys:
-            items = store.read("mcqs", key, PresentedMCQ)
-            rows = verify_shard(
-                items, store.read("simple_cots", key, SimpleCot), store.read("long_cots", key, LongCot), config.verify
-            )
-            store.write("verified", key, rows, Verified)
+            items = store.read(MCQS, key)
+            rows = verify_shard(items, store.read(SIMPLE_COTS, key), store.read(LONG_COTS, key), config.verify)
+            store.write(VERIFIED, key, rows)
             kept = [r for r in rows if r.kept]
             labels = dict(sorted(Counter(r.label.value for r in kept if r.label).items()))
             behaviours = Counter()
@@ -110,31 +108,31 @@ def build_curation_assets(config: PipelineConfig) -> list[AssetsDefinition]:
         return report.result()
 
     def _scores(store: ParquetStore, key: str) -> list[McqScores]:
-        return store.read("rationale_scores", key, McqScores) if store.exists("rationale_scores", key) else []
+        return store.read(RATIONALE_SCORES, key) if store.exists(RATIONALE_SCORES, key) else []
 
     def _inputs(store: ParquetStore, key: str) -> tuple[list[Verified], dict[str, TrainingPrompt]]:
         """A shard's verified rows and training prompts; MCQs with a suspect key have no prompt
         (and so no samples) when the config holds them out; with the judge on, the traces its
         verdicts drop are no longer kept (their reason is the judge's)."""
-        prompts = training_prompts(store.read("mcqs", key, PresentedMCQ), store.read("captions", key, Caption))
+        prompts = training_prompts(store.read(MCQS, key), store.read(CAPTIONS, key))
         if config.select.hold_out_suspect_keys:
             prompts = without_suspects(prompts, _scores(store, key))
-        rows = store.read("verified", key, Verified)
+        rows = store.read(VERIFIED, key)
         if config.judge.enabled:
-            rows = apply_verdicts(rows, store.read("judge_verdicts", key, JudgeVerdict))
+            rows = apply_verdicts(rows, store.read(JUDGE_VERDICTS, key))
         return rows, prompts
 
-    optional = ["rationale_scores"] if config.scoring.enabled else []
-    optional += ["judge_verdicts"] if config.judge.enabled else []
+    optional = [RATIONALE_SCORES.name] if config.scoring.enabled else []
+    optional += [JUDGE_VERDICTS.name] if config.judge.enabled else []
 
-    @asset(code_version=versions["sft_samples"], deps=[verified, *optional], **common)
+    @asset(name=SFT_SAMPLES.name, code_version=versions[SFT_SAMPLES.name], deps=[verified, *optional], **common)
     def sft_samples(context: AssetExecutionContext, store: ParquetStore) -> MaterializeResult:
         """Correct short CoTs, correct extensions and self-corrections, about half X_O, with a
         length-weighted seeded subsample per MCQ."""
         report = ShardReport(context)
         for key in context.partition_keys:
             rows = select_sft(*_inputs(store, key), config.select, rewards_by_cot(_scores(store, key)))
-            store.write("sft_samples", key, rows, SftSample)
+            store.write(SFT_SAMPLES, key, rows)
             report.add(key, {
                 "rows_out": len(rows),
                 "labels": counts_table(dict(sorted(Counter(r.label.value for r in rows).items())), "label"),
@@ -142,13 +140,13 @@ def build_curation_assets(config: PipelineConfig) -> list[AssetsDefinition]:
             })
         return report.result()
 
-    @asset(code_version=versions["dpo_pairs"], deps=[verified, *optional], **common)
+    @asset(name=DPO_PAIRS.name, code_version=versions[DPO_PAIRS.name], deps=[verified, *optional], **common)
     def dpo_pairs(context: AssetExecutionContext, store: ParquetStore) -> MaterializeResult:
         """Typed preference pairs per MCQ: correctness pairs and compactness pairs (O > O_O)."""
         report = ShardReport(context)
         for key in context.partition_keys:
             rows = mine_pairs(*_inputs(store, key), config.select)
-            store.write("dpo_pairs", key, rows, DpoPair)
+            store.write(DPO_PAIRS, key, rows)
             report.add(key, {
                 "rows_out": len(rows),
                 "pair_types": bar_chart(Counter(r.pair_type.value for r in rows), "DPO pairs by type"),

@@ -15,8 +15,7 @@ from lpt.config import PipelineConfig
 from lpt.export import Exporter, Funnel, ShardRows
 from lpt.export.parts import CommitResult
 from lpt.export import hf, lacot, llamafactory
-from lpt.scoring import McqScores
-from lpt.records import DpoPair, SftSample
+from lpt.tables import CAPTIONS, DPO_PAIRS, LONG_COTS, MCQS, RATIONALE_SCORES, SFT_SAMPLES, SIMPLE_COTS, VERIFIED
 from lpt_assets.checks import failed_checks
 from lpt_assets.export_automation import ChangeCursor, head_cursor, pending_changes
 from lpt_resources.storage import ParquetStore
@@ -46,13 +45,13 @@ def run_info(config: PipelineConfig) -> dict[str, object]:
 
 def shard_funnel(store: ParquetStore, key: str) -> Funnel:
     """The shard's rows per stage, from Parquet footers and one column of `verified`."""
-    kept = store.read_frame("verified", key, columns=["kind", "kept"]) if store.exists("verified", key) else None
+    kept = store.read_frame(VERIFIED, key, columns=["kind", "kept"]) if store.exists(VERIFIED, key) else None
     kept_by_kind = {kind: int(kept.filter((kept["kind"] == kind) & kept["kept"]).height) for kind in ("short", "long")} if kept is not None else {}
     return Funnel(
-        images=store.count("captions", key),
-        mcqs=store.count("mcqs", key),
-        short_cots=store.count("simple_cots", key),
-        long_cots=store.count("long_cots", key),
+        images=store.count(CAPTIONS, key),
+        mcqs=store.count(MCQS, key),
+        short_cots=store.count(SIMPLE_COTS, key),
+        long_cots=store.count(LONG_COTS, key),
         kept_short=kept_by_kind.get("short", 0),
         kept_long=kept_by_kind.get("long", 0),
     )
@@ -67,22 +66,22 @@ def export_changes(
     if rebuild:  # reads every shard once: a new export folder, new settings, or asked for
         cursor = head_cursor(instance)
         batch = exporter.begin(rebuild=True)
-        keys = sorted(set(store.partitions("sft_samples")) | set(store.partitions("dpo_pairs")) | set(batch.known_shards()))
+        keys = sorted(set(store.partitions(SFT_SAMPLES)) | set(store.partitions(DPO_PAIRS)) | set(batch.known_shards()))
     else:
         changes = pending_changes(instance, ChangeCursor.model_validate(exporter.state().cursor))
         cursor, keys = changes.cursor, changes.shards
         batch = exporter.begin()
     held_back.update(failed_checks(instance, keys))  # one read of check results per run
     for key in keys:
-        if key in held_back or not (store.exists("sft_samples", key) and store.exists("dpo_pairs", key)):
+        if key in held_back or not (store.exists(SFT_SAMPLES, key) and store.exists(DPO_PAIRS, key)):
             batch.drop(key)
             continue
         rows = ShardRows(
             shard=key,
-            sft=store.read("sft_samples", key, SftSample),
-            dpo=store.read("dpo_pairs", key, DpoPair),
+            sft=store.read(SFT_SAMPLES, key),
+            dpo=store.read(DPO_PAIRS, key),
             funnel=shard_funnel(store, key),
-            scores=store.read("rationale_scores", key, McqScores) if store.exists("rationale_scores", key) else [],
+            scores=store.read(RATIONALE_SCORES, key) if store.exists(RATIONALE_SCORES, key) else [],
         )
         batch.put(rows)
     return batch.commit(cursor.model_dump(mode="json"))
@@ -91,7 +90,7 @@ def export_changes(
 def build_export_assets(pipeline: PipelineConfig) -> list[AssetsDefinition]:
     version = pipeline.export.fingerprint()
     specs = [
-        AssetSpec(name, deps=["sft_samples", "dpo_pairs"], group_name="export", kinds=kinds, description=text, code_version=version)
+        AssetSpec(name, deps=[SFT_SAMPLES.name, DPO_PAIRS.name], group_name="export", kinds=kinds, description=text, code_version=version)
         for name, (_, kinds, text) in FORMATS.items()
     ]
 

@@ -2,13 +2,13 @@
 
 from collections.abc import Iterator
 
-from dagster import AssetExecutionContext, BackfillPolicy, MaterializeResult, asset
+from dagster import AssetExecutionContext, AssetMaterialization, BackfillPolicy, MaterializeResult, asset
 
-from lpt.records import Caption, Quarantined, stable_id
+from lpt.records import stable_id
+from lpt.tables import CAPTIONS, CAPTIONS_QUARANTINE
 from lpt_assets.metadata import ShardReport, drop_metadata, table
 from lpt_assets.partitions import shards
 from lpt_assets.registry import SHARD_MANIFEST
-from lpt_resources.captions.sources import ShardItem
 from lpt_resources.captions.validate import CaptionLimits, check_shard
 from lpt_resources.storage import ParquetStore
 
@@ -18,6 +18,7 @@ USABLE_VERSION = "usable-1"
 
 
 @asset(
+    name=CAPTIONS.name,
     partitions_def=shards,
     backfill_policy=BackfillPolicy.single_run(),
     code_version=CAPTIONS_VERSION,
@@ -28,10 +29,11 @@ def captions(context: AssetExecutionContext, store: ParquetStore) -> Materialize
     """Images with their dense descriptions, each image checked to exist, decode and fit."""
     report = ShardReport(context)
     for key in context.partition_keys:
-        items = store.read(SHARD_MANIFEST, key, ShardItem)
+        items = store.read(SHARD_MANIFEST, key)
         good, bad = check_shard(items, LIMITS)
-        store.write("captions", key, good, Caption)
-        store.write("captions_quarantine", key, bad, Quarantined)
+        store.write(CAPTIONS, key, good)
+        store.write(CAPTIONS_QUARANTINE, key, bad)
+        context.log_event(AssetMaterialization(CAPTIONS_QUARANTINE.name, partition=key, metadata={"dagster/row_count": len(bad)}))
         report.add(key, {
             "rows_in": len(items),
             "rows_out": len(good),
@@ -56,7 +58,7 @@ def usable_captions(context: AssetExecutionContext, store: ParquetStore) -> Iter
     """The gate to the GPU stages: a run whose shards hold no usable caption materializes
     nothing here, so Dagster skips every generation step of the run instead of queueing it for
     the `gpu` pool to write empty tables. A run with any usable caption passes all its shards."""
-    counts = {key: store.count("captions", key) for key in context.partition_keys}
+    counts = {key: store.count(CAPTIONS, key) for key in context.partition_keys}
     if not any(counts.values()):
         context.log.info(f"no usable captions in {', '.join(counts)}: generation is skipped")
         return
