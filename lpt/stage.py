@@ -207,6 +207,18 @@ class Stage(abc.ABC, Generic[W, R]):
     @abc.abstractmethod
     def parse(self, item: W, reply: Reply, attempt: Attempt) -> Parsed[R]: ...
 
+    def retries(self, attempt: Attempt, reply: Reply) -> tuple[int, ...]:
+        """The samples of a reply to ask again: a first reply's, as the retry policy says."""
+        if self.retry is None or attempt.retry_of is not None:
+            return ()
+        return self.retry.slots(reply)
+
+    def answer(self, item: W, reply: Reply, attempt: Attempt) -> Parsed[R]:
+        """Parse a reply; a first one learns which of its samples are asked again."""
+        if attempt.retry_of is None:
+            attempt = Attempt(retried=self.retries(attempt, reply))
+        return self.parse(item, reply, attempt)
+
     def collect(self, work: Sequence[W], found: Mapping[int, Sequence[Any]]) -> list[R]:
         """The shard's rows from what each work item gave (by its position in the work)."""
         return [row for _, rows in sorted(found.items()) for row in rows]

@@ -593,13 +593,3 @@ class JudgeStage(Stage[Judged, JudgeVerdict]):
             )),
         }
 
-
-def pipeline_stages(config: PipelineConfig) -> list[Stage[Any, Any]]:
-    """Every stage that asks an engine, in pipeline order, as the config turns them on."""
-    return [
-        AskStage(config),
-        ThinkStage(config),
-        *([ScoringStage(config)] if config.scoring.enabled else []),
-        ThinkHarderStage(config),
-        *([JudgeStage(config)] if config.judge.enabled else []),
-    ]
