@@ -189,7 +189,6 @@ class Stage(abc.ABC, Generic[W, R]):
     record: ClassVar[type[Record]]
     role: ClassVar[str]
     group: ClassVar[str] = "generate"
-    description: ClassVar[str]
 
     deps: tuple[str, ...]  # the assets it runs after (lineage; it may read more of them)
     reads: dict[str, type[Record]]  # the tables it reads, with their record types
