@@ -5,7 +5,8 @@ answers what the response cache holds, and streams the rest through the engine, 
 its queue full from the stage's first request to its last: no checkpoint barrier, no drain.
 Each result is handed back as it finishes, and written to the cache in small groups (every
 `flush_every` results or `flush_seconds`), so a crash loses only what was in flight. A result
-may add follow-up work (a truncated continuation's retry), which joins the same stream at once.
+may add follow-up work (a truncated continuation's retry), which joins the same stream at once;
+`stage_run` streams a stage object's work (lpt/stage.py) this way, its retry policy as follow-ups.
 When a shard's last result is in, a `ShardDone` says so, so the stage can write that shard's
 tables while the engine goes on with the next. Progress (done/total, tokens per second, time
 left) goes to the log at least every `progress_seconds`.
@@ -27,6 +28,7 @@ from pydantic import BaseModel
 
 from lpt.config import Sampling
 from lpt.prompts import ChatPrompt, seeded_rng
+from lpt.stage import FIRST, Ask, Attempt, Stage
 from lpt_resources.cache import ResponseCache
 from lpt_resources.engines.base import (
     ChatMessage,
@@ -38,6 +40,7 @@ from lpt_resources.engines.base import (
 from lpt_resources.engines.resource import EngineResource
 
 C = TypeVar("C")
+W = TypeVar("W")
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +86,7 @@ def to_request(
     banned_words: tuple[str, ...] = (),
     image_max_side: int | None = None,
     salt: str = "",
+    target: str | None = None,
 ) -> GenerationRequest:
     messages = [ChatMessage(role="system", content=prompt.system)] if prompt.system else []
     messages.append(ChatMessage(role="user", content=prompt.user))
@@ -106,8 +110,17 @@ def to_request(
         json_schema=json_schema,
         regex=regex,
         banned_words=banned_words,
+        target=target,
     )
     return request.model_copy(update={"request_id": request.fingerprint()[:24]})
+
+
+def request_for(ask: Ask) -> GenerationRequest:
+    """A stage's engine-neutral request as the engines take it."""
+    return to_request(
+        ask.prompt, ask.sampling, n=ask.n, max_tokens=ask.max_tokens, json_schema=ask.json_schema, regex=ask.regex,
+        banned_words=ask.banned_words, image_max_side=ask.image_max_side, salt=ask.salt, target=ask.target,
+    )
 
 
 class EngineRequestsFailed(RuntimeError):
@@ -399,6 +412,42 @@ class GenerationRun(Generic[C]):
                 if left and not final:
                     parts.append(f"about {timedelta(seconds=round(left * elapsed / stats.requests_sent))} left")
         self._report(", ".join(parts) + (" (done)" if final else ""))
+
+
+@dataclass(frozen=True)
+class Job(Generic[W]):
+    """A stage's work item in the stream: its place in its shard's work, and which attempt."""
+
+    position: int
+    item: W
+    attempt: Attempt
+
+
+def stage_run(
+    stage: Stage[W, Any],
+    engine: EngineResource,
+    work: dict[str, list[W]],
+    keys: Sequence[str],
+    *,
+    cache_base: str | None,
+    report: Callable[[str], None] = log.info,
+) -> GenerationRun[Job[W]]:
+    """A stage's work through one engine: each work item's first request, shard by shard, and
+    the retries its stage's policy asks for, each joining the stream as soon as its reply is in."""
+
+    def retries(answer: Answer[Job[W]]) -> Iterator[tuple[GenerationRequest, Job[W]]]:
+        job = answer.context
+        for slot in stage.retries(job.attempt, answer.result):
+            attempt = Attempt(retry_of=slot)
+            yield request_for(stage.ask(job.item, attempt)), Job(job.position, job.item, attempt)
+
+    first = (
+        (key, request_for(stage.ask(item, FIRST)), Job(position, item, FIRST))
+        for key in keys
+        for position, item in enumerate(work[key])
+    )
+    return GenerationRun(engine, first, stage=stage.name, cache_base=cache_base, total=sum(len(work[key]) for key in keys),
+                         follow_up=retries if stage.retry is not None else None, report=report)
 
 
 def generate(
