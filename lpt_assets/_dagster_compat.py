@@ -6,7 +6,6 @@ re-verify each item below against the new Dagster before changing the pin."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import sqlalchemy as db
 from dagster import AssetKey, DagsterInstance
@@ -24,10 +23,6 @@ from dagster._core.storage.event_log.schema import (
 )
 from dagster._core.storage.event_log.sql_event_log import SqlEventLogStorage
 
-if TYPE_CHECKING:
-    from dagster._core.execution.execution_result import ExecutionResult
-    from dagster_shared.cli import PythonPointerOpts
-
 __all__ = [
     "ASSET_PARTITION_RANGE_END_TAG",
     "ASSET_PARTITION_RANGE_START_TAG",
@@ -40,7 +35,6 @@ __all__ = [
     "AssetCheckExecutionRecordStatus",
     "BaseAssetGraph",
     "UnresolvedAssetJobDefinition",
-    "execute_job_command",
     "wipe_partitions",
 ]
 
@@ -63,33 +57,6 @@ CODE_VERSION_TAG = "dagster/code_version"
 # - BaseAssetGraph: what `RepositoryDefinition.asset_graph` and `Definitions.resolve_asset_graph()`
 #   return (for type hints);
 # - UnresolvedAssetJobDefinition: what `define_asset_job` returns (for type hints).
-
-
-def execute_job_command(
-    *,
-    pointer: PythonPointerOpts,
-    instance: DagsterInstance,
-    job_name: str,
-    tags: str | None,
-    partition: str | None,
-    partition_range: str | None,
-    config_json: str,
-) -> ExecutionResult:
-    """`dagster job execute` in this process: load the job from a code-location pointer, turn a
-    partition or a START...END range into Dagster's partition tags (checking the shards exist
-    and a range can run in one go) and run it. The public `execute_job` needs a reconstructable
-    job and does none of the partition handling; the CLI's own function does it all."""
-    from dagster._cli.job import execute_execute_command
-
-    return execute_execute_command(
-        python_pointer_opts=pointer,
-        instance=instance,
-        job_name=job_name,
-        tags=tags,
-        partition=partition,
-        partition_range=partition_range,
-        config_json=config_json,
-    )
 
 
 def wipe_partitions(instance: DagsterInstance, asset_keys: Sequence[AssetKey], partition_keys: Sequence[str]) -> None:

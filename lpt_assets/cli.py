@@ -10,23 +10,27 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
+import tempfile
+import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import click
 import typer
+from pydantic import BaseModel
 from typer.core import TyperGroup
 
 if TYPE_CHECKING:
     from dagster import DagsterInstance
-    from dagster_shared.cli import PythonPointerOpts
 
     from lpt.config import PipelineConfig
 
 REPO_DAGSTER_HOME = Path(__file__).resolve().parent.parent / "dagster_home"
 DEBUG_ENV = "LPT_DEBUG"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+INVOCATION_TAG = "lpt/invocation"  # on each run `lpt job execute` starts, to find it afterwards
 
 
 class UserError(Exception):
@@ -105,8 +109,13 @@ def main(
     """`--debug` is read by _Commands, around every command."""
 
 
+def _home() -> Path:
+    """$DAGSTER_HOME, or the repo's own dagster_home/ (sqlite) if unset."""
+    return Path(os.environ.get("DAGSTER_HOME") or REPO_DAGSTER_HOME).expanduser()
+
+
 def _instance() -> DagsterInstance:
-    """The instance in $DAGSTER_HOME, or the repo's own dagster_home/ (sqlite) if unset.
+    """The instance in _home().
 
     Opening a sqlite instance creates its schema on first use, and two processes doing that at
     once collide (`table run_tags already exists`, duplicate alembic heads): two `lpt` commands
@@ -114,7 +123,7 @@ def _instance() -> DagsterInstance:
     from dagster import DagsterInstance
     from filelock import FileLock
 
-    home = Path(os.environ.get("DAGSTER_HOME") or REPO_DAGSTER_HOME).expanduser()
+    home = _home()
     home.mkdir(parents=True, exist_ok=True)
     with FileLock(home / ".lpt-instance.lock"):
         return DagsterInstance.from_config(str(home))
@@ -123,11 +132,6 @@ def _instance() -> DagsterInstance:
 def _config(path: Path | None) -> PipelineConfig:
     from lpt.config import load_config
 
-    if path is not None:
-        # The one setting passed through the environment: the code location that Dagster imports
-        # by itself (`lpt_assets.definitions`, here and in each step subprocess a multiprocess
-        # executor starts) reads its config from $LPT_CONFIG, and takes no argument.
-        os.environ["LPT_CONFIG"] = str(path.resolve())
     return load_config(path)
 
 
@@ -269,28 +273,40 @@ def demo(
         _print_summary(settings, instance, registration.shards, as_json)
 
 
-def workspace_pointer(workspace: Path, location: str | None = None) -> PythonPointerOpts:
-    """The code location a workspace file names (`python_module` or `python_file` entries), as
-    the pointer Dagster's own `dagster job execute -m/-f` builds; paths resolve against the file."""
+class CodeLocation(BaseModel):
+    """A workspace file's `python_module` or `python_file` entry, paths resolved against the file."""
+
+    module_name: str | None = None
+    python_file: str | None = None
+    working_directory: str
+    attribute: str | None = None
+
+    def cli_args(self) -> list[str]:
+        """The same location as `dagster job execute`'s own options."""
+        target = ["-m", self.module_name] if self.module_name else ["-f", str(self.python_file)]
+        return [*target, "-d", self.working_directory, *(["-a", self.attribute] if self.attribute else [])]
+
+
+def workspace_pointer(workspace: Path, location: str | None = None) -> CodeLocation:
+    """The code location a workspace file names (`-l` picks one of several): Dagster 1.13's
+    `dagster job execute` takes no workspace file, only `-m`/`-f`, `-d` and `-a`."""
     import yaml
-    from dagster_shared.cli import PythonPointerOpts
 
     if not workspace.is_file():
         raise UserError(f"{workspace}: no such workspace file (give one with -w/--workspace)")
     entries = (yaml.safe_load(workspace.read_text()) or {}).get("load_from") or []
     base = workspace.resolve().parent
-    found: dict[str, PythonPointerOpts] = {}
+    found: dict[str, CodeLocation] = {}
     for entry in entries:
         kind, spec = next(iter(entry.items()))
         if kind not in ("python_module", "python_file"):
             continue
         spec = {"module_name" if kind == "python_module" else "relative_path": spec} if isinstance(spec, str) else spec
         target = spec.get("module_name") or spec["relative_path"]
-        working = str(base / spec.get("working_directory", "."))
-        found[spec.get("location_name", target)] = PythonPointerOpts(
+        found[spec.get("location_name", target)] = CodeLocation(
             module_name=spec.get("module_name"),
             python_file=str(base / spec["relative_path"]) if kind == "python_file" else None,
-            working_directory=working,
+            working_directory=str(base / spec.get("working_directory", ".")),
             attribute=spec.get("attribute"),
         )
     if not found:
@@ -303,21 +319,41 @@ def workspace_pointer(workspace: Path, location: str | None = None) -> PythonPoi
 
 
 def _shards_named(instance: DagsterInstance, partition: str | None, partition_range: str | None) -> list[str]:
-    """The shards a --partition or --partition-range names, in registration order."""
+    """The registered shards a --partition or --partition-range names, in registration order;
+    Dagster's CLI runs a partition tag naming no shard, so an unknown one is refused here."""
     from lpt_assets.partitions import shards
 
+    ordered = instance.get_dynamic_partitions(shards.name)
+    start, _, end = (partition_range or "").partition("...")
+    named = [partition] if partition else [start, end]
+    for key in named:
+        if key not in ordered:
+            raise UserError(f"no registered shard {key!r} (see `lpt register`)")
     if partition:
         return [partition]
-    if not partition_range:
-        return []
-    ordered = instance.get_dynamic_partitions(shards.name)
-    start, _, end = partition_range.partition("...")
-    if start not in ordered or end not in ordered:
-        return []
+    if ordered.index(start) > ordered.index(end):
+        raise UserError(f"--partition-range {partition_range}: {start} is registered after {end}")
     return ordered[ordered.index(start) : ordered.index(end) + 1]
 
 
-@job_app.command("execute", short_help="Run a job in this process, for one shard or a range.")
+def _run_tags(tags: str | None, keys: list[str], invocation: str) -> dict[str, str]:
+    """--tags, then Dagster's partition tags for `keys`, then the tag this command finds its run by."""
+    from lpt_assets._dagster_compat import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG, PARTITION_NAME_TAG
+
+    try:
+        extra = json.loads(tags) if tags else {}
+    except json.JSONDecodeError as error:
+        raise UserError(f"--tags {tags!r}: not JSON ({error})") from error
+    if not isinstance(extra, dict) or not all(isinstance(v, str) for v in extra.values()):
+        raise UserError(f"--tags {tags!r}: give a JSON object of strings")
+    if len(keys) == 1:
+        extra[PARTITION_NAME_TAG] = keys[0]
+    elif keys:
+        extra.update({ASSET_PARTITION_RANGE_START_TAG: keys[0], ASSET_PARTITION_RANGE_END_TAG: keys[-1]})
+    return {**extra, INVOCATION_TAG: invocation}
+
+
+@job_app.command("execute", short_help="Run a job with Dagster's CLI, for one shard or a range.")
 def job_execute(
     job: Annotated[str, typer.Option("-j", "--job", help="Job name, e.g. lpt_pipeline, ask, think_harder, lpt_exports.")],
     workspace: Annotated[Path, typer.Option("-w", "--workspace", help="Workspace file.")] = Path("workspace.yaml"),
@@ -329,13 +365,12 @@ def job_execute(
     log_level: LogLevelOption = "INFO",
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
-    """Run a job in this process on the instance in $DAGSTER_HOME, like `dagster job execute`,
-    with the code location taken from a workspace file and the partition (or range) turned into
-    Dagster's own partition tags, then print the summary of the shards it ran (as `lpt demo`
-    does). Exits non-zero when the run fails."""
-    from dagster import DagsterError
-
-    from lpt_assets._dagster_compat import execute_job_command
+    """Run a job through Dagster's own `dagster job execute`, in a child process, on the
+    instance in $DAGSTER_HOME: the code location taken from a workspace file, the partition (or
+    range) turned into Dagster's partition tags, `--config` handed to the child as $LPT_CONFIG.
+    Then print the summary of the shards it ran (as `lpt demo` does). Exits non-zero when the
+    run fails."""
+    from dagster import RunsFilter
 
     _check_log_level(log_level)
     if partition and partition_range:
@@ -346,31 +381,36 @@ def job_execute(
     per_shard = job == PIPELINE_JOB or job in stage_jobs(settings)
     if per_shard and not (partition or partition_range):
         raise UserError(f"job {job} runs per shard: give --partition KEY or --partition-range START...END (see `lpt register`)")
+    if not per_shard and (partition or partition_range):
+        raise UserError(f"job {job} does not run per shard: drop --partition/--partition-range")
     roles: dict[str, list[str] | None] = {**stage_roles(settings), PIPELINE_JOB: None}
     if job in roles and roles[job] != []:
         _preflight(settings, roles[job])
-    pointer = workspace_pointer(workspace, location)
-    with _instance() as instance:
-        try:
-            result = execute_job_command(
-                pointer=pointer,
-                instance=instance,
-                job_name=job,
-                tags=tags,
-                partition=partition,
-                partition_range=partition_range,
-                config_json=json.dumps({"loggers": {"console": {"config": {"log_level": log_level.upper()}}}}),
-            )
-        except click.ClickException as error:  # as Dagster's CLI reports them: a failed run, an unknown job
-            typer.echo(error.format_message(), err=True)
-            raise typer.Exit(1) from error
-        except DagsterError as error:  # an unknown shard, a range that cannot run in one go
-            typer.echo(f"lpt: {type(error).__name__}: {error}", err=True)
-            raise typer.Exit(2) from error
-        typer.echo(f"run {result.run_id} succeeded")
+    code_location = workspace_pointer(workspace, location)
+    invocation = str(uuid.uuid4())
+    env = {**os.environ, "DAGSTER_HOME": str(_home()), "PYTHONWARNINGS": _quiet_warnings()}
+    if config is not None:
+        env["LPT_CONFIG"] = str(config.resolve())
+    with _instance() as instance, tempfile.TemporaryDirectory(prefix="lpt-job-") as scratch:
         keys = _shards_named(instance, partition, partition_range) if per_shard else []
+        run_config = Path(scratch) / "run_config.yaml"  # JSON is YAML
+        run_config.write_text(json.dumps({"loggers": {"console": {"config": {"log_level": log_level.upper()}}}}))
+        command = [sys.executable, "-m", "dagster", "job", "execute", *code_location.cli_args(), "-j", job,
+                   "--tags", json.dumps(_run_tags(tags, keys, invocation)), "-c", str(run_config)]
+        done = subprocess.run(command, env=env, check=False)  # Dagster reports a failure itself
+        if done.returncode != 0:
+            raise typer.Exit(done.returncode)
+        [run] = instance.get_runs(filters=RunsFilter(tags={INVOCATION_TAG: invocation}), limit=1)
+        typer.echo(f"run {run.run_id} succeeded")
         if keys:
             _print_summary(settings, instance, keys, as_json)
+
+
+def _quiet_warnings() -> str:
+    """The child's $PYTHONWARNINGS, less Dagster's notice that `dagster job execute` is superseded
+    (by `dg`, not installed here): the user typed `lpt job execute`."""
+    superseded = "ignore:Function `job_execute_command` is superseded"
+    return ",".join(filter(None, [os.environ.get("PYTHONWARNINGS"), superseded]))
 
 
 if __name__ == "__main__":

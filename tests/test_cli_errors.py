@@ -79,6 +79,14 @@ def test_a_per_shard_job_without_a_partition_says_what_to_give(tmp_path):
     _short_error(_lpt("job", "execute", "-w", "missing.yaml", "-j", "lpt_exports", tmp_path=tmp_path), "missing.yaml: no such workspace file")
 
 
+def test_a_shard_that_is_not_registered_is_named_before_dagster_runs(tmp_path):
+    workspace = str(Path(__file__).resolve().parent.parent / "workspace.yaml")
+    done = _lpt("job", "execute", "-w", workspace, "-j", "ingest", "--partition-range", "a...no-such-shard", tmp_path=tmp_path)
+    _short_error(done, "'a'", "no registered shard")
+    _short_error(_lpt("job", "execute", "-w", workspace, "-j", "lpt_exports", "--partition", "a", tmp_path=tmp_path),
+                 "job lpt_exports does not run per shard")
+
+
 def _dead_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

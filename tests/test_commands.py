@@ -77,7 +77,10 @@ def test_stage_jobs_by_workspace_file_and_partition(tmp_path):
     _run([BIN / "lpt", "job", "execute", "-w", workspace, "-j", "ingest", "--partition-range", f"{first}...{second}"], env, tmp_path)
     assert (data / "captions" / f"{second}.parquet").exists()
 
-    out = _run([BIN / "lpt", "job", "execute", "-w", workspace, "-j", "ask", "--partition", second], env, tmp_path)
+    # --config reaches the child `dagster job execute` as its $LPT_CONFIG: this process has none
+    without_config = {k: v for k, v in env.items() if k != "LPT_CONFIG"}
+    out = _run([BIN / "lpt", "job", "execute", "-w", workspace, "-j", "ask", "--partition", second,
+                "--config", str(tmp_path / "lpt.toml")], without_config, tmp_path)
     assert "succeeded" in out
     assert (data / "mcqs" / f"{second}.parquet").exists() and not (data / "mcqs" / f"{first}.parquet").exists()
     assert not (data / "simple_cots").exists()  # a stage job runs its stage only

@@ -1,10 +1,7 @@
 """lpt_assets/_dagster_compat.py against the installed Dagster: the pinned version, then each
 non-public name or call it wraps, on a real temporary instance where it touches one."""
 
-import json
-
 import dagster
-import pytest
 from dagster import (
     AssetCheckEvaluation,
     AssetCheckKey,
@@ -19,7 +16,6 @@ from dagster import (
     instance_for_test,
     materialize,
 )
-from dagster_shared.cli import PythonPointerOpts
 
 from lpt_assets import _dagster_compat as compat
 from lpt_assets._dagster_compat import wipe_partitions
@@ -100,33 +96,3 @@ def test_a_partitioned_check_evaluation_links_its_materialization_and_reads_back
         assert info.partition_key == "a"
         assert info.latest_execution_status == compat.AssetCheckExecutionRecordStatus.FAILED
         assert info.latest_target_materialization_storage_id == record.storage_id
-
-
-def test_a_job_runs_from_a_code_location_pointer_with_partition_tags(tmp_path):
-    (tmp_path / "location.py").write_text(
-        "from dagster import BackfillPolicy, Definitions, DynamicPartitionsDefinition, asset, define_asset_job\n"
-        "parts = DynamicPartitionsDefinition(name='parts')\n"
-        "@asset(partitions_def=parts, backfill_policy=BackfillPolicy.single_run())\n"
-        "def table() -> None:\n"
-        "    pass\n"
-        "defs = Definitions(assets=[table], jobs=[define_asset_job('tables', selection=[table])])\n"
-    )
-    pointer = PythonPointerOpts(python_file=str(tmp_path / "location.py"), working_directory=str(tmp_path))
-    console = json.dumps({"loggers": {"console": {"config": {"log_level": "ERROR"}}}})
-    with instance_for_test() as instance:
-        instance.add_dynamic_partitions("parts", ["a", "b", "c"])
-        one = compat.execute_job_command(
-            pointer=pointer, instance=instance, job_name="tables", tags='{"lpt/source": "x"}', partition="b", partition_range=None, config_json=console
-        )
-        run = instance.get_run_by_id(one.run_id)
-        assert one.success and run.tags[compat.PARTITION_NAME_TAG] == "b" and run.tags["lpt/source"] == "x"
-        span = compat.execute_job_command(
-            pointer=pointer, instance=instance, job_name="tables", tags=None, partition=None, partition_range="a...c", config_json=console
-        )
-        tags = instance.get_run_by_id(span.run_id).tags
-        assert (tags[compat.ASSET_PARTITION_RANGE_START_TAG], tags[compat.ASSET_PARTITION_RANGE_END_TAG]) == ("a", "c")
-        assert instance.get_materialized_partitions(AssetKey("table")) == {"a", "b", "c"}
-        with pytest.raises(dagster.DagsterError):  # an unknown shard: `lpt job execute` exits 2 on it
-            compat.execute_job_command(
-                pointer=pointer, instance=instance, job_name="tables", tags=None, partition="gone", partition_range=None, config_json=console
-            )
