@@ -353,6 +353,13 @@ def _run_tags(tags: str | None, keys: list[str], invocation: str) -> dict[str, s
     return {**extra, INVOCATION_TAG: invocation}
 
 
+def _quiet_warnings() -> str:
+    """The child's $PYTHONWARNINGS, less Dagster's notice that `dagster job execute` is superseded
+    (by `dg`, not installed here): the user typed `lpt job execute`."""
+    superseded = "ignore:Function `job_execute_command` is superseded"
+    return ",".join(filter(None, [os.environ.get("PYTHONWARNINGS"), superseded]))
+
+
 @job_app.command("execute", short_help="Run a job with Dagster's CLI, for one shard or a range.")
 def job_execute(
     job: Annotated[str, typer.Option("-j", "--job", help="Job name, e.g. lpt_pipeline, ask, think_harder, lpt_exports.")],
@@ -404,13 +411,6 @@ def job_execute(
         typer.echo(f"run {run.run_id} succeeded")
         if keys:
             _print_summary(settings, instance, keys, as_json)
-
-
-def _quiet_warnings() -> str:
-    """The child's $PYTHONWARNINGS, less Dagster's notice that `dagster job execute` is superseded
-    (by `dg`, not installed here): the user typed `lpt job execute`."""
-    superseded = "ignore:Function `job_execute_command` is superseded"
-    return ",".join(filter(None, [os.environ.get("PYTHONWARNINGS"), superseded]))
 
 
 if __name__ == "__main__":
