@@ -353,6 +353,12 @@ def _run_tags(tags: str | None, keys: list[str], invocation: str) -> dict[str, s
     return {**extra, INVOCATION_TAG: invocation}
 
 
+def _dagster_cli() -> list[str]:
+    """Dagster's CLI of this environment: its `dagster` script, else `python -m dagster`."""
+    script = Path(sys.executable).with_name("dagster")
+    return [str(script)] if script.is_file() else [sys.executable, "-m", "dagster"]
+
+
 def _quiet_warnings() -> str:
     """The child's $PYTHONWARNINGS, less Dagster's notice that `dagster job execute` is superseded
     (by `dg`, not installed here): the user typed `lpt job execute`."""
@@ -402,7 +408,7 @@ def job_execute(
         keys = _shards_named(instance, partition, partition_range) if per_shard else []
         run_config = Path(scratch) / "run_config.yaml"  # JSON is YAML
         run_config.write_text(json.dumps({"loggers": {"console": {"config": {"log_level": log_level.upper()}}}}))
-        command = [sys.executable, "-m", "dagster", "job", "execute", *code_location.cli_args(), "-j", job,
+        command = [*_dagster_cli(), "job", "execute", *code_location.cli_args(), "-j", job,
                    "--tags", json.dumps(_run_tags(tags, keys, invocation)), "-c", str(run_config)]
         done = subprocess.run(command, env=env, check=False)  # Dagster reports a failure itself
         if done.returncode != 0:
