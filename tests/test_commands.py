@@ -112,6 +112,9 @@ def test_workspace_file_names_the_code_location(tmp_path):
     assert (lpt.module_name, lpt.python_file, lpt.working_directory) == ("lpt_assets.definitions", None, str(tmp_path))
     other = workspace_pointer(tmp_path / "workspace.yaml", "other")
     assert (other.python_file, other.attribute) == (str(tmp_path / "code" / "defs.py"), "defs")
+    # as `dagster job execute` takes them
+    assert lpt.cli_args() == ["-m", "lpt_assets.definitions", "-d", str(tmp_path)]
+    assert other.cli_args() == ["-f", str(tmp_path / "code" / "defs.py"), "-d", str(tmp_path), "-a", "defs"]
     with pytest.raises(typer.BadParameter, match="lpt, other"):
         workspace_pointer(tmp_path / "workspace.yaml")
     assert workspace_pointer(REPO / "workspace.yaml").module_name == "lpt_assets.definitions"
