@@ -15,7 +15,7 @@ export TRANSFORMERS_OFFLINE := 1
 # repository. Where the folder is missing, only those tests skip (saying how to provide them).
 export LPT_REFERENCE_RUN ?= $(abspath $(CURDIR)/../shared/fixtures/reference-run)
 
-.PHONY: install demo test test-vllm vllm-env test-consumers consumers-env ui worker clean faults
+.PHONY: install demo lint test test-vllm vllm-env test-consumers consumers-env ui worker clean faults
 
 # Set up only: the venv with lpt, Dagster and the bundled CPU model, without running anything.
 install: $(STAMP)
@@ -32,7 +32,14 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/lpt demo
 
+# Lint, format and types (configured in pyproject.toml), first: they take seconds.
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/pyright --pythonpath $(BIN)/python
+
 test: $(STAMP)
+	$(MAKE) --no-print-directory lint
 	$(BIN)/python -m pytest --ignore=tests/vllm --ignore=tests/consumers
 	$(MAKE) --no-print-directory test-vllm
 	$(MAKE) --no-print-directory test-consumers
