@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dagster import AssetSelection, Definitions, define_asset_job
 
-from lpt.config import EngineSettings, PipelineConfig, load_config
+from lpt.config import PipelineConfig, load_config
 from lpt_assets.assets.curate import build_curation_assets
 from lpt_assets.assets.exports import build_export_assets
 from lpt_assets.assets.generate import build_generation_assets
@@ -17,7 +17,7 @@ from lpt_assets.export_automation import build_exports_sensor
 from lpt_assets.preflight import ROLE_OF_ASSET
 from lpt_assets.schedules import build_backfill_schedule
 from lpt_assets.sensors import build_caption_sensor
-from lpt_resources.engines.resource import EngineResource
+from lpt_resources.engines.resource import engine_resource
 from lpt_resources.storage import ParquetStore
 
 PIPELINE_JOB = "lpt_pipeline"
@@ -41,10 +41,6 @@ def stage_jobs(config: PipelineConfig) -> dict[str, tuple[str, ...]]:
 def stage_roles(config: PipelineConfig) -> dict[str, list[str]]:
     """The engine roles each stage job uses (checked before it runs), from its assets' roles."""
     return {job: sorted({ROLE_OF_ASSET[a] for a in assets if a in ROLE_OF_ASSET}) for job, assets in stage_jobs(config).items()}
-
-
-def engine_resource(settings: EngineSettings) -> EngineResource:
-    return EngineResource(**settings.model_dump())
 
 
 def build_definitions(config: PipelineConfig) -> Definitions:

@@ -156,16 +156,17 @@ def test_load_image_caps_the_longest_side(tmp_path):
 
 
 def test_engine_resource_and_settings_build_the_vllm_engine(tiny_qwen2_path):
-    from lpt.config import EngineSettings
-    from lpt_resources.engines.resource import EngineResource
+    from lpt.config import engine_settings
+    from lpt_resources.engines.resource import VLLMEngineResource, engine_resource
 
-    settings = EngineSettings(kind="vllm", model=str(tiny_qwen2_path), tensor_parallel_size=2,
+    settings = engine_settings(kind="vllm", model=str(tiny_qwen2_path), tensor_parallel_size=2,
                               max_model_len=4096, limit_mm_per_prompt={"image": 1},
                               engine_kwargs={"kv_cache_dtype": "fp8"})
     assert settings.dtype == "bfloat16"  # the vLLM default when the config names none
-    assert EngineSettings(kind="vllm", dtype="float16").dtype == "float16"
-    assert EngineSettings().dtype == "float32"  # the transformers default is unchanged
-    resource = EngineResource(**settings.model_dump())
+    assert engine_settings(kind="vllm", dtype="float16").dtype == "float16"
+    assert engine_settings().dtype == "float32"  # the transformers default is unchanged
+    resource = engine_resource(settings)
+    assert isinstance(resource, VLLMEngineResource)
     eng = resource.get()  # builds, does not load
     assert isinstance(eng, VLLMEngine)
     assert eng._handle is None
