@@ -116,13 +116,14 @@ def _retryable(exc: BaseException) -> bool:
     return isinstance(exc, httpx2.TransportError)
 
 
-def _refused_by_server(exc: BaseException) -> bool:
-    """The server judged this request unservable (too long for the context, a schema it cannot
-    compile, an image it cannot read): 400, 413 or 422. Auth, unknown-model and rate errors
-    are the deployment's, not the request's."""
+def _server_error_kind(exc: BaseException) -> ErrorKind:
+    """The request's own fault when the server judged it unservable (too long for the context,
+    a schema it cannot compile, an image it cannot read): 400, 413 or 422. Auth, unknown-model
+    and rate errors, and whatever the retries did not cure, are the deployment's."""
     import openai
 
-    return isinstance(exc, openai.APIStatusError) and exc.status_code in (400, 413, 422)
+    refused = isinstance(exc, openai.APIStatusError) and exc.status_code in (400, 413, 422)
+    return "request" if refused else "engine"
 
 
 def _retry_after(exc: BaseException | None) -> float | None:
@@ -351,7 +352,7 @@ class OpenAIEngine(Engine):
                 if prompt_tokens is None:
                     prompt_tokens = p_tokens
         except Exception as exc:  # noqa: BLE001 - reported on this request only
-            kind = "request" if _refused_by_server(exc) else "engine"
+            kind = _server_error_kind(exc)
             return self._failed(req, prompt_tokens or 0, exc, key, kind=kind), billed_prompt, billed_completion
         result = GenerationResult(request_id=req.request_id, prompt_tokens=prompt_tokens or 0, completions=completions)
         return result, billed_prompt, billed_completion
@@ -395,7 +396,7 @@ class OpenAIEngine(Engine):
             billed_completion = int(getattr(usage, "completion_tokens", 0) or 0)
             logprobs = _target_logprobs(resp, scored["tokens"][len(scored["tokens"]) - count:])
         except Exception as exc:  # noqa: BLE001 - reported on this request only
-            kind = "request" if _refused_by_server(exc) else "engine"
+            kind = _server_error_kind(exc)
             return self._failed(req, 0, exc, key, kind=kind), billed_prompt, billed_completion
         result = GenerationResult(request_id=req.request_id, prompt_tokens=billed_prompt - count, target_logprobs=logprobs)
         return result, billed_prompt, billed_completion

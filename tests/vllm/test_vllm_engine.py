@@ -22,24 +22,13 @@ import vllm  # noqa: E402,F401 - these run in .venv-vllm (`make test-vllm`): no 
 from PIL import Image  # noqa: E402
 
 from lpt_resources.engines import vllm_engine as ve  # noqa: E402
-from lpt_resources.engines.base import ChatMessage, GenerationRequest, SamplingParams  # noqa: E402
+from lpt_resources.engines.base import ChatMessage, GenerationRequest  # noqa: E402
 from lpt_resources.engines.vllm_engine import VLLMEngine  # noqa: E402
-
-SYSTEM = ChatMessage(role="system", content="You are a helpful assistant.")
+from tests.vllm.helpers import SYSTEM, assert_scores_match_transformers, request  # noqa: E402
 
 # Small on purpose: a 512-token context, few sequences at once. enforce_eager skips
 # torch.compile, which on 2 CPU cores would double the start-up time.
 SETTINGS = dict(dtype="float32", max_model_len=512, max_num_seqs=8, enforce_eager=True, seed=0)
-
-
-def request(rid: str, text: str, **kw) -> GenerationRequest:
-    sampling = {k: kw.pop(k) for k in list(kw) if k in SamplingParams.model_fields}
-    return GenerationRequest(
-        request_id=rid,
-        messages=(SYSTEM, ChatMessage(role="user", content=text)),
-        sampling=SamplingParams(**sampling),
-        **kw,
-    )
 
 
 @pytest.fixture(scope="module")
@@ -222,19 +211,7 @@ def test_scoring_matches_transformers(engine, hf_engine):
     """Teacher-forced log-probabilities of a target after the prompt (vLLM: prompt_logprobs over
     prompt + target) agree with the transformers forward pass, token for token; scoring and
     generation requests share one stream."""
-    targets = ["(A) red", " The answer is (B) blue.", "C", "_functions_functions"]
-    reqs = [request(f"s{i}", "Which colour is the apple?", target=t) for i, t in enumerate(targets)]
-    reqs.append(request("sp", "Which colour?", prefill="<think>\nRed.</think>\n<answer>", target="(A)</answer>"))
-    mixed = [*reqs[:2], request("g", "Hi", temperature=0, max_tokens=3), *reqs[2:]]
-    ours = [r for r in engine.generate(mixed) if r.request_id != "g"]
-    theirs = hf_engine.generate(reqs)
-    for a, b in zip(ours, theirs):
-        assert a.error is None and b.error is None and a.completions == b.completions == []
-        assert a.prompt_tokens == b.prompt_tokens
-        assert len(a.target_logprobs) == len(b.target_logprobs) > 0
-        assert a.target_logprobs == pytest.approx(b.target_logprobs, abs=2e-3)
-    [empty] = engine.generate([request("e", "Hi", target="")])
-    assert empty.refused
+    assert_scores_match_transformers(engine, hf_engine)
 
 
 def test_prefill_is_rendered_as_an_open_assistant_turn(engine, hf_engine):
