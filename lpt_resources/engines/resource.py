@@ -150,7 +150,7 @@ class OpenAIEngineResource(EngineResource):
     def build(self) -> Engine:
         from lpt_resources.engines.openai_engine import OpenAIEngine
 
-        priced = self.price_input_per_million is not None and self.price_output_per_million is not None
+        inp, out = self.price_input_per_million, self.price_output_per_million
         return OpenAIEngine(
             model=self.model,
             base_url=self.base_url,
@@ -161,9 +161,7 @@ class OpenAIEngineResource(EngineResource):
             max_retries=self.max_retries,
             backoff_initial_s=self.backoff_initial_s,
             supports_images=self.supports_images,
-            prices={"input": self.price_input_per_million, "output": self.price_output_per_million}  # type: ignore[dict-item]
-            if priced
-            else None,
+            prices={"input": inp, "output": out} if inp is not None and out is not None else None,
         )
 
 
