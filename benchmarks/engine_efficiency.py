@@ -51,7 +51,7 @@ from lpt.records import MCQ, Caption  # noqa: E402
 from lpt_assets.generation import GenerationRun, ShardDone, generate, to_request  # noqa: E402
 from lpt_resources.captions.sources import SAMPLE_CAPTIONS  # noqa: E402
 from lpt_resources.engines.base import GenerationRequest  # noqa: E402
-from lpt_resources.engines.resource import EngineResource  # noqa: E402
+from lpt_resources.engines.resource import EngineResource, VLLMEngineResource  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -148,7 +148,7 @@ def throughput(args: argparse.Namespace, model: str) -> dict[str, Any]:
     exact = VLLMEngine.sampling_kwargs
     # The random-weight model writes exactly the reference lengths: never stop at an EOS.
     VLLMEngine.sampling_kwargs = staticmethod(lambda req: {**exact(req), "ignore_eos": True})  # type: ignore[method-assign]
-    resource = EngineResource(kind="vllm", model=model, dtype="float32", max_num_seqs=args.max_num_seqs,
+    resource = VLLMEngineResource(model=model, dtype="float32", max_num_seqs=args.max_num_seqs,
                               max_model_len=2048, enforce_eager=True, flush_every=64)
     engine = resource.get()
     tokenizer = engine.llm.get_tokenizer()
@@ -260,7 +260,7 @@ def images(args: argparse.Namespace, vl_model: str) -> dict[str, Any]:
                 _previous_load(path, 512)
         previous_ms = (time.process_time() - cpu) * 1000 / (len(sample) * per_image)
 
-        resource = EngineResource(kind="vllm", model=vl_model)
+        resource = VLLMEngineResource(model=vl_model)
         runner = _TakingRunner()
         key = resource.get().settings
         ve._ENGINES._loaded[key] = ve.LoadedLLM(key=key, runner=runner, load_seconds=0.0, is_multimodal=True, max_num_seqs=256)

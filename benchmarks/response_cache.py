@@ -54,9 +54,9 @@ def _other(i: int) -> str:
 
 
 def _engine() -> Any:
-    from lpt_resources.engines.resource import EngineResource
+    from lpt_resources.engines.resource import VLLMEngineResource
 
-    return EngineResource(kind="vllm", model="bench")
+    return VLLMEngineResource(model="bench", dtype="float32")
 
 
 def build(base: Path, others: int, layout: str) -> None:

@@ -9,9 +9,9 @@ import re
 import os
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, TypeAdapter, ValidationError, model_validator
 from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
 from lpt.records import PairType
@@ -150,34 +150,34 @@ class SelectConfig(StageConfig):
     rank_by_reward: bool = False
 
 
-# What decides an engine's answers (not where it is served or how fast): the response cache's
-# identity and, through the code versions, when stages are stale.
-OUTPUT_IDENTITY_FIELDS = ("kind", "model", "revision", "gguf_file", "dtype", "engine_kwargs")
+class OutputIdentity(BaseModel):
+    """What decides an engine's answers (not where it is served nor how fast): the response
+    cache's identity and, through the code versions, when stages are stale. Settings and
+    resources of every kind derive it here alone; a kind without a field keeps its default, so
+    the identities (and the cache keys and code versions made from them) stay what they were
+    when every kind had every field."""
 
-
-class EngineSettings(BaseModel):
-    """Which engine serves a role, and its settings (the fields of EngineResource)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-    kind: Literal["transformers", "openai", "vllm"] = "transformers"
-    model: str = "smollm2-135m-instruct"  # HF id, local path, the bundled GGUF alias, or a served name
-    revision: str | None = None  # a hub repository's branch, tag or commit
-    # transformers (dtype also for vllm, where it defaults to bfloat16)
+    model_config = ConfigDict(frozen=True)
+    kind: str
+    model: str
+    revision: str | None = None
     gguf_file: str | None = None
     dtype: str = "float32"
-    device: str = "cpu"
-    batch_size: int = 16
-    # openai: any OpenAI-compatible server; the key is read from `api_key_env` at call time
-    base_url: str | None = None
-    server_kind: Literal["vllm", "openai", "sglang", "llamacpp"] = "vllm"
-    api_key_env: str = "OPENAI_API_KEY"
-    max_concurrency: int = 32
-    timeout_s: float = 120.0
-    max_retries: int = 6  # per HTTP call, on 429/5xx/timeouts/dropped connections
-    backoff_initial_s: float = 1.0  # doubling back-off between those retries
-    supports_images: bool = False
-    price_input_per_million: float | None = None
-    price_output_per_million: float | None = None
+    engine_kwargs: dict[str, Any] = {}
+
+    @classmethod
+    def of(cls, engine: object) -> OutputIdentity:
+        """The identity of engine settings or an engine resource (any kind)."""
+        return cls.model_validate({name: getattr(engine, name) for name in cls.model_fields if hasattr(engine, name)})
+
+
+class EngineSettingsBase(BaseModel):
+    """Settings every engine kind takes: the model and how results stream to the cache."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    kind: str
+    model: str = "smollm2-135m-instruct"  # HF id, local path, the bundled GGUF alias, or a served name
+    revision: str | None = None  # a hub repository's branch, tag or commit
     # Streaming: results reach the response cache in groups of `flush_every`, or after
     # `flush_seconds`, whichever comes first (a crash loses at most those and what is in flight);
     # `queue_depth` requests are kept in flight (None: twice vLLM's max_num_seqs, twice
@@ -186,7 +186,37 @@ class EngineSettings(BaseModel):
     flush_seconds: float = Field(default=10.0, gt=0)
     queue_depth: int | None = Field(default=None, ge=1)
     progress_seconds: float = Field(default=30.0, gt=0)
-    # vllm: in-process `vllm.LLM` (None: vLLM's own default); see lpt_resources/engines/vllm_engine.py
+
+    @model_validator(mode="before")
+    @classmethod
+    def _other_kinds_keys_ignored(cls, data: Any) -> Any:
+        """A table keeps loading when its kind changes (`LPT_REASONER_KIND=openai` over a file
+        written for transformers): keys of other kinds are ignored, as the engine always
+        ignored them; a key of no kind is still refused."""
+        if isinstance(data, dict):
+            data = {key: value for key, value in data.items() if key in cls.model_fields or key not in ENGINE_FIELDS}
+        return data
+
+    def output_identity(self) -> str:
+        """The settings that change what the model writes: for code versions."""
+        return OutputIdentity.of(self).model_dump_json()
+
+
+class TransformersSettings(EngineSettingsBase):
+    """An embedded transformers model (the CPU default)."""
+
+    kind: Literal["transformers"] = "transformers"
+    gguf_file: str | None = None
+    dtype: str = "float32"
+    device: str = "cpu"
+    batch_size: int = 16
+
+
+class VLLMSettings(EngineSettingsBase):
+    """An in-process `vllm.LLM` (None: vLLM's own default); see lpt_resources/engines/vllm_engine.py."""
+
+    kind: Literal["vllm"] = "vllm"
+    dtype: str = "bfloat16"
     tensor_parallel_size: int = 1
     data_parallel_size: int = 1  # replicas, one process each
     max_num_seqs: int | None = None
@@ -198,26 +228,58 @@ class EngineSettings(BaseModel):
     limit_mm_per_prompt: dict[str, int] | None = None  # e.g. {image = 1} for a VLM
     engine_kwargs: dict[str, Any] = {}  # anything else vllm.LLM takes
 
-    @model_validator(mode="before")
-    @classmethod
-    def _vllm_dtype(cls, data: Any) -> Any:
-        """vLLM runs bf16 unless the config names a dtype (the float32 default suits CPUs)."""
-        if isinstance(data, dict) and data.get("kind") == "vllm" and "dtype" not in data:
-            data = {**data, "dtype": "bfloat16"}
-        return data
 
-    def output_identity(self) -> str:
-        """The settings that change what the model writes (not how fast, nor where it is
-        served): for code versions."""
-        return self.model_dump_json(include=set(OUTPUT_IDENTITY_FIELDS))
+class OpenAISettings(EngineSettingsBase):
+    """Any OpenAI-compatible server; the key is read from `api_key_env` at call time."""
+
+    kind: Literal["openai"] = "openai"
+    base_url: str | None = None
+    server_kind: Literal["vllm", "openai", "sglang", "llamacpp"] = "vllm"
+    api_key_env: str = "OPENAI_API_KEY"
+    max_concurrency: int = 32
+    timeout_s: float = 120.0
+    max_retries: int = 6  # per HTTP call, on 429/5xx/timeouts/dropped connections
+    backoff_initial_s: float = 1.0  # doubling back-off between those retries
+    supports_images: bool = False
+    price_input_per_million: float | None = None
+    price_output_per_million: float | None = None
+
+
+ENGINE_SETTINGS: dict[str, type[EngineSettingsBase]] = {
+    "transformers": TransformersSettings,
+    "openai": OpenAISettings,
+    "vllm": VLLMSettings,
+}
+# Every key an engine table takes, of any kind (environment overrides, "did you mean" hints).
+ENGINE_FIELDS = {name: info for settings in ENGINE_SETTINGS.values() for name, info in settings.model_fields.items()}
+
+
+def _kind_of(data: Any) -> str:
+    """The union's tag: `kind`, "transformers" where a table names none."""
+    return data.get("kind", "transformers") if isinstance(data, dict) else getattr(data, "kind", "transformers")
+
+
+# Which engine serves a role: `kind` selects the settings class, with that kind's own fields.
+EngineSettings = Annotated[
+    Annotated[TransformersSettings, Tag("transformers")]
+    | Annotated[OpenAISettings, Tag("openai")]
+    | Annotated[VLLMSettings, Tag("vllm")],
+    Discriminator(_kind_of),
+]
+_ENGINE_SETTINGS_ADAPTER: TypeAdapter[EngineSettingsBase] = TypeAdapter(EngineSettings)
+
+
+def engine_settings(**fields: Any) -> EngineSettingsBase:
+    """Engine settings from keyword arguments, the class chosen by `kind` (as a config table)."""
+    return _ENGINE_SETTINGS_ADAPTER.validate_python(fields)
 
 
 class Engines(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
-    ask: EngineSettings = EngineSettings()
-    vlm: EngineSettings = EngineSettings()
-    reasoner: EngineSettings = EngineSettings()
-    judge: EngineSettings = EngineSettings()  # unset: the reasoner's settings
+    ask: EngineSettings = TransformersSettings()
+    vlm: EngineSettings = TransformersSettings()
+    reasoner: EngineSettings = TransformersSettings()
+    judge: EngineSettings = TransformersSettings()  # unset: the reasoner's settings
 
     @model_validator(mode="before")
     @classmethod
@@ -227,6 +289,29 @@ class Engines(BaseModel):
         if isinstance(data, dict) and "judge" not in data:
             data = {**data, "judge": data.get("reasoner", {})}
         return data
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _errors_name_the_key(cls, data: Any, handler: Any) -> Any:
+        """Errors located as the user wrote the table: `engines.vlm.kind = 'vlllm'` for an
+        unknown kind, and no union tag inside the key (`engines.ask.modle`, not
+        `engines.ask.transformers.modle`)."""
+        try:
+            return handler(data)
+        except ValidationError as error:
+            raise ValidationError.from_exception_data(error.title, [_untagged(e) for e in error.errors()]) from None
+
+
+def _untagged(problem: Any) -> Any:
+    location = tuple(problem["loc"])
+    if problem["type"] == "union_tag_invalid":
+        *others, last = (repr(kind) for kind in ENGINE_SETTINGS)
+        expected = f"{', '.join(others)} or {last}"
+        return {"type": "literal_error", "loc": (*location, "kind"), "input": problem["ctx"]["tag"],
+                "ctx": {"expected": expected}}
+    if len(location) > 1 and location[1] in ENGINE_SETTINGS:
+        location = (location[0], *location[2:])
+    return {key: value for key, value in {**problem, "loc": location}.items() if key in ("type", "loc", "input", "ctx")}
 
 
 class AutomationConfig(BaseModel):
@@ -372,7 +457,7 @@ class _EngineEnvironment(EnvSettingsSource):
     def __call__(self) -> dict[str, Any]:
         roles: dict[str, dict[str, Any]] = {}
         for role, fields in super().__call__().items():
-            known = {key: value for key, value in fields.items() if key in EngineSettings.model_fields} if isinstance(fields, dict) else {}
+            known = {key: value for key, value in fields.items() if key in ENGINE_FIELDS} if isinstance(fields, dict) else {}
             for key, value in known.items():
                 variable = f"LPT_{role}_{key}".upper()
                 if key in self._not_json and isinstance(value, str):
@@ -455,6 +540,8 @@ def _fields_at(location: tuple[str, ...]) -> list[str]:
     """The keys a config table takes at a dotted location (the top level for ())."""
     model: type[BaseModel] = PipelineConfig
     for part in location:
+        if model is Engines and part in model.model_fields:  # an engine table, of any kind
+            return list(ENGINE_FIELDS)
         annotation = model.model_fields[part].annotation if part in model.model_fields else None
         if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
             return []

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from dagster import AssetKey, AssetsDefinition, AssetSelection, AssetSpec, Definitions, define_asset_job
 
-from lpt.config import EngineSettings, PipelineConfig, load_config
+from lpt.config import PipelineConfig, load_config
 from lpt.tables import (
     CAPTIONS,
     DPO_PAIRS,
@@ -33,7 +33,7 @@ from lpt_assets.preflight import ROLE_OF_ASSET
 from lpt_assets.registry import SHARD_MANIFEST
 from lpt_assets.schedules import build_backfill_schedule
 from lpt_assets.sensors import build_caption_sensor
-from lpt_resources.engines.resource import EngineResource
+from lpt_resources.engines.resource import engine_resource
 from lpt_resources.storage import ParquetStore
 
 PIPELINE_JOB = "lpt_pipeline"
@@ -75,10 +75,6 @@ def table_specs(producers: Sequence[AssetsDefinition]) -> list[AssetSpec]:
     manifest = AssetSpec(SHARD_MANIFEST.name, partitions_def=shards, group_name=groups[AssetKey(CAPTIONS.name)],
                          description=SHARD_MANIFEST.description, kinds={"parquet"}, metadata={"table": SHARD_MANIFEST.name})
     return [manifest, *quarantines]
-
-
-def engine_resource(settings: EngineSettings) -> EngineResource:
-    return EngineResource(**settings.model_dump())
 
 
 def build_definitions(config: PipelineConfig) -> Definitions:

@@ -7,14 +7,14 @@ schedule) shows stage 3 and everything after it stale for every shard, and stage
 fresh, before anything has run.
 """
 
-from lpt.config import EngineSettings, PipelineConfig, StageConfig
+from lpt.config import EngineSettingsBase, PipelineConfig, StageConfig
 from lpt.parse import MCQ_RULES_VERSION, TRACE_RULES_VERSION
 from lpt.records import stable_id
 from lpt.tables import CAPTIONS, DPO_PAIRS, JUDGE_VERDICTS, LONG_COTS, MCQS, RATIONALE_SCORES, SFT_SAMPLES, SIMPLE_COTS, VERIFIED
 from lpt_assets.assets.ingest import CAPTIONS_VERSION
 
 
-def stage_version(stage: StageConfig, engine: EngineSettings | None, upstream: str, *extra: object) -> str:
+def stage_version(stage: StageConfig, engine: EngineSettingsBase | None, upstream: str, *extra: object) -> str:
     """Readable stage version, then a hash of its config, its engine's output identity and its upstream."""
     identity = engine.output_identity() if engine is not None else ""
     return f"{stage.version}-{stable_id(stage.fingerprint(), identity, upstream, *extra)[:12]}"

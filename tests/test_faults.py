@@ -13,7 +13,7 @@ from lpt.config import Sampling
 from lpt.prompts import ChatPrompt
 from lpt_resources.cache import ResponseCache
 from lpt_resources.engines.base import ChatMessage, Completion, GenerationRequest, GenerationResult, SamplingParams
-from lpt_resources.engines.resource import EngineResource
+from lpt_resources.engines.resource import OpenAIEngineResource
 from tests.fake_openai_server import FakeOpenAIServer
 
 pytestmark = pytest.mark.slow
@@ -105,7 +105,7 @@ def test_failed_requests_fail_the_stage_after_caching_the_rest(tmp_path):
         return 503 if any(m["content"] in failing for m in body["messages"]) else None
 
     with FakeOpenAIServer(rule=rule) as server:
-        engine = EngineResource(kind="openai", model="m", base_url=server.base_url, flush_every=1, max_retries=0)
+        engine = OpenAIEngineResource(model="m", base_url=server.base_url, flush_every=1, max_retries=0)
         prompts = [ChatPrompt(key=k, system="", user=k) for k in ("one", "always", "two")]
         requests = [to_request(p, Sampling(n=1, max_tokens=8)) for p in prompts]
         with pytest.raises(EngineRequestsFailed, match="1 of 3 requests failed"):
@@ -126,7 +126,7 @@ def test_a_request_the_server_refuses_is_returned_for_quarantine_not_raised(tmp_
         return 400 if any(m["content"] == "too long" for m in body["messages"]) else None
 
     with FakeOpenAIServer(rule=rule) as server:
-        engine = EngineResource(kind="openai", model="m", base_url=server.base_url, flush_every=1, max_retries=3)
+        engine = OpenAIEngineResource(model="m", base_url=server.base_url, flush_every=1, max_retries=3)
         prompts = [ChatPrompt(key=k, system="", user=k) for k in ("one", "too long", "two")]
         requests = [to_request(p, Sampling(n=1, max_tokens=8)) for p in prompts]
         results, stats = generate(engine, requests, cache_base=str(tmp_path))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import abc
 import hashlib
 import json
+import threading
 from collections import deque
 from collections.abc import Iterable, Iterator
 from typing import Any, Literal
@@ -151,13 +152,28 @@ class RequestFeed:
 
 
 class Engine(abc.ABC):
-    """A loaded model that turns requests into results."""
+    """A loaded model that turns requests into results, counting what it did in `stats` (which
+    the generation path reads after each stream)."""
 
     name: str
     model: str
     supports_images: bool = False
-    stats: EngineStats
     queue_depth: int | None = None  # requests kept in flight while streaming (None: the engine's default)
+
+    def __init__(self) -> None:
+        self.stats = EngineStats()
+        self._stats_lock = threading.Lock()
+
+    def count(self, result: GenerationResult, seconds: float = 0.0, cost_usd: float = 0.0) -> None:
+        """Add one finished request to `stats` (a failed one's prompt tokens are not counted)."""
+        with self._stats_lock:
+            st = self.stats
+            st.requests += 1
+            st.samples += len(result.completions)
+            st.prompt_tokens += result.prompt_tokens if result.error is None else 0
+            st.completion_tokens += sum(c.completion_tokens for c in result.completions)
+            st.seconds += seconds
+            st.cost_usd += cost_usd
 
     @abc.abstractmethod
     def stream(self, feed: RequestFeed) -> Iterator[tuple[int, GenerationResult]]:

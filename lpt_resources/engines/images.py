@@ -17,6 +17,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from concurrent.futures import Future, ThreadPoolExecutor
+from functools import partial
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -103,6 +104,13 @@ class ImagePrefetcher:
 
     def get(self, key: Hashable, prepare: Callable[[], T]) -> T:
         return self.prefetch(key, prepare).result()
+
+    def for_request(self, location: str | None, max_side: int | None, prepare: Callable[[str, int | None], T]) -> Future | None:
+        """A request's image (`location` capped at `max_side`) prepared by `prepare` (load_image,
+        image_data_url), started now; None for a request without one."""
+        if not location:
+            return None
+        return self.prefetch((location, max_side), partial(prepare, location, max_side))
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

@@ -77,13 +77,13 @@ from typing import Any, Literal
 from .base import (
     Completion,
     Engine,
-    EngineStats,
     GenerationRequest,
     GenerationResult,
     RequestFeed,
     banned_word_variants,
     target_token_count,
 )
+from .common import NO_IMAGES, EngineCannotServe, ErrorKind, chat_messages, describe_error, error_kind, failed
 from .images import ImagePrefetcher, image_data_url
 
 log = logging.getLogger(__name__)
@@ -92,13 +92,8 @@ ServerKind = Literal["vllm", "openai", "sglang", "llamacpp"]
 SERVER_KINDS: tuple[str, ...] = ("vllm", "openai", "sglang", "llamacpp")
 
 NO_PREFILL = "server cannot continue an assistant message"
-NO_IMAGES = "model does not take images"
 
 _RETRY_STATUS = frozenset({408, 409, 429})
-
-
-class RequestNotSupported(ValueError):
-    """A request this server cannot serve as asked (final, not retried)."""
 
 
 class MalformedResponse(Exception):
@@ -121,13 +116,14 @@ def _retryable(exc: BaseException) -> bool:
     return isinstance(exc, httpx2.TransportError)
 
 
-def _refused_by_server(exc: BaseException) -> bool:
-    """The server judged this request unservable (too long for the context, a schema it cannot
-    compile, an image it cannot read): 400, 413 or 422. Auth, unknown-model and rate errors
-    are the deployment's, not the request's."""
+def _server_error_kind(exc: BaseException) -> ErrorKind:
+    """The request's own fault when the server judged it unservable (too long for the context,
+    a schema it cannot compile, an image it cannot read): 400, 413 or 422. Auth, unknown-model
+    and rate errors, and whatever the retries did not cure, are the deployment's."""
     import openai
 
-    return isinstance(exc, openai.APIStatusError) and exc.status_code in (400, 413, 422)
+    refused = isinstance(exc, openai.APIStatusError) and exc.status_code in (400, 413, 422)
+    return "request" if refused else "engine"
 
 
 def _retry_after(exc: BaseException | None) -> float | None:
@@ -224,6 +220,7 @@ class OpenAIEngine(Engine):
             if unknown or not {"input", "output"} <= set(prices):
                 raise ValueError('prices must have exactly the keys "input" and "output" (USD per million tokens)')
             prices = {"input": float(prices["input"]), "output": float(prices["output"])}
+        super().__init__()
         self.model = model
         self.base_url = base_url
         self.api_key_env = api_key_env
@@ -238,8 +235,6 @@ class OpenAIEngine(Engine):
         self.backoff_max_s = float(backoff_max_s)
         self.vllm_legacy_guided = bool(vllm_legacy_guided)
         self.extra_body = dict(extra_body or {})
-        self.stats = EngineStats()
-        self._stats_lock = threading.Lock()
         self._rng = random.Random()
         self._warned: set[str] = set()
 
@@ -279,10 +274,7 @@ class OpenAIEngine(Engine):
             while True:
                 while len(under_way) < depth and (entry := feed.take()) is not None:
                     tag, req = entry
-                    image = None
-                    if req.image:
-                        location, side = req.image, req.image_max_side
-                        image = images.prefetch((location, side), partial(image_data_url, location, side))
+                    image = images.for_request(req.image, req.image_max_side, image_data_url)
                     future = asyncio.run_coroutine_threadsafe(self._one(client, key, http_slots, req, image), loop)
                     future.add_done_callback(lambda _, tag=tag: finished.put(tag))
                     under_way[tag] = future
@@ -291,7 +283,7 @@ class OpenAIEngine(Engine):
                 tag = finished.get()
                 result, billed_prompt, billed_completion = under_way.pop(tag).result()
                 now = time.perf_counter()
-                self._count(result, billed_prompt, billed_completion, now - started)
+                self.count(result, now - started, self._cost(billed_prompt, billed_completion))
                 started = now
                 yield tag, result
         finally:
@@ -316,16 +308,6 @@ class OpenAIEngine(Engine):
             client_kw["base_url"] = self.base_url
         return openai.AsyncOpenAI(**client_kw), asyncio.Semaphore(self.max_concurrency)
 
-    def _count(self, result: GenerationResult, billed_prompt: int, billed_completion: int, seconds: float) -> None:
-        with self._stats_lock:
-            st = self.stats
-            st.requests += 1
-            st.samples += len(result.completions)
-            st.prompt_tokens += result.prompt_tokens if result.error is None else 0
-            st.completion_tokens += sum(c.completion_tokens for c in result.completions)
-            st.seconds += seconds
-            st.cost_usd += self._cost(billed_prompt, billed_completion)
-
     # ---- one request
 
     async def _one(
@@ -341,10 +323,8 @@ class OpenAIEngine(Engine):
             self._check_supported(req)
             image_url = await asyncio.wrap_future(image) if image is not None else None
             base = self._request_kwargs(req, image_url)
-        except RequestNotSupported as exc:  # the engine's config, not this request
-            return self._failed(req, 0, exc, key, kind="engine"), 0, 0
         except Exception as exc:  # noqa: BLE001 - a bad request (its image) must not sink the batch
-            return self._failed(req, 0, exc, key, kind="request"), 0, 0
+            return self._failed(req, 0, exc, key, kind=error_kind(exc)), 0, 0
         if req.target is not None:
             return await self._score(client, key, http_slots, req, base)
 
@@ -372,17 +352,17 @@ class OpenAIEngine(Engine):
                 if prompt_tokens is None:
                     prompt_tokens = p_tokens
         except Exception as exc:  # noqa: BLE001 - reported on this request only
-            kind = "request" if _refused_by_server(exc) else "engine"
+            kind = _server_error_kind(exc)
             return self._failed(req, prompt_tokens or 0, exc, key, kind=kind), billed_prompt, billed_completion
         result = GenerationResult(request_id=req.request_id, prompt_tokens=prompt_tokens or 0, completions=completions)
         return result, billed_prompt, billed_completion
 
     def _failed(
-        self, req: GenerationRequest, prompt_tokens: int, exc: BaseException, key: str, *, kind: Literal["request", "engine"]
+        self, req: GenerationRequest, prompt_tokens: int, exc: BaseException, key: str, *, kind: ErrorKind
     ) -> GenerationResult:
-        msg = self._redact(_describe(exc), key)
+        msg = self._redact(describe_error(exc), key)
         log.warning("request %s failed: %s", req.request_id, msg)
-        return GenerationResult(request_id=req.request_id, prompt_tokens=prompt_tokens, error=msg, error_kind=kind)
+        return failed(req, msg, kind, prompt_tokens)
 
     async def _score(
         self, client: Any, key: str, http_slots: asyncio.Semaphore, req: GenerationRequest, kwargs: dict[str, Any]
@@ -416,7 +396,7 @@ class OpenAIEngine(Engine):
             billed_completion = int(getattr(usage, "completion_tokens", 0) or 0)
             logprobs = _target_logprobs(resp, scored["tokens"][len(scored["tokens"]) - count:])
         except Exception as exc:  # noqa: BLE001 - reported on this request only
-            kind = "request" if _refused_by_server(exc) else "engine"
+            kind = _server_error_kind(exc)
             return self._failed(req, 0, exc, key, kind=kind), billed_prompt, billed_completion
         result = GenerationResult(request_id=req.request_id, prompt_tokens=billed_prompt - count, target_logprobs=logprobs)
         return result, billed_prompt, billed_completion
@@ -434,7 +414,7 @@ class OpenAIEngine(Engine):
             wait = state.next_action.sleep if state.next_action is not None else 0.0
             log.warning(
                 "request %s: attempt %d failed (%s); retrying in %.2fs",
-                request_id, state.attempt_number, self._redact(_describe(exc), key) if exc else "?", wait,
+                request_id, state.attempt_number, self._redact(describe_error(exc), key) if exc else "?", wait,
             )
 
         resp: Any = None
@@ -466,16 +446,16 @@ class OpenAIEngine(Engine):
 
     def _check_supported(self, req: GenerationRequest) -> None:
         if not req.messages or not any(m.role == "user" for m in req.messages):
-            raise RequestNotSupported("a request needs at least one user message")
+            raise EngineCannotServe("a request needs at least one user message")
         if req.image and not self.supports_images:
-            raise RequestNotSupported(NO_IMAGES)
+            raise EngineCannotServe(NO_IMAGES)
         if req.prefill is not None and not self.supports_prefill:
-            raise RequestNotSupported(NO_PREFILL)
+            raise EngineCannotServe(NO_PREFILL)
         if req.regex is not None and self.server_kind in ("openai", "llamacpp"):
-            raise RequestNotSupported(f"{self.server_kind} server cannot constrain output to a regex")
+            raise EngineCannotServe(f"{self.server_kind} server cannot constrain output to a regex")
         if req.target is not None:
             if self.server_kind != "vllm":  # a sampled answer would be cached as if it were a score
-                raise RequestNotSupported(
+                raise EngineCannotServe(
                     f"a {self.server_kind} server returns no prompt log-probabilities, so it cannot score: serve the "
                     "scoring role with server_kind = vllm, or kind = transformers or vllm"
                 )
@@ -483,16 +463,7 @@ class OpenAIEngine(Engine):
                 raise ValueError("a scoring request needs a non-empty target")
 
     def _messages(self, req: GenerationRequest, image_url: str | None) -> list[dict[str, Any]]:
-        messages: list[dict[str, Any]] = [{"role": m.role, "content": m.content} for m in req.messages]
-        if image_url is not None:
-            last_user = max(i for i, m in enumerate(messages) if m["role"] == "user")
-            messages[last_user]["content"] = [
-                {"type": "image_url", "image_url": {"url": image_url}},
-                {"type": "text", "text": messages[last_user]["content"]},
-            ]
-        if req.prefill is not None:
-            messages.append({"role": "assistant", "content": req.prefill})
-        return messages
+        return chat_messages(req, {"type": "image_url", "image_url": {"url": image_url}} if image_url is not None else None)
 
     def _request_kwargs(self, req: GenerationRequest, image_url: str | None) -> dict[str, Any]:
         if req.target is not None:  # vLLM: the target ends the pre-fill; its prompt log-probs are read
@@ -651,7 +622,7 @@ def _target_logprobs(resp: Any, target_ids: list[int]) -> list[float]:
     and with prompt_logprobs=0 it holds only the token that is there (id -> its logprob)."""
     entries = getattr(resp, "prompt_logprobs", None)
     if not isinstance(entries, list):
-        raise RequestNotSupported("the server returned no prompt log-probabilities: is it a vLLM server (server_kind = vllm)?")
+        raise EngineCannotServe("the server returned no prompt log-probabilities: is it a vLLM server (server_kind = vllm)?")
     if not 0 < len(target_ids) < len(entries):
         raise MalformedResponse(f"{len(entries)} prompt log-probabilities for a target of {len(target_ids)} tokens")
     try:
@@ -660,7 +631,7 @@ def _target_logprobs(resp: Any, target_ids: list[int]) -> list[float]:
     except (AttributeError, KeyError, TypeError, ValueError) as exc:
         raise MalformedResponse(f"unreadable prompt log-probabilities ({exc})") from exc
     if [token for token, _ in found] != target_ids:
-        raise RequestNotSupported(
+        raise EngineCannotServe(
             "the prompt the server scored does not end with the target's tokens (its chat template renders the "
             "pre-fill otherwise than its /tokenize does)"
         )
@@ -678,9 +649,3 @@ def _check_response(resp: Any) -> None:
         if message.content is not None and not isinstance(message.content, str):
             raise MalformedResponse("message content is not text")
 
-
-def _describe(exc: BaseException) -> str:
-    msg = str(exc) or type(exc).__name__
-    if isinstance(exc, RequestNotSupported):
-        return msg
-    return f"{type(exc).__name__}: {msg}"

@@ -13,7 +13,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from lpt.config import Engines, EngineSettings
+from lpt.config import Engines, EngineSettings, OpenAISettings, TransformersSettings, VLLMSettings
 
 SERVER_TIMEOUT_S = 3.0
 HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}")
@@ -30,7 +30,7 @@ class EngineCheckError(ValueError):
 def check_engine(role: str, settings: EngineSettings, timeout_s: float = SERVER_TIMEOUT_S) -> str:
     """Raise EngineCheckError when `settings` cannot serve `role`; else a short line saying what
     was found."""
-    if settings.kind == "openai":
+    if isinstance(settings, OpenAISettings):
         return _check_server(role, settings, timeout_s)
     return _check_model(role, settings)
 
@@ -39,8 +39,9 @@ def _looks_like_path(model: str) -> bool:
     return model.startswith(("/", "./", "../", "~")) or Path(model).expanduser().exists() or model.count("/") > 1
 
 
-def _check_model(role: str, settings: EngineSettings) -> str:
+def _check_model(role: str, settings: TransformersSettings | VLLMSettings) -> str:
     model = settings.model
+    gguf_file = settings.gguf_file if isinstance(settings, TransformersSettings) else None
     if settings.kind == "transformers" and model == "smollm2-135m-instruct":
         from lpt_resources.engines.transformers_engine import smollm2_gguf_location
 
@@ -53,9 +54,9 @@ def _check_model(role: str, settings: EngineSettings) -> str:
         folder = Path(model).expanduser()
         if not folder.exists():
             raise EngineCheckError(role, "model", model, "no such local model folder (a hub id looks like org/name)")
-        if settings.gguf_file and not (folder / settings.gguf_file).is_file():
-            raise EngineCheckError(role, "gguf_file", settings.gguf_file, f"no such file in {folder}")
-        if not settings.gguf_file and not (folder / "config.json").is_file():
+        if gguf_file and not (folder / gguf_file).is_file():
+            raise EngineCheckError(role, "gguf_file", gguf_file, f"no such file in {folder}")
+        if not gguf_file and not (folder / "config.json").is_file():
             raise EngineCheckError(role, "model", model, "the folder has no config.json: not a model folder")
         return f"{role}: local model {folder}"
     if not HUB_ID.fullmatch(model) or ".." in model or "--" in model:
@@ -74,7 +75,7 @@ def _check_model(role: str, settings: EngineSettings) -> str:
     return f"{role}: hub model {model}"
 
 
-def _check_server(role: str, settings: EngineSettings, timeout_s: float) -> str:
+def _check_server(role: str, settings: OpenAISettings, timeout_s: float) -> str:
     key = os.environ.get(settings.api_key_env)
     if settings.base_url is None:  # OpenAI's own API: no call here, but it needs a key
         if not key:

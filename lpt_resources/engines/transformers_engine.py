@@ -22,20 +22,19 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 from .base import (
-    banned_word_variants,
-    target_token_count,
     Completion,
     Engine,
-    EngineStats,
     GenerationRequest,
     GenerationResult,
     RequestFeed,
+    banned_word_variants,
+    target_token_count,
 )
+from .common import NO_IMAGES, EngineCannotServe, chat_messages, describe_error, error_kind, failed
 from .images import ImagePrefetcher, load_image
 from .shared import SharedModels, UsesSharedModel
 
@@ -338,12 +337,12 @@ class TransformersEngine(UsesSharedModel[tuple, LoadedModel], Engine):
             raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
+        super().__init__()
         self.model = model
         self.gguf_file = gguf_file
         self.dtype = _DTYPES[dtype]
         self.device = device
         self.batch_size = batch_size
-        self.stats = EngineStats()
         self._models = _MODELS
         self._model_key = (model, gguf_file, self.dtype, device, revision)
         self.revision = revision
@@ -372,17 +371,7 @@ class TransformersEngine(UsesSharedModel[tuple, LoadedModel], Engine):
     ) -> list[dict[str, Any]]:
         """Chat messages for the template; `contents` stands in for the messages' texts (the
         pre-fill last), as `_encode` does to find where each text lands."""
-        texts = contents or [m.content for m in req.messages] + ([req.prefill] if req.prefill is not None else [])
-        messages: list[dict[str, Any]] = [{"role": m.role, "content": t} for m, t in zip(req.messages, texts)]
-        if with_image:
-            last_user = max(i for i, m in enumerate(messages) if m["role"] == "user")
-            messages[last_user]["content"] = [
-                {"type": "image"},
-                {"type": "text", "text": messages[last_user]["content"]},
-            ]
-        if req.prefill is not None:
-            messages.append({"role": "assistant", "content": texts[-1]})
-        return messages
+        return chat_messages(req, {"type": "image"} if with_image else None, contents)
 
     def render_prompt(
         self, req: GenerationRequest, *, with_image: bool | None = None, contents: list[str] | None = None
@@ -403,9 +392,9 @@ class TransformersEngine(UsesSharedModel[tuple, LoadedModel], Engine):
         pixel_values = grid = None
         if req.image:
             if not h.is_vl:
-                raise ValueError("model does not take images")
-            load = partial(load_image, req.image, req.image_max_side)
-            image = images.get((req.image, req.image_max_side), load) if images is not None else load()
+                raise EngineCannotServe(NO_IMAGES)
+            future = images.for_request(req.image, req.image_max_side, load_image) if images is not None else None
+            image = future.result() if future is not None else load_image(req.image, req.image_max_side)
             feats = h.image_processor(images=[image], return_tensors="pt")
             pixel_values, grid = feats["pixel_values"], feats["image_grid_thw"]
             merge = int(getattr(h.image_processor, "merge_size", 2))
@@ -474,9 +463,7 @@ class TransformersEngine(UsesSharedModel[tuple, LoadedModel], Engine):
             try:
                 prepared.append(self._prepare(i, req, images))
             except Exception as exc:  # noqa: BLE001 - one bad request must not sink the rest
-                message = _describe(exc)
-                kind = "engine" if message == "model does not take images" else "request"
-                results[i] = GenerationResult(request_id=req.request_id, prompt_tokens=0, error=message, error_kind=kind)
+                results[i] = failed(req, describe_error(exc), error_kind(exc))
 
         self._score([p for p in prepared if p.request.target is not None], results)
         groups: dict[str, list[_Prepared]] = {}
@@ -488,7 +475,7 @@ class TransformersEngine(UsesSharedModel[tuple, LoadedModel], Engine):
             rows = [(p, s) for p in group for s in range(p.request.sampling.n)]
             rows.sort(key=lambda r: len(r[0].input_ids))  # less padding; stable, so deterministic
             completions: dict[int, dict[int, Completion]] = {p.index: {} for p in group}
-            failed: dict[int, str] = {}
+            failures: dict[int, str] = {}
             for start in range(0, len(rows), self.batch_size):
                 batch = rows[start : start + self.batch_size]
                 try:
@@ -503,15 +490,12 @@ class TransformersEngine(UsesSharedModel[tuple, LoadedModel], Engine):
                         try:
                             outs.extend(zip(req_rows, self._run_batch(req_rows)))
                         except Exception as exc2:  # noqa: BLE001
-                            failed[idx] = _describe(exc2)
+                            failures[idx] = describe_error(exc2)
                 for (p, s), comp in outs:
                     completions[p.index][s] = comp
             for p in group:
-                if p.index in failed:
-                    results[p.index] = GenerationResult(  # it failed alone, while its batch ran
-                        request_id=p.request.request_id, prompt_tokens=len(p.input_ids), error=failed[p.index],
-                        error_kind="request",
-                    )
+                if p.index in failures:  # it failed alone, while its batch ran
+                    results[p.index] = failed(p.request, failures[p.index], "request", len(p.input_ids))
                 else:
                     comps = completions[p.index]
                     results[p.index] = GenerationResult(
@@ -522,12 +506,9 @@ class TransformersEngine(UsesSharedModel[tuple, LoadedModel], Engine):
 
         final = [r for r in results if r is not None]
         assert len(final) == len(requests)
-        st = self.stats
-        st.requests += len(requests)
-        st.samples += sum(len(r.completions) for r in final)
-        st.prompt_tokens += sum(r.prompt_tokens for r in final if r.error is None)
-        st.completion_tokens += sum(c.completion_tokens for r in final for c in r.completions)
-        st.seconds += time.perf_counter() - t_loaded
+        for result in final:
+            self.count(result)
+        self.stats.seconds += time.perf_counter() - t_loaded
         log.debug("generate: %d requests in %.1fs (load %.1fs)", len(requests), time.perf_counter() - t0,
                   t_loaded - t0)
         return final
@@ -631,10 +612,7 @@ class TransformersEngine(UsesSharedModel[tuple, LoadedModel], Engine):
                     try:
                         scored.extend(zip([p], self._forward_logprobs([p])))
                     except Exception as exc2:  # noqa: BLE001
-                        results[p.index] = GenerationResult(
-                            request_id=p.request.request_id, prompt_tokens=len(p.input_ids),
-                            error=_describe(exc2), error_kind="request",
-                        )
+                        results[p.index] = failed(p.request, describe_error(exc2), "request", len(p.input_ids))
             for p, logprobs in scored:
                 results[p.index] = GenerationResult(
                     request_id=p.request.request_id,
@@ -761,9 +739,3 @@ def _expand_image_pad(text: str, image_tokens: int) -> str:
         raise ValueError(f"expected one {pad} in the rendered prompt, found {text.count(pad)}")
     return text.replace(pad, pad * image_tokens)
 
-
-def _describe(exc: BaseException) -> str:
-    msg = str(exc) or type(exc).__name__
-    if isinstance(exc, ValueError) and msg == "model does not take images":
-        return msg
-    return f"{type(exc).__name__}: {msg}"

@@ -70,19 +70,18 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from functools import partial
-from typing import Any, Literal
+from typing import Any
 
 from .base import (
-    banned_word_variants,
-    target_token_count,
     Completion,
     Engine,
-    EngineStats,
     GenerationRequest,
     GenerationResult,
     RequestFeed,
+    banned_word_variants,
+    target_token_count,
 )
+from .common import NO_IMAGES, EngineCannotServe, ErrorKind, chat_messages, describe_error, error_kind
 from .images import ImagePrefetcher, load_image
 from .shared import SharedModels, UsesSharedModel
 
@@ -92,7 +91,6 @@ log = logging.getLogger(__name__)
 JSON_DISABLE_ANY_WHITESPACE = True
 
 _FINISH = {"stop": "stop", "length": "length"}
-NO_IMAGES = "model does not take images"
 
 
 # --------------------------------------------------------------------------------------------
@@ -100,7 +98,7 @@ NO_IMAGES = "model does not take images"
 
 
 @dataclass(frozen=True)
-class VLLMSettings:
+class LLMSettings:
     """Everything that makes two `vllm.LLM` instances different: the registry key."""
 
     model: str
@@ -186,18 +184,11 @@ class _Sample:
 class _Raw:
     index: int
     error: str | None = None
-    error_kind: Literal["request", "engine"] = "engine"  # see GenerationResult.error_kind
+    error_kind: ErrorKind = "engine"  # see GenerationResult.error_kind
     prompt: str | None = None
     prompt_tokens: int = 0
     samples: list[_Sample] = field(default_factory=list)
     target_logprobs: list[float] | None = None
-
-
-def _describe(exc: BaseException) -> str:
-    msg = str(exc) or type(exc).__name__
-    if isinstance(exc, ValueError) and msg == NO_IMAGES:
-        return msg
-    return f"{type(exc).__name__}: {msg}"
 
 
 def _sampling_params(item: _Item) -> Any:
@@ -322,7 +313,7 @@ def stream_items(llm: Any, take: Take, depth: int) -> Iterator[_Raw]:
                 try:
                     ids = llm.enqueue_chat([item.messages], _sampling_params(item), use_tqdm=False, **_chat_flags(item))
                 except Exception as exc:  # noqa: BLE001 - one bad request (too long, say) must not sink the rest
-                    yield _Raw(index=item.index, error=_describe(exc), error_kind="request")
+                    yield _Raw(index=item.index, error=describe_error(exc), error_kind="request")
                     continue
                 item.messages = []  # vLLM holds the rendered prompt now; the image need not stay
                 queued.add(ids[0], item)
@@ -333,7 +324,7 @@ def stream_items(llm: Any, take: Take, depth: int) -> Iterator[_Raw]:
                     raise RuntimeError("vLLM holds none of the queued requests")
                 outputs = engine.step()
             except Exception as exc:  # noqa: BLE001 - the engine died: what it held, and the rest, fail
-                error = _describe(exc)
+                error = describe_error(exc)
                 for item in queued.drain():
                     yield _Raw(index=item.index, error=error)
                 while (item := take()) is not None:
@@ -356,7 +347,7 @@ def stream_items(llm: Any, take: Take, depth: int) -> Iterator[_Raw]:
 # Runners: one `vllm.LLM` in this process, or data-parallel replicas in child processes
 
 
-def _build_llm(settings: VLLMSettings) -> Any:
+def _build_llm(settings: LLMSettings) -> Any:
     from vllm import LLM
 
     return LLM(**settings.llm_kwargs())
@@ -409,7 +400,7 @@ def _free_memory() -> None:
 
 
 class _LocalRunner:
-    def __init__(self, settings: VLLMSettings) -> None:
+    def __init__(self, settings: LLMSettings) -> None:
         self.llm = _build_llm(settings)
         self.is_multimodal = _is_multimodal(self.llm)
         self.max_num_seqs = _max_num_seqs(self.llm)
@@ -452,7 +443,7 @@ def _replica_devices(dp: int, tp: int) -> list[str | None]:
     return [",".join(visible[r * tp : (r + 1) * tp]) for r in range(dp)]
 
 
-def _replica_main(rank: int, settings: VLLMSettings, devices: str | None, conn: Any) -> None:
+def _replica_main(rank: int, settings: LLMSettings, devices: str | None, conn: Any) -> None:
     """A data-parallel replica: one `vllm.LLM` on its own GPUs, streaming the items the parent
     sends as fast as it finishes others, each result sent back as it finishes."""
     if devices is not None:
@@ -461,7 +452,7 @@ def _replica_main(rank: int, settings: VLLMSettings, devices: str | None, conn: 
         llm = _build_llm(settings)
         conn.send(("ready", _is_multimodal(llm), _max_num_seqs(llm)))
     except BaseException as exc:  # noqa: BLE001
-        conn.send(("failed", _describe(exc)))
+        conn.send(("failed", describe_error(exc)))
         return
     waiting: deque[_Item] = deque()
     closing = False
@@ -497,7 +488,7 @@ def _replica_main(rank: int, settings: VLLMSettings, devices: str | None, conn: 
 
 
 class _ReplicaRunner:
-    def __init__(self, settings: VLLMSettings) -> None:
+    def __init__(self, settings: LLMSettings) -> None:
         import multiprocessing as mp
 
         ctx = mp.get_context("spawn")
@@ -550,7 +541,7 @@ class _ReplicaRunner:
                     self.conns[rank].send(("items", [item]))
                 except (OSError, EOFError) as exc:  # the replica is gone: its work fails
                     alive[rank] = False
-                    yield _Raw(index=item.index, error=f"data-parallel replica {rank} is gone: {_describe(exc)}")
+                    yield _Raw(index=item.index, error=f"data-parallel replica {rank} is gone: {describe_error(exc)}")
                     yield from self._fail(held[rank], f"data-parallel replica {rank} is gone")
                     continue
                 held[rank][item.index] = item
@@ -602,7 +593,7 @@ class _ReplicaRunner:
 
 @dataclass
 class LoadedLLM:
-    key: VLLMSettings
+    key: LLMSettings
     runner: Any
     load_seconds: float
     is_multimodal: bool
@@ -616,7 +607,7 @@ class LoadedLLM:
         return getattr(self.runner, "llm", None)
 
 
-def _load(key: VLLMSettings) -> LoadedLLM:
+def _load(key: LLMSettings) -> LoadedLLM:
     t0 = time.perf_counter()
     runner = _ReplicaRunner(key) if key.data_parallel_size > 1 else _LocalRunner(key)
     seconds = time.perf_counter() - t0
@@ -631,7 +622,7 @@ def _close(handle: LoadedLLM) -> None:
         handle.runner.close()
 
 
-_ENGINES: SharedModels[VLLMSettings, LoadedLLM] = SharedModels(_load, _close)
+_ENGINES: SharedModels[LLMSettings, LoadedLLM] = SharedModels(_load, _close)
 loaded_engines = _ENGINES.snapshot
 atexit.register(_ENGINES.close_all)
 
@@ -640,7 +631,7 @@ atexit.register(_ENGINES.close_all)
 # The engine
 
 
-class VLLMEngine(UsesSharedModel[VLLMSettings, LoadedLLM], Engine):
+class VLLMEngine(UsesSharedModel[LLMSettings, LoadedLLM], Engine):
     """`vllm.LLM` in this process behind the streaming interface.
 
     Args:
@@ -687,10 +678,11 @@ class VLLMEngine(UsesSharedModel[VLLMSettings, LoadedLLM], Engine):
         kwargs = dict(engine_kwargs or {})
         if "data_parallel_size" in kwargs:
             raise ValueError("set data_parallel_size as the engine's own argument, not in engine_kwargs")
+        super().__init__()
         self.model = model
         self.dtype = dtype
         self.queue_depth = queue_depth
-        self.settings = VLLMSettings(
+        self.settings = LLMSettings(
             model=model,
             revision=revision,
             dtype=dtype,
@@ -705,7 +697,6 @@ class VLLMEngine(UsesSharedModel[VLLMSettings, LoadedLLM], Engine):
             limit_mm_per_prompt=tuple(sorted(limit_mm_per_prompt.items())) if limit_mm_per_prompt else None,
             engine_kwargs_json=json.dumps(kwargs, sort_keys=True),
         )
-        self.stats = EngineStats()
         # Set True to keep the prompt text vLLM rendered for each request (request id -> text)
         # of the last stream in `last_prompts`: for tests and debugging.
         self.record_prompts = False
@@ -737,16 +728,7 @@ class VLLMEngine(UsesSharedModel[VLLMSettings, LoadedLLM], Engine):
         """The chat messages vLLM gets for a request: the image (a PIL image) as a PIL content
         part before the text of the last user message, the pre-fill as a final assistant
         message."""
-        messages: list[dict[str, Any]] = [{"role": m.role, "content": m.content} for m in req.messages]
-        if image is not None:
-            last_user = max(i for i, m in enumerate(messages) if m["role"] == "user")
-            messages[last_user]["content"] = [
-                {"type": "image_pil", "image_pil": image},
-                {"type": "text", "text": messages[last_user]["content"]},
-            ]
-        if req.prefill is not None:
-            messages.append({"role": "assistant", "content": req.prefill})
-        return messages
+        return chat_messages(req, {"type": "image_pil", "image_pil": image} if image is not None else None)
 
     @staticmethod
     def sampling_kwargs(req: GenerationRequest) -> dict[str, Any]:
@@ -849,10 +831,7 @@ class VLLMEngine(UsesSharedModel[VLLMSettings, LoadedLLM], Engine):
             while len(staged) < lookahead and (entry := feed.take()) is not None:
                 tag, req = entry
                 requests[tag] = req
-                image = None
-                if req.image:
-                    location, side = req.image, req.image_max_side
-                    image = prefetcher.prefetch((location, side), partial(load_image, location, side))
+                image = prefetcher.for_request(req.image, req.image_max_side, load_image)
                 staged.append((tag, req, image))
             if not staged:
                 return None
@@ -860,11 +839,10 @@ class VLLMEngine(UsesSharedModel[VLLMSettings, LoadedLLM], Engine):
             try:
                 loaded = image.result() if image is not None else None  # an unreadable image is the request's fault
                 if loaded is not None and not self.supports_images:
-                    raise ValueError(NO_IMAGES)
+                    raise EngineCannotServe(NO_IMAGES)
                 return self._item(tag, req, loaded)
             except Exception as exc:  # noqa: BLE001 - one bad request must not sink the rest
-                message = _describe(exc)
-                return _Raw(index=tag, error=message, error_kind="engine" if message == NO_IMAGES else "request")
+                return _Raw(index=tag, error=describe_error(exc), error_kind=error_kind(exc))
 
         return take, prefetcher
 
@@ -882,7 +860,7 @@ class VLLMEngine(UsesSharedModel[VLLMSettings, LoadedLLM], Engine):
                 for raw in handle.runner.stream(take, depth):
                     req = requests.pop(raw.index)
                     result = self._result(req, raw)
-                    self._count(result, time.perf_counter() - started)
+                    self.count(result, time.perf_counter() - started)
                     started = time.perf_counter()
                     yield raw.index, result
         finally:
@@ -911,14 +889,6 @@ class VLLMEngine(UsesSharedModel[VLLMSettings, LoadedLLM], Engine):
                 for s in raw.samples
             ],
         )
-
-    def _count(self, result: GenerationResult, seconds: float) -> None:
-        st = self.stats
-        st.requests += 1
-        st.samples += len(result.completions)
-        st.prompt_tokens += result.prompt_tokens if result.error is None else 0
-        st.completion_tokens += sum(c.completion_tokens for c in result.completions)
-        st.seconds += seconds
 
 
 def _special_texts(tokenizer: Any, model: str) -> tuple[str, ...]:

@@ -13,12 +13,13 @@ def test_environment_points_one_role_at_another_engine(tmp_path, monkeypatch):
     monkeypatch.setenv("LPT_REASONER_KIND", "openai")
     monkeypatch.setenv("LPT_REASONER_BASE_URL", "http://127.0.0.1:8000/v1")
     monkeypatch.setenv("LPT_REASONER_MAX_CONCURRENCY", "64")
+    monkeypatch.setenv("LPT_VLM_KIND", "vllm")
     monkeypatch.setenv("LPT_VLM_ENGINE_KWARGS", '{"max_num_batched_tokens": 8192}')
     monkeypatch.setenv("LPT_VLM_LIMIT_MM_PER_PROMPT", '{"image": 1}')
     config = load_config(tmp_path / "c.toml")
     reasoner = config.engines.reasoner
     assert (reasoner.kind, reasoner.base_url, reasoner.max_concurrency) == ("openai", "http://127.0.0.1:8000/v1", 64)
-    assert reasoner.model == "from-file" and reasoner.batch_size == 8
+    assert reasoner.model == "from-file" and not hasattr(reasoner, "batch_size")  # a transformers key, ignored
     assert config.engines.vlm.engine_kwargs == {"max_num_batched_tokens": 8192}
     assert config.engines.vlm.limit_mm_per_prompt == {"image": 1}
     assert config.engines.ask.kind == "transformers"
@@ -55,9 +56,9 @@ def test_every_shipped_config_loads_and_names_files_that_exist():
 
 def test_where_a_server_runs_is_not_part_of_what_it_answers():
     """Moving a `vllm serve` to another host keeps the cache and every code version after it."""
-    from lpt.config import EngineSettings
+    from lpt.config import engine_settings
 
-    here = EngineSettings(kind="openai", model="m", base_url="http://a:8000/v1")
+    here = engine_settings(kind="openai", model="m", base_url="http://a:8000/v1")
     there = here.model_copy(update={"base_url": "http://b:9000/v1", "max_concurrency": 128})
     assert here.output_identity() == there.output_identity()
     assert here.output_identity() != here.model_copy(update={"revision": "abc123"}).output_identity()

@@ -9,7 +9,7 @@ from lpt.prompts import ChatPrompt
 from lpt_assets.generation import Answer, GenerationRun, ShardDone, generate, to_request
 from lpt_resources.engines.base import RequestFeed
 from lpt_resources.engines.openai_engine import OpenAIEngine
-from lpt_resources.engines.resource import EngineResource
+from lpt_resources.engines.resource import OpenAIEngineResource
 from tests.fake_openai_server import FakeOpenAIServer
 
 
@@ -42,7 +42,7 @@ def _cached_lines(base) -> int:
 
 def test_run_streams_follow_ups_and_marks_each_shard_done_after_its_last_answer(tmp_path):
     with FakeOpenAIServer(delay_s=0.01, reply_words=6) as server:
-        engine = EngineResource(kind="openai", model="m", base_url=server.base_url, max_concurrency=3, flush_every=2)
+        engine = OpenAIEngineResource(model="m", base_url=server.base_url, max_concurrency=3, flush_every=2)
         work = [("s0", _request(f"a{i}", max_tokens=4), ("first", i)) for i in range(4)]
         work += [("s1", _request(f"b{i}", max_tokens=20), ("first", i)) for i in range(3)]
 
@@ -68,7 +68,7 @@ def test_run_streams_follow_ups_and_marks_each_shard_done_after_its_last_answer(
     assert stats["s0"].completion_tokens + stats["s1"].completion_tokens > stats["s1"].completion_tokens > 0
     # a rerun answers everything from the cache (follow-ups included) and sends nothing
     with FakeOpenAIServer() as server:
-        engine = EngineResource(kind="openai", model="m", base_url=server.base_url)
+        engine = OpenAIEngineResource(model="m", base_url=server.base_url)
         run = GenerationRun(engine, iter(work), stage="stage", cache_base=str(tmp_path), follow_up=retry_cut)
         events = list(run)
         again = [e for e in events if isinstance(e, Answer)]
@@ -80,7 +80,7 @@ def test_run_streams_follow_ups_and_marks_each_shard_done_after_its_last_answer(
 def test_results_reach_the_cache_in_small_groups_while_the_stage_streams(tmp_path):
     """A crash mid-stage loses at most the answers not yet flushed and those in flight."""
     with FakeOpenAIServer(delay_s=0.02) as server:
-        engine = EngineResource(kind="openai", model="m", base_url=server.base_url, max_concurrency=2, flush_every=3)
+        engine = OpenAIEngineResource(model="m", base_url=server.base_url, max_concurrency=2, flush_every=3)
         run = GenerationRun(engine, (("s", _request(f"q{i}"), i) for i in range(20)), stage="stage",
                             cache_base=str(tmp_path), total=20)
         seen = 0
@@ -104,7 +104,7 @@ def test_the_engine_gets_its_first_request_before_the_work_is_all_built(tmp_path
             yield "s", _request(f"q{i}"), i
 
     with FakeOpenAIServer() as server:
-        engine = EngineResource(kind="openai", model="m", base_url=server.base_url, max_concurrency=4)
+        engine = OpenAIEngineResource(model="m", base_url=server.base_url, max_concurrency=4)
         run = GenerationRun(engine, work(), stage="stage", cache_base=str(tmp_path), total=1_000_000)
         first = next(e for e in run if isinstance(e, Answer))
     assert first.result.error is None
@@ -115,7 +115,7 @@ def test_the_engine_gets_its_first_request_before_the_work_is_all_built(tmp_path
 def test_progress_reports_done_total_speed_and_time_left(tmp_path):
     lines: list[str] = []
     with FakeOpenAIServer(delay_s=0.05) as server:
-        engine = EngineResource(kind="openai", model="m", base_url=server.base_url, max_concurrency=2, progress_seconds=0.1)
+        engine = OpenAIEngineResource(model="m", base_url=server.base_url, max_concurrency=2, progress_seconds=0.1)
         run = GenerationRun(engine, (("s", _request(f"q{i}"), i) for i in range(12)), stage="simple_cots",
                             cache_base=str(tmp_path), total=12, report=lines.append)
         list(run)
@@ -126,7 +126,7 @@ def test_progress_reports_done_total_speed_and_time_left(tmp_path):
 
 def test_generate_keeps_the_request_order(tmp_path):
     with FakeOpenAIServer(rule=_slow_first) as server:
-        engine = EngineResource(kind="openai", model="m", base_url=server.base_url, max_concurrency=4)
+        engine = OpenAIEngineResource(model="m", base_url=server.base_url, max_concurrency=4)
         requests = [_request("slow")] + [_request(f"fast {i}") for i in range(5)]
         results, stats = generate(engine, requests, cache_base=str(tmp_path))
     assert [r.request_id for r in results] == [r.request_id for r in requests]

@@ -6,7 +6,7 @@ import time
 
 from dagster import AssetExecutionContext, asset, instance_for_test, materialize
 
-from lpt.config import EngineSettings, Engines
+from lpt.config import Engines, engine_settings
 from lpt_assets.preflight import preflight_run
 
 
@@ -27,7 +27,7 @@ def _assets(engines: Engines, worked: list[str]):
 
 
 def test_a_missing_reasoner_path_fails_the_first_generation_step(tmp_path):
-    engines = Engines(reasoner=EngineSettings(model=str(tmp_path / "no-such-model")))
+    engines = Engines(reasoner=engine_settings(model=str(tmp_path / "no-such-model")))
     worked: list[str] = []
     started = time.perf_counter()
     with instance_for_test() as instance:
@@ -41,7 +41,7 @@ def test_a_missing_reasoner_path_fails_the_first_generation_step(tmp_path):
 
 
 def test_a_run_checks_only_the_roles_it_uses_and_each_once(tmp_path):
-    engines = Engines(reasoner=EngineSettings(model=str(tmp_path / "no-such-model")))
+    engines = Engines(reasoner=engine_settings(model=str(tmp_path / "no-such-model")))
     worked: list[str] = []
     with instance_for_test() as instance:
         result = materialize(_assets(engines, worked)[:1], instance=instance)

@@ -8,7 +8,7 @@ from lpt.records import MCQ, Caption, PresentedMCQ, SimpleCot
 from lpt_assets.assets.generate import build_generation_assets
 from lpt_resources.captions.sources import parse_spec, read_items
 from lpt_resources.captions.validate import check_shard
-from lpt_resources.engines.resource import EngineResource
+from lpt_resources.engines.resource import EngineResource, TransformersEngineResource
 from lpt_resources.storage import ParquetStore
 
 SHARD = "sample-train-00000"
@@ -55,7 +55,7 @@ def _run_stage2(tmp_path, vlm: EngineResource, stand_in: bool):
 
 def test_vlm_reads_the_image(tmp_path, tiny_qwen2_5_vl_path):
     result, store, caption = _run_stage2(
-        tmp_path, EngineResource(model=str(tiny_qwen2_5_vl_path)), stand_in=False
+        tmp_path, TransformersEngineResource(model=str(tiny_qwen2_5_vl_path)), stand_in=False
     )
     assert result.success
     cots = store.read("simple_cots", SHARD, SimpleCot)
@@ -69,7 +69,7 @@ def test_vlm_reads_the_image(tmp_path, tiny_qwen2_5_vl_path):
 
 
 def test_text_model_refuses_images_unless_stand_in_is_on(tmp_path, tiny_qwen2_path):
-    result, _, _ = _run_stage2(tmp_path, EngineResource(model=str(tiny_qwen2_path)), stand_in=False)
+    result, _, _ = _run_stage2(tmp_path, TransformersEngineResource(model=str(tiny_qwen2_path)), stand_in=False)
     assert not result.success
     [failure] = result.get_step_failure_events()
     assert "think.caption_stand_in = true" in failure.event_specific_data.error.to_string()

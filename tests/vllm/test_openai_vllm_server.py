@@ -25,21 +25,10 @@ import pytest  # noqa: E402
 
 import vllm  # noqa: E402,F401 - these run in .venv-vllm (`make test-vllm`): no vLLM is a failure
 
-from lpt_resources.engines.base import ChatMessage, GenerationRequest, SamplingParams  # noqa: E402
 from lpt_resources.engines.openai_engine import OpenAIEngine  # noqa: E402
+from tests.vllm.helpers import assert_scores_match_transformers, request  # noqa: E402
 
-SYSTEM = ChatMessage(role="system", content="You are a helpful assistant.")
 START_TIMEOUT_S = 300.0  # a cold start on 2 shared cores has taken over 120 s
-
-
-def request(rid: str, text: str, **kw) -> GenerationRequest:
-    sampling = {k: kw.pop(k) for k in list(kw) if k in SamplingParams.model_fields}
-    return GenerationRequest(
-        request_id=rid,
-        messages=(SYSTEM, ChatMessage(role="user", content=text)),
-        sampling=SamplingParams(**sampling),
-        **kw,
-    )
 
 
 def _free_port() -> int:
@@ -212,17 +201,4 @@ def test_scoring_matches_transformers(engine, hf_engine):
     agree with the transformers forward pass token for token, as the in-process VLLMEngine's
     do (test_vllm_engine.py); scoring and generation share one stream, and an empty target is
     the request's own refusal."""
-    targets = ["(A) red", " The answer is (B) blue.", "C", "_functions_functions"]
-    reqs = [request(f"s{i}", "Which colour is the apple?", target=t) for i, t in enumerate(targets)]
-    reqs.append(request("sp", "Which colour?", prefill="<think>\nRed.</think>\n<answer>", target="(A)</answer>"))
-    mixed = [*reqs[:2], request("g", "Hi", temperature=0, max_tokens=3), *reqs[2:]]
-    ours = [r for r in engine.generate(mixed) if r.request_id != "g"]
-    theirs = hf_engine.generate(reqs)
-    for a, b in zip(ours, theirs):
-        assert a.error is None and b.error is None, (a.error, b.error)
-        assert a.completions == b.completions == []
-        assert a.prompt_tokens == b.prompt_tokens
-        assert len(a.target_logprobs) == len(b.target_logprobs) > 0
-        assert a.target_logprobs == pytest.approx(b.target_logprobs, abs=2e-3)
-    [empty] = engine.generate([request("e", "Hi", target="")])
-    assert empty.refused
+    assert_scores_match_transformers(engine, hf_engine)

@@ -22,24 +22,13 @@ import vllm  # noqa: E402,F401 - these run in .venv-vllm (`make test-vllm`): no 
 from PIL import Image  # noqa: E402
 
 from lpt_resources.engines import vllm_engine as ve  # noqa: E402
-from lpt_resources.engines.base import ChatMessage, GenerationRequest, SamplingParams  # noqa: E402
+from lpt_resources.engines.base import ChatMessage, GenerationRequest  # noqa: E402
 from lpt_resources.engines.vllm_engine import VLLMEngine  # noqa: E402
-
-SYSTEM = ChatMessage(role="system", content="You are a helpful assistant.")
+from tests.vllm.helpers import SYSTEM, assert_scores_match_transformers, request  # noqa: E402
 
 # Small on purpose: a 512-token context, few sequences at once. enforce_eager skips
 # torch.compile, which on 2 CPU cores would double the start-up time.
 SETTINGS = dict(dtype="float32", max_model_len=512, max_num_seqs=8, enforce_eager=True, seed=0)
-
-
-def request(rid: str, text: str, **kw) -> GenerationRequest:
-    sampling = {k: kw.pop(k) for k in list(kw) if k in SamplingParams.model_fields}
-    return GenerationRequest(
-        request_id=rid,
-        messages=(SYSTEM, ChatMessage(role="user", content=text)),
-        sampling=SamplingParams(**sampling),
-        **kw,
-    )
 
 
 @pytest.fixture(scope="module")
@@ -156,16 +145,17 @@ def test_load_image_caps_the_longest_side(tmp_path):
 
 
 def test_engine_resource_and_settings_build_the_vllm_engine(tiny_qwen2_path):
-    from lpt.config import EngineSettings
-    from lpt_resources.engines.resource import EngineResource
+    from lpt.config import engine_settings
+    from lpt_resources.engines.resource import VLLMEngineResource, engine_resource
 
-    settings = EngineSettings(kind="vllm", model=str(tiny_qwen2_path), tensor_parallel_size=2,
+    settings = engine_settings(kind="vllm", model=str(tiny_qwen2_path), tensor_parallel_size=2,
                               max_model_len=4096, limit_mm_per_prompt={"image": 1},
                               engine_kwargs={"kv_cache_dtype": "fp8"})
     assert settings.dtype == "bfloat16"  # the vLLM default when the config names none
-    assert EngineSettings(kind="vllm", dtype="float16").dtype == "float16"
-    assert EngineSettings().dtype == "float32"  # the transformers default is unchanged
-    resource = EngineResource(**settings.model_dump())
+    assert engine_settings(kind="vllm", dtype="float16").dtype == "float16"
+    assert engine_settings().dtype == "float32"  # the transformers default is unchanged
+    resource = engine_resource(settings)
+    assert isinstance(resource, VLLMEngineResource)
     eng = resource.get()  # builds, does not load
     assert isinstance(eng, VLLMEngine)
     assert eng._handle is None
@@ -221,19 +211,7 @@ def test_scoring_matches_transformers(engine, hf_engine):
     """Teacher-forced log-probabilities of a target after the prompt (vLLM: prompt_logprobs over
     prompt + target) agree with the transformers forward pass, token for token; scoring and
     generation requests share one stream."""
-    targets = ["(A) red", " The answer is (B) blue.", "C", "_functions_functions"]
-    reqs = [request(f"s{i}", "Which colour is the apple?", target=t) for i, t in enumerate(targets)]
-    reqs.append(request("sp", "Which colour?", prefill="<think>\nRed.</think>\n<answer>", target="(A)</answer>"))
-    mixed = [*reqs[:2], request("g", "Hi", temperature=0, max_tokens=3), *reqs[2:]]
-    ours = [r for r in engine.generate(mixed) if r.request_id != "g"]
-    theirs = hf_engine.generate(reqs)
-    for a, b in zip(ours, theirs):
-        assert a.error is None and b.error is None and a.completions == b.completions == []
-        assert a.prompt_tokens == b.prompt_tokens
-        assert len(a.target_logprobs) == len(b.target_logprobs) > 0
-        assert a.target_logprobs == pytest.approx(b.target_logprobs, abs=2e-3)
-    [empty] = engine.generate([request("e", "Hi", target="")])
-    assert empty.refused
+    assert_scores_match_transformers(engine, hf_engine)
 
 
 def test_prefill_is_rendered_as_an_open_assistant_turn(engine, hf_engine):
