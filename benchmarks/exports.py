@@ -33,7 +33,7 @@ from lpt.config import PipelineConfig
 from lpt.prompts import ANSWER_INSTRUCTIONS, VLM_SYSTEM
 from lpt.records import DpoPair, Label, PairType, SftSample, stable_id
 from lpt_assets.checks import failed_checks
-from lpt_assets.definitions import EXPORT_JOB, build_definitions
+from lpt_assets.location import EXPORT_JOB, build_definitions
 from lpt_assets.partitions import shards
 from lpt_resources.storage import ParquetStore
 

@@ -36,7 +36,7 @@ from dagster._core.definitions.data_version import CODE_VERSION_TAG, DATA_VERSIO
 from lpt.config import PipelineConfig
 from lpt.records import LongCot, SimpleCot, stable_id
 from lpt_assets.checks import check_keys, failed_checks
-from lpt_assets.definitions import PIPELINE_JOB, build_definitions
+from lpt_assets.location import PIPELINE_JOB, build_definitions
 from lpt_assets.partitions import chunks, shards
 from lpt_assets.registry import add_shards
 from lpt_assets.schedules import SCHEDULE_NAME

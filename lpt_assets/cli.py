@@ -220,7 +220,7 @@ def run_pipeline(instance: DagsterInstance, config: PipelineConfig, keys: list[s
     """One run for all the shards (a single engine load), then the exports; Dagster's console
     log shows `log_level` and above (its own default, DEBUG, buries the summary)."""
     from lpt_assets._dagster_compat import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
-    from lpt_assets.definitions import EXPORT_JOB, PIPELINE_JOB, build_definitions
+    from lpt_assets.location import EXPORT_JOB, PIPELINE_JOB, build_definitions
 
     defs = build_definitions(config)
     console = {"loggers": {"console": {"config": {"log_level": log_level.upper()}}}}
@@ -389,7 +389,7 @@ def job_execute(
     if partition and partition_range:
         raise UserError("give --partition or --partition-range, not both")
     settings = _config(config)
-    from lpt_assets.definitions import PIPELINE_JOB, stage_jobs, stage_roles
+    from lpt_assets.location import PIPELINE_JOB, stage_jobs, stage_roles
 
     per_shard = job == PIPELINE_JOB or job in stage_jobs(settings)
     if per_shard and not (partition or partition_range):
