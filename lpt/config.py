@@ -490,7 +490,8 @@ def load_config(path: str | os.PathLike[str] | None = None) -> PipelineConfig:
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"{chosen}: not valid TOML ({error})") from error
     try:
-        settings = PipelineSettings(_build_sources=((environment, file), {}))  # the environment wins
+        # `_build_sources` is a documented init argument that the dataclass-style signature hides.
+        settings = PipelineSettings(_build_sources=((environment, file), {}))  # pyright: ignore[reportCallIssue]
     except ValidationError as error:
         raise ConfigError(describe_config_error(chosen, error, environment.variables)) from error
     config = PipelineConfig(**dict(settings))

@@ -66,13 +66,13 @@ def code_versions_of(instance: DagsterInstance, asset: AssetKey, latest: Iterabl
         batch = ids[start : start + _BATCH]
         result = instance.fetch_materializations(AssetRecordsFilter(asset_key=asset, storage_ids=batch), limit=len(batch))
         for event in result.records:
-            tags = event.asset_materialization.tags or {}
+            tags = (event.asset_materialization and event.asset_materialization.tags) or {}
             if DATA_VERSION_TAG in tags:  # the event's own version: right even if a newer one came since
                 _CODE_VERSIONS[(asset, tags[DATA_VERSION_TAG])] = tags.get(CODE_VERSION_TAG)
     return {
         record.data_version: _CODE_VERSIONS[(asset, record.data_version)]
         for record in latest
-        if (asset, record.data_version) in _CODE_VERSIONS
+        if record.data_version is not None and (asset, record.data_version) in _CODE_VERSIONS
     }
 
 
@@ -83,7 +83,7 @@ def materialization_metadata(instance: DagsterInstance, asset: AssetKey, storage
     for start in range(0, len(ids), _BATCH):
         batch = ids[start : start + _BATCH]
         result = instance.fetch_materializations(AssetRecordsFilter(asset_key=asset, storage_ids=batch), limit=len(batch))
-        found.update({event.storage_id: event.asset_materialization.metadata for event in result.records})
+        found.update({event.storage_id: event.asset_materialization.metadata for event in result.records if event.asset_materialization})
     return found
 
 

@@ -17,7 +17,6 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
-import click
 import typer
 from pydantic import BaseModel
 from typer.core import TyperGroup
@@ -64,7 +63,7 @@ class _Commands(TyperGroup):
     code 2, unless the group's own `--debug` (read from its parsed options) or LPT_DEBUG=1 asks
     for the traceback."""
 
-    def invoke(self, ctx: click.Context) -> Any:
+    def invoke(self, ctx: typer.Context) -> Any:
         try:
             return super().invoke(ctx)
         except Exception as error:
@@ -80,7 +79,7 @@ app = typer.Typer(
     cls=_Commands,
     no_args_is_help=True,
     add_completion=False,
-    help=__doc__.split("\n\n")[0],
+    help=(__doc__ or "").split("\n\n")[0],
     rich_markup_mode=None,  # plain help: quick to import, no `<bool>` type column
     pretty_exceptions_enable=False,
 )
@@ -321,9 +320,9 @@ def workspace_pointer(workspace: Path, location: str | None = None) -> CodeLocat
 def _shards_named(instance: DagsterInstance, partition: str | None, partition_range: str | None) -> list[str]:
     """The registered shards a --partition or --partition-range names, in registration order;
     Dagster's CLI runs a partition tag naming no shard, so an unknown one is refused here."""
-    from lpt_assets.partitions import shards
+    from lpt_assets.partitions import SHARDS
 
-    ordered = instance.get_dynamic_partitions(shards.name)
+    ordered = instance.get_dynamic_partitions(SHARDS)
     start, _, end = (partition_range or "").partition("...")
     named = [partition] if partition else [start, end]
     for key in named:
@@ -333,7 +332,7 @@ def _shards_named(instance: DagsterInstance, partition: str | None, partition_ra
         return [partition]
     if ordered.index(start) > ordered.index(end):
         raise UserError(f"--partition-range {partition_range}: {start} is registered after {end}")
-    return ordered[ordered.index(start) : ordered.index(end) + 1]
+    return list(ordered[ordered.index(start) : ordered.index(end) + 1])
 
 
 def _run_tags(tags: str | None, keys: list[str], invocation: str) -> dict[str, str]:

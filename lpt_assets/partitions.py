@@ -7,7 +7,8 @@ from dagster import DagsterInstance, DagsterRunStatus, DynamicPartitionsDefiniti
 
 from lpt_assets._dagster_compat import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG, PARTITION_NAME_TAG
 
-shards = DynamicPartitionsDefinition(name="shards")
+SHARDS = "shards"  # the partitions definition's name, as the instance stores its keys
+shards = DynamicPartitionsDefinition(name=SHARDS)
 # Runs that still hold their shards: not to be doubled, nor their shards removed under them.
 IN_FLIGHT = [
     DagsterRunStatus.QUEUED,

@@ -14,7 +14,7 @@ from lpt.export.parts import Exporter
 from lpt.tables import Table
 from lpt_assets._dagster_compat import wipe_partitions
 from lpt_assets.bulk_reads import registered_among
-from lpt_assets.partitions import chunks, shards, shards_in_flight
+from lpt_assets.partitions import SHARDS, chunks, shards_in_flight
 from lpt_resources.captions.sources import ShardItem, SourceSpec, parse_spec, read_items, shard
 from lpt_resources.storage import ParquetStore
 
@@ -60,15 +60,15 @@ def register_source(spec_text: str, store: ParquetStore, instance: DagsterInstan
 def add_shards(instance: DagsterInstance, keys: list[str]) -> list[str]:
     """Register those of `keys` not yet registered, in order; returns them. Reads the
     membership of `keys` only, so the cost follows the new shards, not all of them."""
-    known = set().union(*(registered_among(instance, shards.name, part) for part in chunks(keys, _CHUNK)))
+    known = set().union(*(registered_among(instance, SHARDS, part) for part in chunks(keys, _CHUNK)))
     added = [key for key in keys if key not in known]
     for part in chunks(added, _CHUNK):
         try:
-            instance.add_dynamic_partitions(shards.name, part)
+            instance.add_dynamic_partitions(SHARDS, part)
         except IntegrityError:
             # Another registration of the same source added some keys between Dagster's check
             # and its insert; a second call sees them and adds only the rest.
-            instance.add_dynamic_partitions(shards.name, part)
+            instance.add_dynamic_partitions(SHARDS, part)
     return added
 
 
@@ -86,7 +86,7 @@ def registered_shards(spec: SourceSpec, store: ParquetStore, instance: DagsterIn
     split = split and (re.sub(r"[^A-Za-z0-9_]+", "-", split).strip("-") or "all")
     pattern = re.compile(rf"{re.escape(spec.name)}-(?P<split>.+)-[0-9]{{5}}")
     found = []
-    for key in instance.get_dynamic_partitions(shards.name):
+    for key in instance.get_dynamic_partitions(SHARDS):
         match = pattern.fullmatch(key)
         if match is None or (split and match["split"] != split):
             continue
@@ -104,12 +104,12 @@ def unregister_shards(keys: list[str], config: PipelineConfig, instance: Dagster
     table, the response cache's partitions and the export parts. Refused while a run covers
     one of them."""
     store = ParquetStore(base=config.storage)
-    busy = shards_in_flight(instance, instance.get_dynamic_partitions(shards.name)) & set(keys)
+    busy = shards_in_flight(instance, instance.get_dynamic_partitions(SHARDS)) & set(keys)
     if busy:
         raise RegistryError(f"shards {', '.join(sorted(busy))} are in a queued or running run: let it finish or cancel it first")
     wipe_partitions(instance, instance.get_asset_keys(), keys)
     for key in keys:
-        instance.delete_dynamic_partition(shards.name, key)
+        instance.delete_dynamic_partition(SHARDS, key)
     return Unregistration(
         shards=keys,
         tables=sum(_remove_tables(store, key) for key in keys),

@@ -43,7 +43,7 @@ from lpt.records import stable_id
 from lpt.tables import CAPTIONS
 from lpt_assets._dagster_compat import RUN_KEY_TAG, SCHEDULE_NAME_TAG, BaseAssetGraph
 from lpt_assets.bulk_reads import Latest, code_versions_of, latest_check_failures, latest_materializations, materialization_metadata
-from lpt_assets.partitions import contiguous, shards, shards_in_flight
+from lpt_assets.partitions import SHARDS, contiguous, shards_in_flight
 from lpt_assets.sensors import shard_run_request
 
 SCHEDULE_NAME = "backfill_schedule"
@@ -120,7 +120,7 @@ def build_backfill_schedule(settings: AutomationConfig, job_name: str) -> Schedu
         layer = context.repository_def.get_job(job_name).asset_layer
         in_job = set(layer.executable_asset_keys)
         assets = [key for key in graph.toposorted_asset_keys if key in in_job]
-        keys = instance.get_dynamic_partitions(shards.name)
+        keys = instance.get_dynamic_partitions(SHARDS)
         busy = shards_in_flight(instance, keys)
         staleness = Staleness(instance, graph, assets, [key for key in keys if key not in busy])
         needed = staleness.needed

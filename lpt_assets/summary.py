@@ -51,7 +51,7 @@ def _engine_stats(instance: DagsterInstance, asset: str, keys: list[str]) -> dic
         records = instance.fetch_materializations(AssetRecordsFilter(asset_key=AssetKey(asset), asset_partitions=[key]), limit=1).records
         if not records or records[0].asset_materialization is None:
             continue
-        metadata = {name: value.value for name, value in records[0].asset_materialization.metadata.items()}
+        metadata: dict[str, Any] = {name: value.value for name, value in records[0].asset_materialization.metadata.items()}
         for name in ENGINE_COUNTS:
             counts[name] += metadata.get(name, 0)
         seconds_by_run[records[0].run_id] = metadata.get("run_engine_seconds", 0.0)

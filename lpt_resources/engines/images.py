@@ -26,7 +26,8 @@ T = TypeVar("T")
 def _read(location: str) -> bytes:
     import fsspec
 
-    with fsspec.open(location, "rb") as handle:
+    fs, path = fsspec.core.url_to_fs(location)
+    with fs.open(path, "rb") as handle:
         return handle.read()
 
 

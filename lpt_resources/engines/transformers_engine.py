@@ -143,7 +143,7 @@ def _load(key: tuple) -> LoadedModel:
     else:
         model = AutoModelForCausalLM.from_pretrained(source, **load_kw)
     if device == "cpu":
-        model = model.to("cpu")
+        model.cpu()  # in place, as for every torch module
     model.eval()
 
     image_processor = None
@@ -151,7 +151,7 @@ def _load(key: tuple) -> LoadedModel:
         from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
         try:
-            image_processor = Qwen2VLImageProcessorPil.from_pretrained(source, revision=revision)
+            image_processor = Qwen2VLImageProcessorPil.from_pretrained(source, **({"revision": revision} if revision else {}))
         except OSError:  # no preprocessor_config.json: Qwen2.5-VL's defaults
             image_processor = Qwen2VLImageProcessorPil()
     if tokenizer.chat_template is None:
@@ -166,7 +166,10 @@ def _load(key: tuple) -> LoadedModel:
         raise RuntimeError(f"{model_name}: no end-of-sequence token")
     # Padding with an end-of-sequence id lets a finished row's padding be recognised as its end.
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id in eos else eos[0]
-    vocab = int(model.get_output_embeddings().weight.shape[0])
+    embeddings = model.get_output_embeddings()
+    if embeddings is None:
+        raise RuntimeError(f"{model_name}: no output embeddings")
+    vocab = int(embeddings.weight.shape[0])
     seconds = time.perf_counter() - t0
     log.info("loaded %s (%s, %s) in %.1fs", model_name, dtype_name, device, seconds)
     return LoadedModel(
@@ -177,7 +180,7 @@ def _load(key: tuple) -> LoadedModel:
 
 def _find_chat_template(source: str) -> str | None:
     """Processor-only checkpoints keep the template in chat_template.json / .jinja."""
-    from transformers.utils import cached_file
+    from transformers.utils.hub import cached_file
 
     for name in ("chat_template.jinja", "chat_template.json"):
         try:
@@ -250,12 +253,12 @@ class _GrammarProcessor:
     def __call__(self, input_ids, scores):
         if self.started:
             for i, matcher in enumerate(self.matchers):
-                if self.active[i] and not matcher.is_terminated():
+                if matcher is not None and self.active[i] and not matcher.is_terminated():
                     if not matcher.accept_token(int(input_ids[i, -1])):
                         self.active[i] = False
         self.started = True
         for i, matcher in enumerate(self.matchers):
-            if self.active[i] and not matcher.is_terminated():
+            if matcher is not None and self.active[i] and not matcher.is_terminated():
                 matcher.fill_next_token_bitmask(self.bitmask, i)
             else:
                 self.bitmask[i].fill_(-1)  # every bit set: nothing masked
@@ -391,7 +394,7 @@ class TransformersEngine(UsesSharedModel[tuple, LoadedModel], Engine):
         text = self.render_prompt(req)
         pixel_values = grid = None
         if req.image:
-            if not h.is_vl:
+            if not h.is_vl or h.image_processor is None:
                 raise EngineCannotServe(NO_IMAGES)
             future = images.for_request(req.image, req.image_max_side, load_image) if images is not None else None
             image = future.result() if future is not None else load_image(req.image, req.image_max_side)

@@ -192,11 +192,11 @@ class _Raw:
 
 
 def _sampling_params(item: _Item) -> Any:
-    from vllm import SamplingParams
+    from vllm import SamplingParams  # pyright: ignore[reportMissingImports]  # in .venv-vllm only
 
     kw = dict(item.sampling)
     if item.structured is not None:
-        from vllm.sampling_params import StructuredOutputsParams
+        from vllm.sampling_params import StructuredOutputsParams  # pyright: ignore[reportMissingImports]  # in .venv-vllm only
 
         kw["structured_outputs"] = StructuredOutputsParams(**item.structured)
     return SamplingParams(**kw)
@@ -348,7 +348,7 @@ def stream_items(llm: Any, take: Take, depth: int) -> Iterator[_Raw]:
 
 
 def _build_llm(settings: LLMSettings) -> Any:
-    from vllm import LLM
+    from vllm import LLM  # pyright: ignore[reportMissingImports]  # in .venv-vllm only
 
     return LLM(**settings.llm_kwargs())
 
@@ -385,7 +385,7 @@ def shutdown_llm(llm: Any) -> None:
 def _free_memory() -> None:
     gc.collect()
     try:
-        from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
+        from vllm.distributed.parallel_state import cleanup_dist_env_and_memory  # pyright: ignore[reportMissingImports]  # in .venv-vllm only
 
         cleanup_dist_env_and_memory()
     except Exception as exc:  # noqa: BLE001 - best effort
@@ -462,8 +462,9 @@ def _replica_main(rank: int, settings: LLMSettings, devices: str | None, conn: A
         while not closing and (block or conn.poll()):
             try:
                 message = conn.recv()
-            except EOFError:
-                message = ("close",)
+            except EOFError:  # the parent is gone: as if it had said close
+                closing = True
+                break
             if message[0] == "close":
                 closing = True
             else:
