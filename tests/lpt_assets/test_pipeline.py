@@ -7,8 +7,7 @@ import pytest
 from dagster import AssetKey, instance_for_test
 
 from lpt.config import PipelineConfig
-from lpt.records import SftSample
-from lpt.tables import CAPTIONS, DPO_PAIRS, LONG_COTS, MCQS, SIMPLE_COTS, VERIFIED
+from lpt.tables import CAPTIONS, DPO_PAIRS, LONG_COTS, MCQS, SFT_SAMPLES, SIMPLE_COTS, VERIFIED
 from lpt_assets.cli import run_pipeline
 from lpt_assets.registry import register_source
 from lpt_resources.storage import ParquetStore
@@ -90,7 +89,7 @@ def test_dpo_pairs_trace_back_to_their_images(pipeline_run):
         caption = captions[mcq.mcq.image_id]
         assert pair.image_id == caption.image_id
         assert pair.image_path == caption.image_path and Path(caption.image_path).exists()
-    for sample in table("sft_samples", SftSample):
+    for sample in rows(SFT_SAMPLES):
         assert traces[sample.trace_id].kept
         assert captions[mcqs[sample.mcq_id].mcq.image_id].image_path == sample.image_path
 
