@@ -13,7 +13,16 @@ from lpt.config import AskConfig, PipelineConfig, ThinkHarderConfig, VerifyConfi
 from lpt.judge import JudgeVerdict, judge_json_schema, judge_prompt, judged_traces, no_verdict, verdict_from_reply
 from lpt.judge import summary as judge_summary
 from lpt.parse import drafts_from_json, drafts_from_tagged, mcq_json_schema, validate_drafts
-from lpt.prompts import ChatPrompt, ask_prompt, choose_cue, ensure_full_stop, present, think_answer_regex, think_harder_prompt, think_prompt
+from lpt.prompts import (
+    ChatPrompt,
+    ask_prompt,
+    choose_cue,
+    ensure_full_stop,
+    present,
+    think_answer_regex,
+    think_harder_prompt,
+    think_prompt,
+)
 from lpt.records import (
     Caption,
     FinishReason,

@@ -29,7 +29,6 @@ from tests.lpt_assets.drops import SAMPLE_ROWS, drop_manifest, evaluate_sensor
 from tests.pipeline_model_server import PipelineModelServer, pipeline_config
 
 
-
 def _config(root: Path, server: PipelineModelServer, **checks) -> PipelineConfig:
     base = pipeline_config(root, server).model_dump()
     base["automation"] = {"watch": [str(root / "incoming")], "settle_seconds": 0, "shard_size": 1}
