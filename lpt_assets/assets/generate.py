@@ -6,7 +6,7 @@ if that stage uses the same settings, freed otherwise, so one GPU holds one mode
 
 import inspect
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from dagster import (
@@ -37,7 +37,7 @@ from lpt_resources.storage import ParquetStore
 GPU_POOL = "gpu"
 
 
-def _read_all(store: ParquetStore, table: Table[Any], keys: list[str]) -> dict[str, list[Any]]:
+def _read_all(store: ParquetStore, table: Table[Any], keys: Sequence[str]) -> dict[str, list[Any]]:
     return {key: store.read(table, key) for key in keys}
 
 
