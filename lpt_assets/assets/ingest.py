@@ -17,10 +17,10 @@ CAPTIONS_VERSION = f"captions-3-{stable_id(LIMITS.model_dump_json())[:8]}"  # bu
 USABLE_VERSION = "usable-1"
 
 
-def quarantine_written(context: AssetExecutionContext, table: Table[Quarantined], shard: str, rows: int) -> None:
+def quarantine_written(context: AssetExecutionContext, quarantine: Table[Quarantined], shard: str, rows: int) -> None:
     """A shard's quarantine table, written, as the catalog shows it (its own asset, whose
     producer writes it): every producer, captions and the stages alike, records it this way."""
-    context.log_event(AssetMaterialization(asset_key=table.name, partition=shard, metadata={"dagster/row_count": rows}))
+    context.log_event(AssetMaterialization(quarantine.name, partition=shard, metadata={"dagster/row_count": rows}))
 
 
 @asset(
