@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import io
 import json
 import os
 import random
@@ -32,6 +31,7 @@ from PIL import Image
 from lpt.config import PipelineConfig
 from lpt.prompts import ANSWER_INSTRUCTIONS, VLM_SYSTEM
 from lpt.records import DpoPair, Label, PairType, SftSample, stable_id
+from lpt.tables import DPO_PAIRS, SFT_SAMPLES
 from lpt_assets.checks import failed_checks
 from lpt_assets.location import EXPORT_JOB, build_definitions
 from lpt_assets.partitions import shards
@@ -116,17 +116,17 @@ def load_before():
 def export_before(before, store: ParquetStore, instance: DagsterInstance, root: Path, info: dict) -> float:
     """The export assets' work before this change: every finished shard read, every file written."""
     started = time.perf_counter()
-    written = sorted(set(store.partitions("sft_samples")) & set(store.partitions("dpo_pairs")))
+    written = sorted(set(store.partitions(SFT_SAMPLES)) & set(store.partitions(DPO_PAIRS)))
     held_back = failed_checks(instance, written)
     keys = [key for key in written if key not in held_back]
-    sft = [row for key in keys for row in store.read("sft_samples", key, SftSample)]
-    dpo = [row for key in keys for row in store.read("dpo_pairs", key, DpoPair)]
+    sft = [row for key in keys for row in store.read(SFT_SAMPLES, key)]
+    dpo = [row for key in keys for row in store.read(DPO_PAIRS, key)]
     before.write_llamafactory(sft, dpo, root / "llamafactory")
     before.write_lacot(sft, root / "lacot")
     before.write_provenance(sft, dpo, root / "llamafactory", run_info=info)
     # the second asset read every shard again
-    sft = [row for key in keys for row in store.read("sft_samples", key, SftSample)]
-    dpo = [row for key in keys for row in store.read("dpo_pairs", key, DpoPair)]
+    sft = [row for key in keys for row in store.read(SFT_SAMPLES, key)]
+    dpo = [row for key in keys for row in store.read(DPO_PAIRS, key)]
     before.write_hf_datasets(sft, dpo, root / "hf", card_context={k: str(v) for k, v in info.items()})
     return time.perf_counter() - started
 
@@ -163,8 +163,8 @@ def main() -> None:
             instance.add_dynamic_partitions(shards.name, keys)
             for key in keys:
                 sft, dpo = shard_rows(key, photos(work / "images" / key, args.images), questions, thinks)
-                store.write("sft_samples", key, sft, SftSample)
-                store.write("dpo_pairs", key, dpo, DpoPair)
+                store.write(SFT_SAMPLES, key, sft)
+                store.write(DPO_PAIRS, key, dpo)
                 for asset in ("sft_samples", "dpo_pairs"):
                     instance.report_runless_asset_event(AssetMaterialization(asset_key=AssetKey(asset), partition=key))
             made += count

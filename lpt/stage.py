@@ -15,6 +15,7 @@ from typing import Any, ClassVar, Generic, Protocol, TypeVar
 from lpt.config import Sampling
 from lpt.prompts import ChatPrompt
 from lpt.records import FinishReason, Quarantined, Record
+from lpt.tables import QUARANTINES, Table
 
 W = TypeVar("W")  # a work item: what one first request is built from
 R = TypeVar("R")  # a row of the stage's table
@@ -173,28 +174,38 @@ class ShardOutcome(Generic[W, R]):
         }
 
 
-Inputs = Mapping[str, Mapping[str, list[Any]]]  # table -> shard -> rows
+Inputs = Mapping[Table[Any], Mapping[str, list[Any]]]  # table -> shard -> rows
 
 
-def every_row(inputs: Inputs, table: str) -> list[Any]:
+def every_row(inputs: Inputs, table: Table[Any]) -> list[Any]:
     return [row for rows in inputs[table].values() for row in rows]
 
 
 class Stage(abc.ABC, Generic[W, R]):
-    """A stage run through an engine. The class names its table, quarantine table (None:
-    it writes none), record type and engine role; an instance holds its config."""
+    """A stage run through an engine. The class names its table (lpt/tables.py: its asset's
+    name and record type, and its quarantine there if it writes one) and engine role; an
+    instance holds its config."""
 
-    name: ClassVar[str]
-    quarantine: ClassVar[str | None]
-    record: ClassVar[type[Record]]
+    table: ClassVar[Table[Any]]
     role: ClassVar[str]
     group: ClassVar[str] = "generate"
 
-    deps: tuple[str, ...]  # the assets it runs after (lineage; it may read more of them)
-    reads: dict[str, type[Record]]  # the tables it reads, with their record types
-    # (asset, role) that may run next in the same run on the loaded engine, if of the same settings
-    hands_over_to: tuple[str, str] | None = None
+    # the assets it runs after, in order (lineage; it may read more of them): tables, or by
+    # name an asset that stores none
+    deps: tuple[Table[Any] | str, ...]
+    reads: tuple[Table[Any], ...]  # the tables it reads
+    # (table, role) that may run next in the same run on the loaded engine, if of the same settings
+    hands_over_to: tuple[Table[Any], str] | None = None
     retry: RetryPolicy | None = None  # applied by the runner to every first reply
+
+    @property
+    def name(self) -> str:
+        return self.table.name
+
+    @property
+    def quarantine(self) -> Table[Quarantined] | None:
+        """Where the rows it refuses go; None: it writes no quarantine."""
+        return QUARANTINES.get(self.table)
 
     @abc.abstractmethod
     def plan(self, inputs: Inputs, engine: EngineView) -> Plan[W, R]:

@@ -13,7 +13,16 @@ from lpt.config import AskConfig, PipelineConfig, ThinkHarderConfig, VerifyConfi
 from lpt.judge import JudgeVerdict, judge_json_schema, judge_prompt, judged_traces, no_verdict, verdict_from_reply
 from lpt.judge import summary as judge_summary
 from lpt.parse import drafts_from_json, drafts_from_tagged, mcq_json_schema, validate_drafts
-from lpt.prompts import ChatPrompt, ask_prompt, choose_cue, ensure_full_stop, present, think_answer_regex, think_harder_prompt, think_prompt
+from lpt.prompts import (
+    ChatPrompt,
+    ask_prompt,
+    choose_cue,
+    ensure_full_stop,
+    present,
+    think_answer_regex,
+    think_harder_prompt,
+    think_prompt,
+)
 from lpt.records import (
     Caption,
     FinishReason,
@@ -47,6 +56,7 @@ from lpt.stage import (
     every_row,
     refused_by_engine,
 )
+from lpt.tables import CAPTIONS, JUDGE_VERDICTS, LONG_COTS, MCQS, RATIONALE_SCORES, SIMPLE_COTS, VERIFIED
 from lpt.verify import verify_short
 
 
@@ -59,7 +69,7 @@ def mcqs_from_response(
     `MCQ_REASONS`."""
     if finish_reason == "error":
         refused = Quarantined(
-            stage="mcqs",
+            stage=MCQS.name,
             item_id=caption.image_id,
             reason="engine_error",
             detail="the engine reported an error for this response",
@@ -69,7 +79,7 @@ def mcqs_from_response(
     if finish_reason == "length":
         quarantined.append(
             Quarantined(
-                stage="mcqs",
+                stage=MCQS.name,
                 item_id=caption.image_id,
                 reason="truncated_response",
                 detail="the ask response hit the token limit; questions parsed from it are kept",
@@ -88,7 +98,7 @@ def mcqs_from_response(
         if fallback_drafts:
             drafts, errors = fallback_drafts, fallback_errors
     quarantined += [
-        Quarantined(stage="mcqs", item_id=caption.image_id, reason="unparsable", detail=error)
+        Quarantined(stage=MCQS.name, item_id=caption.image_id, reason="unparsable", detail=error)
         for error in errors
     ]
     mcqs, invalid = validate_drafts(caption.image_id, drafts, config.min_question_similarity_to_drop)
@@ -206,20 +216,18 @@ def stand_in_mode(engine: LoadedEngine, stand_in_allowed: bool) -> bool:
 class AskStage(Stage[Caption, PresentedMCQ]):
     """Four-option questions that need a close look at the image, validated and presented."""
 
-    name = "mcqs"
-    quarantine = "mcqs_quarantine"
-    record = PresentedMCQ
+    table = MCQS
     role = "ask"
-    deps = ("captions", "usable_captions")  # skipped where no shard of the run has a caption
-    reads = {"captions": Caption}
-    hands_over_to = ("simple_cots", "vlm")
+    deps = (CAPTIONS, "usable_captions")  # skipped where no shard of the run has a caption
+    reads = (CAPTIONS,)
+    hands_over_to = (SIMPLE_COTS, "vlm")
 
     def __init__(self, config: PipelineConfig) -> None:
         self.config = config.ask
         self.schema = mcq_json_schema(self.config.questions_per_image) if self.config.structured_output else None
 
     def plan(self, inputs: Inputs, engine: EngineView) -> Plan[Caption, PresentedMCQ]:
-        return Plan(work={shard: list(rows) for shard, rows in inputs["captions"].items()})
+        return Plan(work={shard: list(rows) for shard, rows in inputs[CAPTIONS].items()})
 
     def ask(self, item: Caption, attempt: Attempt) -> Ask:
         return Ask(prompt=ask_prompt(item, self.config), sampling=self.config.sampling, json_schema=self.schema)
@@ -257,26 +265,24 @@ class Think:
 class ThinkStage(Stage[Think, SimpleCot]):
     """Short CoTs from the VLM, several per presented MCQ, with finish reasons."""
 
-    name = "simple_cots"
-    quarantine = "simple_cots_quarantine"
-    record = SimpleCot
+    table = SIMPLE_COTS
     role = "vlm"
-    deps = ("mcqs",)
-    reads = {"captions": Caption, "mcqs": PresentedMCQ}
+    deps = (MCQS,)
+    reads = (CAPTIONS, MCQS)
 
     def __init__(self, config: PipelineConfig) -> None:
         self.config = config.think
         self.leak_words = config.verify.leak_words
         # rationale_scores, when on, runs next on the same engine (long_cots waits for it)
-        self.hands_over_to = ("rationale_scores", "vlm") if config.scoring.enabled else ("long_cots", "reasoner")
+        self.hands_over_to = (RATIONALE_SCORES, "vlm") if config.scoring.enabled else (LONG_COTS, "reasoner")
 
     def plan(self, inputs: Inputs, engine: EngineView) -> Plan[Think, SimpleCot]:
-        captions = {c.image_id: c for c in every_row(inputs, "captions")}
+        captions = {c.image_id: c for c in every_row(inputs, CAPTIONS)}
         stand_in = stand_in_mode(engine.get(), self.config.caption_stand_in)
         return Plan(
             work={
                 shard: [Think(item, captions[item.mcq.image_id], stand_in, engine.model) for item in items]
-                for shard, items in inputs["mcqs"].items()
+                for shard, items in inputs[MCQS].items()
             },
             run_wide={
                 "perception": "caption stand-in (text model read the description, not the image)" if stand_in else "image",
@@ -347,25 +353,23 @@ class ScoringStage(Stage[Target, McqScores]):
     token), each rationale's reward with the gold answer, the Best-of-N answer, its margin
     over the gold one, and suspect keys."""
 
-    name = "rationale_scores"
-    quarantine = None  # a refused request leaves its MCQ unscored, with a warning
-    record = McqScores
+    table = RATIONALE_SCORES  # no quarantine: a refused request leaves its MCQ unscored, with a warning
     role = "vlm"
-    deps = ("simple_cots",)
-    reads = {"captions": Caption, "mcqs": PresentedMCQ, "simple_cots": SimpleCot}
-    hands_over_to = ("long_cots", "reasoner")
+    deps = (SIMPLE_COTS,)
+    reads = (CAPTIONS, MCQS, SIMPLE_COTS)
+    hands_over_to = (LONG_COTS, "reasoner")
 
     def __init__(self, config: PipelineConfig) -> None:
         self.config = config.think
         self.margin = config.scoring.suspect_margin
 
     def plan(self, inputs: Inputs, engine: EngineView) -> Plan[Target, McqScores]:
-        captions = {c.image_id: c for c in every_row(inputs, "captions")}
+        captions = {c.image_id: c for c in every_row(inputs, CAPTIONS)}
         stand_in = stand_in_mode(engine.get(), self.config.caption_stand_in)
         work: dict[str, list[Target]] = {}
-        for shard, items in inputs["mcqs"].items():
+        for shard, items in inputs[MCQS].items():
             by_mcq: dict[str, list[SimpleCot]] = defaultdict(list)
-            for cot in inputs["simple_cots"][shard]:
+            for cot in inputs[SIMPLE_COTS][shard]:
                 by_mcq[cot.mcq_id].append(cot)
             scored_mcqs = [(item, scored) for item in items if (scored := rationales(item, by_mcq[item.mcq.mcq_id]))]
             work[shard] = [
@@ -435,9 +439,7 @@ class ThinkHarderStage(Stage[Continuation, LongCot]):
     retry with a larger budget (joining the stream as soon as it is cut) and is kept with
     finish_reason "length" if cut again."""
 
-    name = "long_cots"
-    quarantine = "long_cots_quarantine"
-    record = LongCot
+    table = LONG_COTS
     role = "reasoner"
 
     def __init__(self, config: PipelineConfig) -> None:
@@ -446,23 +448,22 @@ class ThinkHarderStage(Stage[Continuation, LongCot]):
         self.banned = config.verify.leak_words if cfg.ban_leak_words else ()
         self.retry = RetryPolicy(cfg.retry_max_tokens) if cfg.retry_max_tokens > cfg.sampling.max_tokens else None
         # after the scores when they are on: the VLM serves both before the reasoner loads
-        self.deps = ("simple_cots", *(("rationale_scores",) if config.scoring.enabled else ()))
+        self.deps = (SIMPLE_COTS, *((RATIONALE_SCORES,) if config.scoring.enabled else ()))
         # the best-rewarded short CoTs only, when asked (the config makes sure scoring is on)
-        scores: dict[str, type[Record]] = {"rationale_scores": McqScores} if cfg.expand_top_k_by_reward else {}
-        self.reads = {"captions": Caption, "mcqs": PresentedMCQ, "simple_cots": SimpleCot, **scores}
+        self.reads = (CAPTIONS, MCQS, SIMPLE_COTS, *((RATIONALE_SCORES,) if cfg.expand_top_k_by_reward else ()))
         # the judge, when on and left to the reasoner's settings, picks the loaded model up
-        self.hands_over_to = ("judge_verdicts", "judge") if config.judge.enabled else None
+        self.hands_over_to = (JUDGE_VERDICTS, "judge") if config.judge.enabled else None
 
     def plan(self, inputs: Inputs, engine: EngineView) -> Plan[Continuation, LongCot]:
-        captions = {c.image_id: c for c in every_row(inputs, "captions")}
-        items = {i.mcq.mcq_id: i for i in every_row(inputs, "mcqs")}
-        scores = inputs.get("rationale_scores", {})
+        captions = {c.image_id: c for c in every_row(inputs, CAPTIONS)}
+        items = {i.mcq.mcq_id: i for i in every_row(inputs, MCQS)}
+        scores = inputs.get(RATIONALE_SCORES, {})
         work = {
             shard: [
                 Continuation(plan, items[plan.cot.mcq_id], engine.model)
                 for plan in plan_continuations(items, captions, shorts, self.config, self.verify, scores.get(shard, ()))
             ]
-            for shard, shorts in inputs["simple_cots"].items()
+            for shard, shorts in inputs[SIMPLE_COTS].items()
         }
         k = self.config.expand_top_k_by_reward
         return Plan(work=work, run_wide={"expand_top_k_by_reward": k} if k else {})
@@ -534,13 +535,11 @@ class JudgeStage(Stage[Judged, JudgeVerdict]):
     final answer, does it refer to its setup; which findings drop the trace (`judge.drop`)
     and which are only flagged. An unreadable reply is quarantined as judge_no_verdict."""
 
-    name = "judge_verdicts"
-    quarantine = "judge_verdicts_quarantine"
-    record = JudgeVerdict
+    table = JUDGE_VERDICTS
     role = "judge"
     group = "curate"
-    deps = ("verified",)
-    reads = {"mcqs": PresentedMCQ, "long_cots": LongCot, "verified": Verified}
+    deps = (VERIFIED,)
+    reads = (MCQS, LONG_COTS, VERIFIED)
 
     def __init__(self, config: PipelineConfig) -> None:
         self.config = config.judge
@@ -552,11 +551,11 @@ class JudgeStage(Stage[Judged, JudgeVerdict]):
         return Parsed([verdict], refused)
 
     def plan(self, inputs: Inputs, engine: EngineView) -> Plan[Judged, JudgeVerdict]:
-        items = {i.mcq.mcq_id: i for i in every_row(inputs, "mcqs")}
-        longs = {c.long_id: c for c in every_row(inputs, "long_cots")}
+        items = {i.mcq.mcq_id: i for i in every_row(inputs, MCQS)}
+        longs = {c.long_id: c for c in every_row(inputs, LONG_COTS)}
         work: dict[str, list[Judged]] = {}
         settled: dict[str, list[Parsed[JudgeVerdict]]] = {}
-        for shard, verified in inputs["verified"].items():
+        for shard, verified in inputs[VERIFIED].items():
             judged = judged_traces(verified)
             work[shard] = [Judged(items[r.mcq_id], longs[r.trace_id], r) for r in judged if r.mcq_id in items and r.trace_id in longs]
             # a trace whose MCQ or long CoT is no longer stored cannot be shown to the judge

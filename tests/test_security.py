@@ -17,7 +17,8 @@ from PIL import Image
 
 from lpt.config import AskConfig, ThinkHarderConfig
 from lpt.prompts import ask_prompt, present, think_harder_prompt, think_prompt
-from lpt.records import MCQ, Caption, PresentedMCQ, Quarantined
+from lpt.records import MCQ, Caption, PresentedMCQ
+from lpt.tables import CAPTIONS_QUARANTINE, DPO_PAIRS, MCQS, MCQS_QUARANTINE, SFT_SAMPLES, VERIFIED
 from lpt_assets.cli import run_pipeline
 from lpt_assets.generation import to_request
 from lpt_assets.registry import register_source
@@ -91,7 +92,7 @@ def test_api_key_appears_in_no_log_metadata_table_or_export(tmp_path, monkeypatc
     assert server.auth_headers and all(h == f"Bearer {secret}" for h in server.auth_headers)
     assert server.behaviours[:4] == ["echo_auth", 500, 429, "drop"]
     assert any("invalid credentials Bearer [redacted]" in r for r in records)  # the failed step's error
-    assert store.read_frame("dpo_pairs", keys[0]).height + store.read_frame("sft_samples", keys[0]).height > 0
+    assert store.read_frame(DPO_PAIRS, keys[0]).height + store.read_frame(SFT_SAMPLES, keys[0]).height > 0
 
     out, err = capfd.readouterr()
     assert secret not in out and secret not in err
@@ -186,12 +187,12 @@ def test_hostile_ids_and_captions_write_nothing_outside_storage(tmp_path):
     assert [p.parent for p in written if "escaped" in p.name] == [Path("work/data/images/hostile")] * 2
     image_files = {p.name for p in written if p.parts[:4] == ("work", "data", "images", "hostile")}
     assert len(image_files) == len(ids) and "plain.png" in image_files
-    refused = {q.item_id: q.reason for key in keys for q in store.read("captions_quarantine", key, Quarantined)}
+    refused = {q.item_id: q.reason for key in keys for q in store.read(CAPTIONS_QUARANTINE, key)}
     assert refused == {**{i: "unsafe_image_id" for i in ids if i not in ("plain", "markup")},
                        "markup": "chat_markup_in_description"}
     # The one safe id went through, and its hostile caption reached the model as the content
     # of a user turn and nowhere else: every conversation kept its shape.
-    assert store.read_frame("mcqs", keys[0]).height > 0
+    assert store.read_frame(MCQS, keys[0]).height > 0
     for body in server.requests:
         roles = [m["role"] for m in body["messages"]]
         assert roles in (["system", "user"], ["system", "user", "assistant"], ["user", "assistant"]), roles
@@ -234,13 +235,13 @@ def test_markup_a_model_writes_never_reaches_the_next_model_or_an_export(tmp_pat
         keys = register_source("sample?limit=4&shard_size=4&name=markup", store, instance).shards
         run_pipeline(instance, config, keys)
     key = keys[0]
-    quarantined = store.read("mcqs_quarantine", key, Quarantined)
+    quarantined = store.read(MCQS_QUARANTINE, key)
     assert [q.reason for q in quarantined].count("chat_markup") == 4  # one question per image
     assert all("<|im_end|>" in q.detail for q in quarantined if q.reason == "chat_markup")
-    verified = store.read_frame("verified", key)
+    verified = store.read_frame(VERIFIED, key)
     marked = verified.filter(pl.col("drop_reason") == "chat_markup")
     assert marked.height > 0 and (marked["kind"] == "short").all()
-    assert store.read_frame("sft_samples", key).height > 0  # the rest of the shard went on
+    assert store.read_frame(SFT_SAMPLES, key).height > 0  # the rest of the shard went on
     assert server.requests and not any("<|im_" in json.dumps(body) for body in server.requests)
     exported = [p for p in Path(config.exports).rglob("*") if p.is_file()]
     assert exported and not any("<|im_" in text for p in exported for text in _texts_of(p))

@@ -6,13 +6,12 @@ if that stage uses the same settings, freed otherwise, so one GPU holds one mode
 
 import inspect
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from dagster import (
     AssetExecutionContext,
     AssetKey,
-    AssetMaterialization,
     AssetsDefinition,
     BackfillPolicy,
     MaterializeResult,
@@ -21,9 +20,11 @@ from dagster import (
 )
 
 from lpt.config import EngineSettings, PipelineConfig
-from lpt.records import Quarantined, Record
+from lpt.records import Quarantined
 from lpt.stage import Counts, Figure, Histogram, Json, Parsed, Rows, ShardOutcome, Stage
 from lpt.stages import AskStage, ThinkHarderStage, ThinkStage
+from lpt.tables import Table
+from lpt_assets.assets.ingest import quarantine_written
 from lpt_assets.executors import gpu_op_tags
 from lpt_assets.generation import Answer, GenerationRun, GenerationStats, Job, ShardDone, stage_run
 from lpt_assets.metadata import ShardReport, counts_table, engine_counts, histogram, run_engine_figures, table
@@ -36,25 +37,20 @@ from lpt_resources.storage import ParquetStore
 GPU_POOL = "gpu"
 
 
-def _read_all(store: ParquetStore, asset_name: str, keys: list[str], model: type[Record]) -> dict[str, list[Any]]:
-    return {key: store.read(asset_name, key, model) for key in keys}
+def _read_all(store: ParquetStore, table: Table[Any], keys: Sequence[str]) -> dict[str, list[Any]]:
+    return {key: store.read(table, key) for key in keys}
 
 
 def _release(context: AssetExecutionContext, engine: EngineResource, settings: EngineSettings,
-             next_stage: tuple[str, EngineSettings] | None) -> None:
+             next_stage: tuple[Table[Any], EngineSettings] | None) -> None:
     """Give the stage's engine back: parked when the next stage runs in this run with the same
     settings (it picks the loaded model up), freed otherwise."""
     park = (
         next_stage is not None
         and next_stage[1] == settings
-        and AssetKey(next_stage[0]) in assets_in_run(context)
+        and AssetKey(next_stage[0].name) in assets_in_run(context)
     )
     engine.release(park=park)
-
-
-def quarantine_written(context: AssetExecutionContext, table: str, shard: str, rows: int) -> None:
-    """A shard's quarantine table, written, as the catalog shows it (its own asset)."""
-    context.log_event(AssetMaterialization(asset_key=table, partition=shard, metadata={"rows": rows}))
 
 
 def _metadata(figures: Mapping[str, Figure]) -> dict[str, Any]:
@@ -79,7 +75,7 @@ class ShardTables:
     work (answers arrive in the order they finish), written when the shard is done."""
 
     def __init__(self, store: ParquetStore, stage: Stage[Any, Any], work: dict[str, list[Any]],
-                 quarantined: Callable[[str, str, int], None]) -> None:
+                 quarantined: Callable[[Table[Quarantined], str, int], None]) -> None:
         self._store, self._stage, self._work, self._quarantined = store, stage, work, quarantined
         self.found: dict[str, dict[int, list[Any]]] = {key: defaultdict(list) for key in work}
         self.refused: dict[str, list[Quarantined]] = {key: [] for key in work}
@@ -93,10 +89,10 @@ class ShardTables:
     def write(self, shard: str) -> None:
         stage = self._stage
         rows = stage.collect(self._work[shard], self.found.pop(shard))
-        self._store.write(stage.name, shard, rows, stage.record)
-        if stage.quarantine is not None:
-            self._store.write(stage.quarantine, shard, self.refused[shard], Quarantined)
-            self._quarantined(stage.quarantine, shard, len(self.refused[shard]))
+        self._store.write(stage.table, shard, rows)
+        if (quarantine := stage.quarantine) is not None:
+            self._store.write(quarantine, shard, self.refused[shard])
+            self._quarantined(quarantine, shard, len(self.refused[shard]))
         self.written[shard] = rows
 
     def write_empty(self) -> None:
@@ -131,9 +127,9 @@ def run_stage(context: AssetExecutionContext, stage: Stage[Any, Any], config: Pi
     as it completes, give the engine back, and report each shard."""
     preflight_run(context, config.engines)
     keys = context.partition_keys
-    plan = stage.plan({name: _read_all(store, name, keys, record) for name, record in stage.reads.items()}, engine)
+    plan = stage.plan({table: _read_all(store, table, keys) for table in stage.reads}, engine)
     tables = ShardTables(store, stage, {key: plan.work[key] for key in keys},
-                         lambda name, shard, rows: quarantine_written(context, name, shard, rows))
+                         lambda table, shard, rows: quarantine_written(context, table, shard, rows))
     for key in keys:  # settled without the engine: after the shard's work
         for index, parsed in enumerate(plan.settled.get(key, [])):
             tables.add(key, len(plan.work[key]) + index, parsed)
@@ -168,7 +164,7 @@ def stage_asset(stage: Stage[Any, Any], config: PipelineConfig) -> AssetsDefinit
         backfill_policy=BackfillPolicy.single_run(),
         code_version=code_versions(config)[stage.name],
         group_name=stage.group,
-        deps=list(stage.deps),
+        deps=[dep.name if isinstance(dep, Table) else dep for dep in stage.deps],
         pool=GPU_POOL,
         op_tags=gpu_op_tags(),
         kinds={"parquet"},

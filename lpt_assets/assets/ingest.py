@@ -4,8 +4,8 @@ from collections.abc import Iterator
 
 from dagster import AssetExecutionContext, AssetMaterialization, BackfillPolicy, MaterializeResult, asset
 
-from lpt.records import stable_id
-from lpt.tables import CAPTIONS, CAPTIONS_QUARANTINE
+from lpt.records import Quarantined, stable_id
+from lpt.tables import CAPTIONS, CAPTIONS_QUARANTINE, Table
 from lpt_assets.metadata import ShardReport, drop_metadata, table
 from lpt_assets.partitions import shards
 from lpt_assets.registry import SHARD_MANIFEST
@@ -15,6 +15,12 @@ from lpt_resources.storage import ParquetStore
 LIMITS = CaptionLimits()
 CAPTIONS_VERSION = f"captions-3-{stable_id(LIMITS.model_dump_json())[:8]}"  # bump when validate.py's rules change
 USABLE_VERSION = "usable-1"
+
+
+def quarantine_written(context: AssetExecutionContext, quarantine: Table[Quarantined], shard: str, rows: int) -> None:
+    """A shard's quarantine table, written, as the catalog shows it (its own asset, whose
+    producer writes it): every producer, captions and the stages alike, records it this way."""
+    context.log_event(AssetMaterialization(quarantine.name, partition=shard, metadata={"dagster/row_count": rows}))
 
 
 @asset(
@@ -33,7 +39,7 @@ def captions(context: AssetExecutionContext, store: ParquetStore) -> Materialize
         good, bad = check_shard(items, LIMITS)
         store.write(CAPTIONS, key, good)
         store.write(CAPTIONS_QUARANTINE, key, bad)
-        context.log_event(AssetMaterialization(CAPTIONS_QUARANTINE.name, partition=key, metadata={"dagster/row_count": len(bad)}))
+        quarantine_written(context, CAPTIONS_QUARANTINE, key, len(bad))
         report.add(key, {
             "rows_in": len(items),
             "rows_out": len(good),

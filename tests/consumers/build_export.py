@@ -11,7 +11,7 @@ from pathlib import Path
 
 from dagster import instance_for_test
 
-from lpt.records import DpoPair, SftSample
+from lpt.tables import DPO_PAIRS, SFT_SAMPLES
 from lpt_assets.cli import run_pipeline
 from lpt_assets.registry import register_source
 from lpt_resources.storage import ParquetStore
@@ -26,8 +26,8 @@ def build(out: Path) -> dict:
         store = ParquetStore(base=config.storage)
         keys = register_source("sample?limit=4&shard_size=2", store, instance).shards
         run_pipeline(instance, config, keys)
-        sft = [row for key in keys for row in store.read("sft_samples", key, SftSample)]
-        dpo = [row for key in keys for row in store.read("dpo_pairs", key, DpoPair)]
+        sft = [row for key in keys for row in store.read(SFT_SAMPLES, key)]
+        dpo = [row for key in keys for row in store.read(DPO_PAIRS, key)]
     return {
         "exports": config.exports,
         "shards": keys,

@@ -10,6 +10,7 @@ from lpt.config import PipelineConfig
 from lpt.records import Caption, PresentedMCQ, SimpleCot
 from lpt.stage import FIRST, Attempt
 from lpt.stages import ThinkHarderStage
+from lpt.tables import CAPTIONS, MCQS, SIMPLE_COTS
 
 
 @dataclass(frozen=True)
@@ -43,9 +44,9 @@ def _stage_and_work(make_item: Callable[..., PresentedMCQ], make_short: Callable
     stage = ThinkHarderStage(config)
     caption = Caption(image_id="img1", source="t", split="train", image_path="/none.png", description="An eye.", width=8, height=8)
     inputs = {
-        "captions": {"s": [caption]},
-        "mcqs": {"s": [make_item(mcq_id="m1", gold_letter="B")]},
-        "simple_cots": {"s": [make_short("Blue.</think><answer>(B)</answer>", index=0)]},
+        CAPTIONS: {"s": [caption]},
+        MCQS: {"s": [make_item(mcq_id="m1", gold_letter="B")]},
+        SIMPLE_COTS: {"s": [make_short("Blue.</think><answer>(B)</answer>", index=0)]},
     }
     [item] = stage.plan(inputs, _Engine()).work["s"]
     return stage, item

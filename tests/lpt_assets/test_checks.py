@@ -11,7 +11,7 @@ from dagster._core.storage.asset_check_execution_record import AssetCheckExecuti
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
 from lpt.config import PipelineConfig
-from lpt.records import DpoPair
+from lpt.tables import DPO_PAIRS
 from lpt_assets.checks import UNBLOCK_SENSOR, UNBLOCKED_FROM_TAG, check_keys, failed_checks
 from lpt_assets.definitions import PIPELINE_JOB, build_definitions
 from lpt_assets.partitions import contiguous, shards_of_run
@@ -164,11 +164,11 @@ def test_exports_hold_back_a_shard_that_failed_its_checks(blocked) -> None:
     the blocked instance must still leave out the shard whose gate failed."""
     config, instance, (big, small), _ = blocked
     store = ParquetStore(base=config.storage)
-    assert store.exists("dpo_pairs", big), "the passing run should have left files for the big shard"
+    assert store.exists(DPO_PAIRS, big), "the passing run should have left files for the big shard"
     exports = build_definitions(config).resolve_job_def("lpt_exports").execute_in_process(instance=instance)
     assert exports.success
     event = instance.get_latest_materialization_event(AssetKey("llamafactory_export"))
     metadata = {k: v.value for k, v in event.asset_materialization.metadata.items()}
     assert metadata["held_back_by_checks"] == {big: ["mcqs:mcq_validity"]}
     assert metadata["shards"] == 1
-    assert metadata["dpo_rows"] == len(store.read("dpo_pairs", small, DpoPair))
+    assert metadata["dpo_rows"] == len(store.read(DPO_PAIRS, small))

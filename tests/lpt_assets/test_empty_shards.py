@@ -7,6 +7,7 @@ import threading
 
 from dagster import AssetKey, DagsterEventType, instance_for_test
 
+from lpt.tables import CAPTIONS_QUARANTINE
 from lpt_assets.assets.generate import GPU_POOL
 from lpt_assets.cli import run_pipeline
 from lpt_assets.registry import register_source
@@ -38,7 +39,7 @@ def test_a_run_of_empty_shards_skips_generation_without_the_gpu_pool(tmp_path) -
         assert {"mcqs", "simple_cots", "long_cots", "verified"} <= skipped
         assert record.dagster_run.is_success
         for key in keys:
-            assert store.count("captions_quarantine", key) > 0
+            assert store.count(CAPTIONS_QUARANTINE, key) > 0
             assert instance.get_latest_materialization_event(AssetKey("captions")) is not None
         assert instance.get_latest_materialization_event(AssetKey("mcqs")) is None
         assert instance.get_latest_materialization_event(AssetKey("usable_captions")) is None

@@ -20,14 +20,13 @@ from dagster import (
 )
 
 from lpt.config import PipelineConfig
-from lpt.records import DpoPair, SftSample
+from lpt.tables import DPO_PAIRS, SFT_SAMPLES
 from lpt_assets.definitions import EXPORT_JOB, PIPELINE_JOB, build_definitions
 from lpt_assets.export_automation import EXPORTS_SENSOR, ChangeCursor, pending_changes
 from lpt_assets.schedules import SCHEDULE_NAME
 from lpt_resources.storage import ParquetStore
 from tests.lpt_assets.drops import SAMPLE_ROWS, drop_manifest, evaluate_sensor
 from tests.pipeline_model_server import PipelineModelServer, pipeline_config
-
 
 
 def _config(root: Path, server: PipelineModelServer, **checks) -> PipelineConfig:
@@ -89,7 +88,7 @@ def test_sensor_and_schedule_runs_lead_to_current_exports(tmp_path):
         assert _run(defs, EXPORT_JOB, instance, request).success
         assert all(shards == {first, second} for shards in _exported(tmp_path).values())
         dpo = load_dataset(str(tmp_path / "exports" / "hf"), "dpo", split="train", cache_dir=str(tmp_path / "hf-cache"))
-        stored = [p for key in (first, second) for p in store.read("dpo_pairs", key, DpoPair)]
+        stored = [p for key in (first, second) for p in store.read(DPO_PAIRS, key)]
         assert sorted(dpo["pair_id"]) == sorted(p.pair_id for p in stored)
         assert dpo[0]["images"][0].size[0] > 0  # decoded from the bytes in the Parquet
         assert _metadata(instance)["mode"] == "rebuild"  # a new export folder is built whole once
@@ -110,7 +109,7 @@ def test_sensor_and_schedule_runs_lead_to_current_exports(tmp_path):
         metadata = _metadata(instance)
         assert (metadata["mode"], metadata["shards_written"], metadata["shards"]) == ("incremental", 2, 2)
         sft = [json.loads(line) for line in (tmp_path / "exports" / "llamafactory" / "sft" / f"{first}.jsonl").read_text().splitlines()]
-        stored_sft = store.read("sft_samples", first, SftSample)
+        stored_sft = store.read(SFT_SAMPLES, first)
         assert sorted(row["messages"][-1]["content"] for row in sft) == sorted(s.response for s in stored_sft)
         assert any("Hmm," in s.response for s in stored_sft if s.long_id)  # the rerun's long CoTs
 
@@ -128,9 +127,9 @@ def test_sensor_and_schedule_runs_lead_to_current_exports(tmp_path):
         assert list(metadata["held_back_by_checks"]) == [second]
         assert metadata["shards_dropped"] == [second] and metadata["shards"] == 1
         assert all(shards == {first} for shards in _exported(tmp_path).values())
-        assert store.exists("dpo_pairs", second)
+        assert store.exists(DPO_PAIRS, second)
         dpo = load_dataset(str(tmp_path / "exports" / "hf"), "dpo", split="train", cache_dir=str(tmp_path / "hf-cache"))
-        assert set(dpo["image_id"]) == {p.image_id for p in store.read("dpo_pairs", first, DpoPair)}
+        assert set(dpo["image_id"]) == {p.image_id for p in store.read(DPO_PAIRS, first)}
 
         # a new shard: the export run writes that shard alone
         drop_manifest(tmp_path / "incoming", "batch-02.jsonl", SAMPLE_ROWS[2:3])

@@ -10,8 +10,19 @@ import pytest
 from dagster import AssetKey, instance_for_test, materialize
 
 from lpt.config import PipelineConfig
-from lpt.judge import NO_VERDICT, JudgeVerdict
-from lpt.records import Caption, DpoPair, LongCot, PresentedMCQ, Quarantined, SftSample, SimpleCot, Verified
+from lpt.judge import NO_VERDICT
+from lpt.records import Caption, LongCot, SimpleCot
+from lpt.tables import (
+    CAPTIONS,
+    DPO_PAIRS,
+    JUDGE_VERDICTS,
+    JUDGE_VERDICTS_QUARANTINE,
+    LONG_COTS,
+    MCQS,
+    SFT_SAMPLES,
+    SIMPLE_COTS,
+    VERIFIED,
+)
 from lpt_assets.assets.curate import build_curation_assets
 from lpt_assets.assets.judge import build_judge_assets
 from lpt_assets.definitions import engine_resource
@@ -33,21 +44,21 @@ LONGS = {  # long id -> (short CoT, continuation after the cue, answer)
 
 
 def _stored_shard(store: ParquetStore) -> None:
-    store.write("captions", "s1", [Caption(image_id="img1", source="t", split="train", image_path="/img1.png",
-                                           description="A bottle with a green cap.", width=8, height=8)], Caption)
-    store.write("mcqs", "s1", [presented_mcq()], PresentedMCQ)
-    store.write("simple_cots", "s1", [
+    store.write(CAPTIONS, "s1", [Caption(image_id="img1", source="t", split="train", image_path="/img1.png",
+                                           description="A bottle with a green cap.", width=8, height=8)])
+    store.write(MCQS, "s1", [presented_mcq()])
+    store.write(SIMPLE_COTS, "s1", [
         SimpleCot(cot_id=cot_id, mcq_id="m1", image_id="img1", sample_index=i, text=f"\n{think}\n</think>\n<answer>{answer}</answer>",
                   finish_reason="stop", prompt_tokens=40, completion_tokens=20, model="vlm", stand_in=False)
         for i, (cot_id, (think, answer)) in enumerate(SHORTS.items())
-    ], SimpleCot)
-    store.write("long_cots", "s1", [
+    ])
+    store.write(LONG_COTS, "s1", [
         LongCot(long_id=long_id, cot_id=cot_id, mcq_id="m1", image_id="img1", sample_index=0,
                 short_think=SHORTS[cot_id][0].rstrip(".") + ".", separator=" ", cue="Wait,",
                 continuation=f" {text}\n</think>\n<answer>{answer}</answer>", finish_reason="stop", attempts=1,
                 prompt_tokens=90, completion_tokens=30, model="reasoner")
         for long_id, (cot_id, text, answer) in LONGS.items()
-    ], LongCot)
+    ])
 
 
 def _config(tmp_path, model, **judge) -> PipelineConfig:
@@ -69,8 +80,8 @@ def _run(config: PipelineConfig, store: ParquetStore, instance) -> dict:
 
 
 def _selected(store: ParquetStore) -> tuple[set[str], set[str]]:
-    sft = {s.trace_id for s in store.read("sft_samples", "s1", SftSample)}
-    paired = {t for p in store.read("dpo_pairs", "s1", DpoPair) for t in (p.chosen_id, p.rejected_id)}
+    sft = {s.trace_id for s in store.read(SFT_SAMPLES, "s1")}
+    paired = {t for p in store.read(DPO_PAIRS, "s1") for t in (p.chosen_id, p.rejected_id)}
     return sft, paired
 
 
@@ -87,14 +98,14 @@ def test_judge_verdicts_drop_by_reason_cache_and_flag_only(tmp_path, tiny_qwen2_
         for _ in range(2):
             metadata = _run(config, store, instance)
             sent.append((metadata["requests_sent"], metadata["cache_hits"]))
-        verified = {r.trace_id: r for r in store.read("verified", "s1", Verified)}
+        verified = {r.trace_id: r for r in store.read(VERIFIED, "s1")}
         assert {t: r.label.value for t, r in verified.items() if r.kept} == {
             "c1": "X", "c2": "O", "l1": "X_O", "l2": "X_O", "l3": "X_O", "l4": "X_X", "l5": "O_O"}
-        verdicts = {v.trace_id: v for v in store.read("judge_verdicts", "s1", JudgeVerdict)}
+        verdicts = {v.trace_id: v for v in store.read(JUDGE_VERDICTS, "s1")}
         assert sorted(verdicts) == ["l1", "l2", "l3", "l4", "l5"]  # every kept long trace, no short one
         # guided decoding: even random weights write a verdict the parser reads
         assert all(v.error is None and v.consistent is not None for v in verdicts.values())
-        assert store.read("judge_verdicts_quarantine", "s1", Quarantined) == []
+        assert store.read(JUDGE_VERDICTS_QUARANTINE, "s1") == []
         for v in verdicts.values():
             assert v.findings == ["judge_inconsistent"] * (not v.consistent) + ["judge_setup_reference"] * v.setup_reference
             assert v.drop_reason == (v.findings[0] if v.findings else None)
@@ -115,7 +126,7 @@ def test_judge_verdicts_drop_by_reason_cache_and_flag_only(tmp_path, tiny_qwen2_
         flag_only = _config(tmp_path, tiny_qwen2_path, drop=[])
         metadata = _run(flag_only, store, instance)
         assert (metadata["requests_sent"], metadata["cache_hits"]) == (0, 5)  # same requests, other knob
-        again = {v.trace_id: v for v in store.read("judge_verdicts", "s1", JudgeVerdict)}
+        again = {v.trace_id: v for v in store.read(JUDGE_VERDICTS, "s1")}
         assert {t: v.findings for t, v in again.items()} == {t: v.findings for t, v in verdicts.items()}
         assert all(v.drop_reason is None for v in again.values())
         sft, paired = _selected(store)
@@ -138,19 +149,19 @@ def test_garbage_replies_are_quarantined_and_kept_unless_the_knob_drops_them(tmp
         chosen = {}
         for drop in ([], ["judge_no_verdict"]):
             metadata = _run(_config(tmp_path, tiny_qwen2_path, drop=drop, **free), store, instance)
-            verdicts = store.read("judge_verdicts", "s1", JudgeVerdict)
-            quarantined = store.read("judge_verdicts_quarantine", "s1", Quarantined)
+            verdicts = store.read(JUDGE_VERDICTS, "s1")
+            quarantined = store.read(JUDGE_VERDICTS_QUARANTINE, "s1")
             assert len(verdicts) == 5 and all(v.findings == [NO_VERDICT] for v in verdicts)
             assert {q.item_id: q.reason for q in quarantined} == {v.trace_id: v.error for v in verdicts}
             assert {q.reason for q in quarantined} <= {"judge_no_json", "judge_truncated", "judge_invalid_unicode"}
             assert metadata["quarantined"] == 5 and metadata["judge_no_verdict"] == 5
             chosen[tuple(drop)] = _selected(store)[0]
         # a long CoT gone from storage after verification: no verdict, with why, and no crash
-        store.write("long_cots", "s1", [c for c in store.read("long_cots", "s1", LongCot) if c.long_id != "l5"], LongCot)
+        store.write(LONG_COTS, "s1", [c for c in store.read(LONG_COTS, "s1") if c.long_id != "l5"])
         config = _config(tmp_path, tiny_qwen2_path, drop=["judge_no_verdict"], **free)
         resources = {"store": store, "judge_engine": engine_resource(config.engines.judge)}
         assert materialize(build_judge_assets(config), partition_key="s1", instance=instance, resources=resources).success
-        verdicts = {v.trace_id: v for v in store.read("judge_verdicts", "s1", JudgeVerdict)}
+        verdicts = {v.trace_id: v for v in store.read(JUDGE_VERDICTS, "s1")}
         assert len(verdicts) == 5 and verdicts["l5"].error == "judge_missing_input"
         assert verdicts["l5"].drop_reason == "judge_no_verdict"
     assert chosen[()] == {"c2", "l1", "l2", "l3", "l5"} and chosen[("judge_no_verdict",)] == {"c2"}
@@ -181,8 +192,8 @@ def test_the_pipeline_with_the_judge_on_loads_one_model_and_reruns_for_free(tmp_
         run_pipeline(instance, config, keys)
         loads = [r for r in caplog.records if r.name == transformers_engine.__name__ and r.getMessage().startswith("loaded ")]
         assert len(loads) == 1, [r.getMessage() for r in loads]
-        judged = {r.trace_id for key in keys for r in judged_traces(store.read("verified", key, Verified))}
-        verdicts = [v for key in keys for v in store.read("judge_verdicts", key, JudgeVerdict)]
+        judged = {r.trace_id for key in keys for r in judged_traces(store.read(VERIFIED, key))}
+        verdicts = [v for key in keys for v in store.read(JUDGE_VERDICTS, key)]
         assert judged and {v.trace_id for v in verdicts} == judged
         summary = summarize(store, instance, keys, config)
         assert summary["judge"]["judged"] == len(judged) and summary["engines"]["judge_verdicts"]["requests_sent"] == len(judged)

@@ -7,7 +7,7 @@ import pytest
 from dagster import AssetKey, instance_for_test
 
 from lpt.config import PipelineConfig
-from lpt.records import Caption, DpoPair, LongCot, PresentedMCQ, SftSample, SimpleCot, Verified
+from lpt.tables import CAPTIONS, DPO_PAIRS, LONG_COTS, MCQS, SFT_SAMPLES, SIMPLE_COTS, VERIFIED
 from lpt_assets.cli import run_pipeline
 from lpt_assets.registry import register_source
 from lpt_resources.storage import ParquetStore
@@ -67,15 +67,15 @@ def test_every_asset_materialized_for_every_shard(pipeline_run):
 def test_dpo_pairs_trace_back_to_their_images(pipeline_run):
     config, store, _, keys = pipeline_run
 
-    def table(name, model):
-        return [row for key in keys for row in store.read(name, key, model)]
+    def rows(table):
+        return [row for key in keys for row in store.read(table, key)]
 
-    captions = {c.image_id: c for c in table("captions", Caption)}
-    mcqs = {i.mcq.mcq_id: i for i in table("mcqs", PresentedMCQ)}
-    shorts = {c.cot_id: c for c in table("simple_cots", SimpleCot)}
-    longs = {c.long_id: c for c in table("long_cots", LongCot)}
-    traces = {v.trace_id: v for v in table("verified", Verified)}
-    pairs = table("dpo_pairs", DpoPair)
+    captions = {c.image_id: c for c in rows(CAPTIONS)}
+    mcqs = {i.mcq.mcq_id: i for i in rows(MCQS)}
+    shorts = {c.cot_id: c for c in rows(SIMPLE_COTS)}
+    longs = {c.long_id: c for c in rows(LONG_COTS)}
+    traces = {v.trace_id: v for v in rows(VERIFIED)}
+    pairs = rows(DPO_PAIRS)
     assert pairs, "the run mined no DPO pairs"
     for pair in pairs:
         for trace_id in (pair.chosen_id, pair.rejected_id):
@@ -89,7 +89,7 @@ def test_dpo_pairs_trace_back_to_their_images(pipeline_run):
         caption = captions[mcq.mcq.image_id]
         assert pair.image_id == caption.image_id
         assert pair.image_path == caption.image_path and Path(caption.image_path).exists()
-    for sample in table("sft_samples", SftSample):
+    for sample in rows(SFT_SAMPLES):
         assert traces[sample.trace_id].kept
         assert captions[mcqs[sample.mcq_id].mcq.image_id].image_path == sample.image_path
 
@@ -119,13 +119,13 @@ def _engine_metadata(instance, asset: str) -> dict:
 
 def test_rerun_sends_nothing_and_writes_the_same_rows(pipeline_run):
     config, store, instance, keys = pipeline_run
-    before = {key: store.read_frame("dpo_pairs", key) for key in keys}
+    before = {key: store.read_frame(DPO_PAIRS, key) for key in keys}
     run_pipeline(instance, config, keys)
     for stage in ("mcqs", "simple_cots", "rationale_scores", "long_cots"):
         metadata = _engine_metadata(instance, stage)
         assert metadata["requests_sent"] == 0, stage
         assert metadata["cache_hits"] > 0, stage
-    assert all(store.read_frame("dpo_pairs", key).equals(before[key]) for key in keys)
+    assert all(store.read_frame(DPO_PAIRS, key).equals(before[key]) for key in keys)
 
 
 def test_changing_stage3_sampling_only_resends_stage3(pipeline_run):

@@ -11,7 +11,7 @@ import yaml
 from dagster import AssetKey, instance_for_test
 
 from lpt.config import PipelineConfig
-from lpt.records import DpoPair, SftSample
+from lpt.tables import DPO_PAIRS, SFT_SAMPLES
 from lpt_assets.cli import run_pipeline
 from lpt_assets.registry import register_source
 from lpt_resources.storage import ParquetStore
@@ -61,8 +61,8 @@ def test_pipeline_and_exports_on_s3_load_back_from_the_bucket(s3, tmp_path, monk
 
     assert not (tmp_path / "exports").exists() and not (tmp_path / "data").exists()  # nothing local
     assert s3.find(f"{BUCKET}/lpt/response_cache")  # the cache lives under the storage URL
-    sft = [row for key in keys for row in store.read("sft_samples", key, SftSample)]
-    dpo = [row for key in keys for row in store.read("dpo_pairs", key, DpoPair)]
+    sft = [row for key in keys for row in store.read(SFT_SAMPLES, key)]
+    dpo = [row for key in keys for row in store.read(DPO_PAIRS, key)]
     assert sft and dpo
 
     # Hugging Face: the card's configs, their globs resolved on the bucket, read by `datasets`

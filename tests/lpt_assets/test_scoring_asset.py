@@ -6,7 +6,7 @@ from dagster import AssetKey, instance_for_test, materialize
 
 from lpt.config import PipelineConfig
 from lpt.records import MCQ, Caption, Presentation, PresentedMCQ, SimpleCot
-from lpt.scoring import McqScores
+from lpt.tables import CAPTIONS, LONG_COTS, MCQS, RATIONALE_SCORES, SFT_SAMPLES, SIMPLE_COTS
 from lpt_assets.assets.scoring import build_scoring_assets
 from lpt_assets.definitions import engine_resource
 from lpt_assets.summary import render, summarize
@@ -16,20 +16,20 @@ OPTIONS = ["zebra crossing", "_functions_functions_functions", "quiet violet har
 
 
 def _stored_shard(store: ParquetStore) -> None:
-    store.write("captions", "s1", [Caption(image_id="img1", source="t", split="train", image_path="/none.png",
-                                           description="A sign.", width=8, height=8)], Caption)
+    store.write(CAPTIONS, "s1", [Caption(image_id="img1", source="t", split="train", image_path="/none.png",
+                                           description="A sign.", width=8, height=8)])
     item = PresentedMCQ(
         mcq=MCQ(mcq_id="m1", image_id="img1", question="What does the sign say?", options=OPTIONS,
                 answer=OPTIONS[2], reasoning_type="recognition"),
         presentation=Presentation(option_style="paren", answer_style="option_text", options=OPTIONS, gold_letter="C"),
     )
-    store.write("mcqs", "s1", [item], PresentedMCQ)
+    store.write(MCQS, "s1", [item])
     thinks = ["_functions_functions_functions_functions", "A quiet violet harbour, seven zebras."]
-    store.write("simple_cots", "s1", [
+    store.write(SIMPLE_COTS, "s1", [
         SimpleCot(cot_id=f"c{i}", mcq_id="m1", image_id="img1", sample_index=i, text=f"\n{t}\n</think>\n<answer>{OPTIONS[2]}</answer>",
                   finish_reason="stop", prompt_tokens=10, completion_tokens=5, model="vlm", stand_in=True)
         for i, t in enumerate(thinks)
-    ], SimpleCot)
+    ])
 
 
 def test_rationale_scores_asset_scores_streams_and_caches(tmp_path, tiny_qwen2_path):
@@ -53,7 +53,7 @@ def test_rationale_scores_asset_scores_streams_and_caches(tmp_path, tiny_qwen2_p
             event = instance.get_latest_materialization_event(AssetKey("rationale_scores"))
             metadata = {k: v.value for k, v in event.asset_materialization.metadata.items()}
             sent.append((metadata["requests_sent"], metadata["cache_hits"]))
-            [scores] = store.read("rationale_scores", "s1", McqScores)
+            [scores] = store.read(RATIONALE_SCORES, "s1")
             assert (scores.bin_letter, scores.gold_letter, scores.suspect) == ("B", "C", True)
             assert len(scores.likelihoods) == 2 and metadata["suspect_keys"] == ["m1"]
             assert metadata["bin_accuracy"] == 0.0 and metadata["mcqs_scored"] == 1
@@ -67,7 +67,6 @@ def test_rationale_scores_asset_scores_streams_and_caches(tmp_path, tiny_qwen2_p
 def test_curation_ranks_by_reward_and_holds_out_suspect_keys(tmp_path, tiny_qwen2_path):
     """SFT and DPO read the shard's scores: `hold_out_suspect_keys` leaves the disputed MCQ
     out; otherwise `rank_by_reward` picks its best-rewarded short CoT."""
-    from lpt.records import LongCot, SftSample
     from lpt_assets.assets.curate import build_curation_assets
 
     base = {
@@ -78,14 +77,14 @@ def test_curation_ranks_by_reward_and_holds_out_suspect_keys(tmp_path, tiny_qwen
     }
     store = ParquetStore(base=base["storage"])
     _stored_shard(store)
-    store.write("long_cots", "s1", [], LongCot)
+    store.write(LONG_COTS, "s1", [])
     scoring_config = PipelineConfig.model_validate(base)
     resources = {"store": store, "vlm_engine": engine_resource(scoring_config.engines.vlm)}
     (tmp_path / "home").mkdir()
     with instance_for_test(temp_dir=str(tmp_path / "home")) as instance:
         instance.add_dynamic_partitions("shards", ["s1"])
         assert materialize(build_scoring_assets(scoring_config), partition_key="s1", instance=instance, resources=resources).success
-        [scores] = store.read("rationale_scores", "s1", McqScores)
+        [scores] = store.read(RATIONALE_SCORES, "s1")
         chosen = {}
         for hold_out in (True, False):
             config = PipelineConfig.model_validate(
@@ -93,7 +92,7 @@ def test_curation_ranks_by_reward_and_holds_out_suspect_keys(tmp_path, tiny_qwen
             )
             curation = build_curation_assets(config)
             assert materialize(curation, partition_key="s1", instance=instance, resources={"store": store}, selection=curation).success
-            chosen[hold_out] = [s.cot_id for s in store.read("sft_samples", "s1", SftSample)]
+            chosen[hold_out] = [s.cot_id for s in store.read(SFT_SAMPLES, "s1")]
     best = max(zip(scores.rewards, scores.cot_ids))[1]
     assert chosen == {True: [], False: [best]}
 
@@ -105,7 +104,6 @@ def test_stage_3_expands_only_the_best_rewarded_short_cots(tmp_path, tiny_qwen2_
     only when it ranks by them."""
     import json
 
-    from lpt.records import LongCot
     from lpt_assets.assets.generate import build_generation_assets
     from lpt_assets.versions import code_versions
     from tests.fake_openai_server import FakeOpenAIServer
@@ -126,7 +124,7 @@ def test_stage_3_expands_only_the_best_rewarded_short_cots(tmp_path, tiny_qwen2_
                       finish_reason="stop", prompt_tokens=10, completion_tokens=5, model="vlm", stand_in=True)
             for i, (t, a) in enumerate([("Seven, I count.", OPTIONS[3]), ("A zebra crossing, clearly.", OPTIONS[0])])
         ]
-        store.write("simple_cots", "s1", store.read("simple_cots", "s1", SimpleCot) + wrong, SimpleCot)
+        store.write(SIMPLE_COTS, "s1", store.read(SIMPLE_COTS, "s1") + wrong)
         top_1 = PipelineConfig.model_validate({**base, "think_harder": {**base["think_harder"], "expand_top_k_by_reward": 1}})
         resources = {"store": store, "vlm_engine": engine_resource(top_1.engines.vlm),
                      "reasoner_engine": engine_resource(top_1.engines.reasoner)}
@@ -134,10 +132,10 @@ def test_stage_3_expands_only_the_best_rewarded_short_cots(tmp_path, tiny_qwen2_
         with instance_for_test(temp_dir=str(tmp_path / "home")) as instance:
             instance.add_dynamic_partitions("shards", ["s1"])
             assert materialize(build_scoring_assets(top_1), partition_key="s1", instance=instance, resources=resources).success
-            [scores] = store.read("rationale_scores", "s1", McqScores)
+            [scores] = store.read(RATIONALE_SCORES, "s1")
             reward = dict(zip(scores.cot_ids, scores.rewards))
             best = {max(["c0", "c1"], key=reward.get), max(["w0", "w1"], key=reward.get)}
-            thinks = {c.cot_id: c.text.split("</think>")[0].strip() for c in store.read("simple_cots", "s1", SimpleCot)}
+            thinks = {c.cot_id: c.text.split("</think>")[0].strip() for c in store.read(SIMPLE_COTS, "s1")}
             sent: list[list[str]] = []
             extended: list[set[str]] = []
             for config in (top_1, PipelineConfig.model_validate(base)):
@@ -146,7 +144,7 @@ def test_stage_3_expands_only_the_best_rewarded_short_cots(tmp_path, tiny_qwen2_
                 assert materialize(stage_3, partition_key="s1", instance=instance, resources=resources).success
                 shown = [json.dumps(body["messages"]) for body in server.requests[before:]]
                 sent.append(sorted(cot for cot, think in thinks.items() for text in shown if json.dumps(think)[1:-1] in text))
-                extended.append({r.cot_id for r in store.read("long_cots", "s1", LongCot)})
+                extended.append({r.cot_id for r in store.read(LONG_COTS, "s1")})
     # k = 1: two requests, the best of each label; all: the other two (the first two from the cache)
     assert sent == [sorted(best), sorted({"c0", "c1", "w0", "w1"} - best)]
     assert extended == [best, {"c0", "c1", "w0", "w1"}]
@@ -185,6 +183,6 @@ def test_rationale_scores_over_a_vllm_server_stream_and_cache(tmp_path):
                 metadata = instance.get_latest_materialization_event(AssetKey("rationale_scores")).asset_materialization.metadata
                 sent.append((metadata["requests_sent"].value, metadata["cache_hits"].value))
                 calls.append(server.paths[before:].count("/v1/chat/completions"))
-            [scores] = store.read("rationale_scores", "s1", McqScores)
+            [scores] = store.read(RATIONALE_SCORES, "s1")
     assert sent == [(8, 0), (0, 8)] and calls == [8, 0]
     assert len(scores.likelihoods) == 2 and all(len(row) == 4 and all(v < 0 for v in row) for row in scores.likelihoods)

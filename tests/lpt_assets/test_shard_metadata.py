@@ -7,7 +7,7 @@ import json
 import pytest
 from dagster import AssetKey, AssetRecordsFilter, MarkdownMetadataValue, TableMetadataValue, instance_for_test
 
-from lpt.records import Caption, LongCot, PresentedMCQ, Quarantined, SimpleCot, Verified
+from lpt.tables import CAPTIONS, CAPTIONS_QUARANTINE, LONG_COTS, MCQS, SIMPLE_COTS, VERIFIED
 from lpt_assets.assets.curate import accuracy
 from lpt_assets.cli import run_pipeline
 from lpt_assets.metadata import ENGINE_COUNTS, INLINE_MARKDOWN_LIMIT
@@ -54,12 +54,12 @@ def test_each_shard_counts_only_its_own_rows(three_shards) -> None:
     _, store, instance, keys = three_shards
     seen = {}
     for key in keys:
-        captions = store.read("captions", key, Caption)
-        mcqs = store.read("mcqs", key, PresentedMCQ)
-        shorts = store.read("simple_cots", key, SimpleCot)
-        longs = store.read("long_cots", key, LongCot)
-        verified = store.read("verified", key, Verified)
-        quarantined = store.read("captions_quarantine", key, Quarantined)
+        captions = store.read(CAPTIONS, key)
+        mcqs = store.read(MCQS, key)
+        shorts = store.read(SIMPLE_COTS, key)
+        longs = store.read(LONG_COTS, key)
+        verified = store.read(VERIFIED, key)
+        quarantined = store.read(CAPTIONS_QUARANTINE, key)
         meta = {asset: _metadata(instance, asset, key) for asset in ("captions", "mcqs", "simple_cots", "long_cots", "verified")}
 
         assert meta["captions"]["rows_in"].value == len(captions) + len(quarantined)
@@ -123,5 +123,5 @@ def test_summary_sums_the_shards(three_shards) -> None:
         for name in ENGINE_COUNTS:
             assert engines[stage][name] == sum(m[name].value for m in per_shard), (stage, name)
         assert engines[stage]["engine_seconds"] == per_shard[0]["run_engine_seconds"].value
-    captions = sum(len(store.read("captions", key, Caption)) for key in keys)
+    captions = sum(len(store.read(CAPTIONS, key)) for key in keys)
     assert engines["mcqs"]["requests_sent"] + engines["mcqs"]["cache_hits"] == captions == 3

@@ -4,7 +4,8 @@ from dagster import DagsterInstance, materialize
 
 from lpt.config import PipelineConfig
 from lpt.prompts import present
-from lpt.records import MCQ, Caption, PresentedMCQ, SimpleCot
+from lpt.records import MCQ, Caption
+from lpt.tables import CAPTIONS, MCQS, SIMPLE_COTS
 from lpt_assets.assets.generate import build_generation_assets
 from lpt_resources.captions.sources import parse_spec, read_items
 from lpt_resources.captions.validate import check_shard
@@ -17,7 +18,7 @@ SHARD = "sample-train-00000"
 def _seed_tables(store: ParquetStore, image_root: str) -> Caption:
     items = read_items(parse_spec("sample?limit=1"), image_root)
     captions, _ = check_shard(items)
-    store.write("captions", SHARD, captions, Caption)
+    store.write(CAPTIONS, SHARD, captions)
     caption = captions[0]
     mcq = MCQ(
         mcq_id="mcq-1",
@@ -27,7 +28,7 @@ def _seed_tables(store: ParquetStore, image_root: str) -> Caption:
         answer="Red",
         reasoning_type="recognition",
     )
-    store.write("mcqs", SHARD, [present(mcq)], PresentedMCQ)
+    store.write(MCQS, SHARD, [present(mcq)])
     return caption
 
 
@@ -58,7 +59,7 @@ def test_vlm_reads_the_image(tmp_path, tiny_qwen2_5_vl_path):
         tmp_path, TransformersEngineResource(model=str(tiny_qwen2_5_vl_path)), stand_in=False
     )
     assert result.success
-    cots = store.read("simple_cots", SHARD, SimpleCot)
+    cots = store.read(SIMPLE_COTS, SHARD)
     assert len(cots) == 2
     assert all(not c.stand_in and c.image_id == caption.image_id for c in cots)
     # the image tokens count toward the prompt: far more than the text alone
