@@ -5,8 +5,8 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
-import re
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal

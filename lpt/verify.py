@@ -15,7 +15,6 @@ from lpt.grade import Grade, format_answer, grade
 from lpt.parse import ParsedCot, parse_continuation, parse_cot
 from lpt.records import Label, LongCot, PresentedMCQ, SimpleCot, Verified
 
-
 # Endings that make a listed leak word's family: inflections and the common derivations
 # ("describing", "descriptions", "mentioning", "textual", "visualization"), but not arbitrary
 # continuations ("texture", "statement" stay clean). A word ending in "e" drops it first.

@@ -337,7 +337,11 @@ def _shards_named(instance: DagsterInstance, partition: str | None, partition_ra
 
 def _run_tags(tags: str | None, keys: list[str], invocation: str) -> dict[str, str]:
     """--tags, then Dagster's partition tags for `keys`, then the tag this command finds its run by."""
-    from lpt_assets._dagster_compat import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG, PARTITION_NAME_TAG
+    from lpt_assets._dagster_compat import (
+        ASSET_PARTITION_RANGE_END_TAG,
+        ASSET_PARTITION_RANGE_START_TAG,
+        PARTITION_NAME_TAG,
+    )
 
     try:
         extra = json.loads(tags) if tags else {}

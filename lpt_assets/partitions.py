@@ -5,7 +5,11 @@ from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 
 from dagster import DagsterInstance, DagsterRunStatus, DynamicPartitionsDefinition, RunsFilter
 
-from lpt_assets._dagster_compat import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG, PARTITION_NAME_TAG
+from lpt_assets._dagster_compat import (
+    ASSET_PARTITION_RANGE_END_TAG,
+    ASSET_PARTITION_RANGE_START_TAG,
+    PARTITION_NAME_TAG,
+)
 
 SHARDS = "shards"  # the partitions definition's name, as the instance stores its keys
 shards = DynamicPartitionsDefinition(name=SHARDS)

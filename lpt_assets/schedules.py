@@ -42,7 +42,13 @@ from lpt.config import AutomationConfig
 from lpt.records import stable_id
 from lpt.tables import CAPTIONS
 from lpt_assets._dagster_compat import RUN_KEY_TAG, SCHEDULE_NAME_TAG, BaseAssetGraph
-from lpt_assets.bulk_reads import Latest, code_versions_of, latest_check_failures, latest_materializations, materialization_metadata
+from lpt_assets.bulk_reads import (
+    Latest,
+    code_versions_of,
+    latest_check_failures,
+    latest_materializations,
+    materialization_metadata,
+)
 from lpt_assets.partitions import SHARDS, contiguous, shards_in_flight
 from lpt_assets.sensors import shard_run_request
 

@@ -10,7 +10,17 @@ fresh, before anything has run.
 from lpt.config import EngineSettingsBase, PipelineConfig, StageConfig
 from lpt.parse import MCQ_RULES_VERSION, TRACE_RULES_VERSION
 from lpt.records import stable_id
-from lpt.tables import CAPTIONS, DPO_PAIRS, JUDGE_VERDICTS, LONG_COTS, MCQS, RATIONALE_SCORES, SFT_SAMPLES, SIMPLE_COTS, VERIFIED
+from lpt.tables import (
+    CAPTIONS,
+    DPO_PAIRS,
+    JUDGE_VERDICTS,
+    LONG_COTS,
+    MCQS,
+    RATIONALE_SCORES,
+    SFT_SAMPLES,
+    SIMPLE_COTS,
+    VERIFIED,
+)
 from lpt_assets.assets.ingest import CAPTIONS_VERSION
 
 

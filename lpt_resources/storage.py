@@ -13,7 +13,7 @@ import types
 import typing
 import uuid
 from collections.abc import Iterable, Sequence
-from typing import Any, Literal, TypeVar, overload
+from typing import Any, Literal, TypeVar
 
 import fsspec
 import polars as pl
@@ -89,18 +89,6 @@ def _name(table: Table | str) -> str:
     return table if isinstance(table, str) else table.name
 
 
-def _typed(table: Table[M] | str, model: type[M] | None) -> Table[M]:
-    """The table to read or write. A bare name with its record type is the older spelling, kept
-    while generate.py, judge.py, scoring.py and some tests still use it (issue 14)."""
-    if isinstance(table, str):
-        if model is None:
-            raise TypeError(f"reading or writing {table!r} by name needs its record type")
-        return Table(table, model)
-    if model is not None and model is not table.record:
-        raise TypeError(f"{table.name} holds {table.record.__name__} rows, not {model.__name__}")
-    return table
-
-
 class ParquetStore(ConfigurableResource):
     """Where every asset keeps its tables: `{base}/{table}/{partition}.parquet`. Tables come from
     lpt/tables.py (`store.read(MCQS, key)` is a `list[PresentedMCQ]`); the frame-level methods
@@ -124,18 +112,13 @@ class ParquetStore(ConfigurableResource):
         fs, _ = self._filesystem()
         return fs.exists(self.path(table, partition))
 
-    @overload
-    def write(self, table: Table[M], partition: str | None, rows: Iterable[M]) -> str: ...
-    @overload
-    def write(self, table: str, partition: str | None, rows: Iterable[M], model: type[M]) -> str: ...
-    def write(self, table: Table | str, partition: str | None, rows: Iterable[BaseModel], model: type[BaseModel] | None = None) -> str:
+    def write(self, table: Table[M], partition: str | None, rows: Iterable[M]) -> str:
         """Rows of the table's record type only: a row of another type is a bug upstream."""
-        typed = _typed(table, model)
         rows = list(rows)
-        wrong = sorted({type(row).__name__ for row in rows if not isinstance(row, typed.record)})
+        wrong = sorted({type(row).__name__ for row in rows if not isinstance(row, table.record)})
         if wrong:
-            raise TypeError(f"{typed.name} holds {typed.record.__name__} rows, not {', '.join(wrong)}")
-        return self.write_frame(typed.name, partition, to_frame(rows, typed.record))
+            raise TypeError(f"{table.name} holds {table.record.__name__} rows, not {', '.join(wrong)}")
+        return self.write_frame(table, partition, to_frame(rows, table.record))
 
     def write_frame(self, table: Table | str, partition: str | None, frame: pl.DataFrame) -> str:
         fs, _ = self._filesystem()
@@ -154,13 +137,8 @@ class ParquetStore(ConfigurableResource):
                 fs.rm(temporary)
         return target
 
-    @overload
-    def read(self, table: Table[M], partition: str | None) -> list[M]: ...
-    @overload
-    def read(self, table: str, partition: str | None, model: type[M]) -> list[M]: ...
-    def read(self, table: Table | str, partition: str | None, model: type[BaseModel] | None = None) -> list:
-        typed = _typed(table, model)
-        return from_frame(self.read_frame(typed.name, partition), typed.record)
+    def read(self, table: Table[M], partition: str | None) -> list[M]:
+        return from_frame(self.read_frame(table, partition), table.record)
 
     def read_frame(self, table: Table | str, partition: str | None = None, columns: Sequence[str] | None = None) -> pl.DataFrame:
         fs, _ = self._filesystem()

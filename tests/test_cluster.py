@@ -32,8 +32,8 @@ from dagster_k8s.job import USER_DEFINED_K8S_JOB_CONFIG_SCHEMA
 from kombu import Connection
 
 from lpt.config import load_config
-from lpt_assets.definitions import PIPELINE_JOB, build_definitions
 from lpt_assets.executors import CELERY_QUEUE_TAG, K8S_CONFIG_TAG, celery_config, executor_from_env, gpu_op_tags
+from lpt_assets.location import PIPELINE_JOB, build_definitions
 from tests.pipeline_model_server import PipelineModelServer
 from tests.small_config import SMALL_TOML
 

@@ -8,9 +8,9 @@ import subprocess
 import pytest
 
 from faults import matrix
-from lpt_assets.generation import EngineRequestsFailed, generate, to_request
 from lpt.config import Sampling
 from lpt.prompts import ChatPrompt
+from lpt_assets.generation import EngineRequestsFailed, generate, to_request
 from lpt_resources.cache import ResponseCache
 from lpt_resources.engines.base import ChatMessage, Completion, GenerationRequest, GenerationResult, SamplingParams
 from lpt_resources.engines.resource import OpenAIEngineResource

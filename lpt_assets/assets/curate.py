@@ -6,9 +6,9 @@ from collections import Counter
 from dagster import AssetExecutionContext, AssetsDefinition, BackfillPolicy, MaterializeResult, asset
 
 from lpt.config import PipelineConfig
+from lpt.judge import apply_verdicts
 from lpt.prompts import VLM_SYSTEM, render_question
 from lpt.records import LETTERS, Caption, Label, PresentedMCQ, TrainingPrompt, Verified
-from lpt.judge import apply_verdicts
 from lpt.scoring import McqScores, rewards_by_cot, without_suspects
 from lpt.select import mine_pairs, select_sft
 from lpt.tables import (

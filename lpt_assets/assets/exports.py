@@ -9,12 +9,20 @@ when files from an earlier run are still in storage."""
 import time
 from collections.abc import Iterator
 
-from dagster import AssetExecutionContext, AssetsDefinition, AssetSpec, Config, DagsterInstance, MaterializeResult, MetadataValue, multi_asset
+from dagster import (
+    AssetExecutionContext,
+    AssetsDefinition,
+    AssetSpec,
+    Config,
+    DagsterInstance,
+    MaterializeResult,
+    MetadataValue,
+    multi_asset,
+)
 
 from lpt.config import PipelineConfig
-from lpt.export import Exporter, Funnel, ShardRows
+from lpt.export import Exporter, Funnel, ShardRows, hf, lacot, llamafactory
 from lpt.export.parts import CommitResult
-from lpt.export import hf, lacot, llamafactory
 from lpt.tables import CAPTIONS, DPO_PAIRS, LONG_COTS, MCQS, RATIONALE_SCORES, SFT_SAMPLES, SIMPLE_COTS, VERIFIED
 from lpt_assets.checks import failed_checks
 from lpt_assets.export_automation import ChangeCursor, head_cursor, pending_changes

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from lpt.config import AskConfig
 from lpt.parse import (
     MCQ_REASONS,
     TRACE_ERRORS,
@@ -24,7 +25,6 @@ from lpt.parse import (
     strip_option_letters,
     validate_drafts,
 )
-from lpt.config import AskConfig
 from lpt.records import Caption, FinishReason, MCQDraft, Quarantined, stable_id
 from lpt.stages import mcqs_from_response
 

@@ -7,8 +7,6 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-
-
 import polars as pl
 import pytest
 from hypothesis import given, settings

@@ -4,7 +4,7 @@ into a watched folder, sensed, and the requested runs executed with the small CP
 import pytest
 from dagster import instance_for_test
 
-from lpt_assets.definitions import PIPELINE_JOB, build_definitions
+from lpt_assets.location import PIPELINE_JOB, build_definitions
 from tests.lpt_assets.drops import SAMPLE_ROWS, drop_manifest, evaluate_sensor, make_config
 
 

@@ -13,7 +13,7 @@ from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PART
 from lpt.config import PipelineConfig
 from lpt.tables import DPO_PAIRS
 from lpt_assets.checks import UNBLOCK_SENSOR, UNBLOCKED_FROM_TAG, check_keys, failed_checks
-from lpt_assets.definitions import PIPELINE_JOB, build_definitions
+from lpt_assets.location import PIPELINE_JOB, build_definitions
 from lpt_assets.partitions import contiguous, shards_of_run
 from lpt_assets.registry import register_source
 from lpt_resources.storage import ParquetStore

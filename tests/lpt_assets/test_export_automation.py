@@ -21,8 +21,8 @@ from dagster import (
 
 from lpt.config import PipelineConfig
 from lpt.tables import DPO_PAIRS, SFT_SAMPLES
-from lpt_assets.definitions import EXPORT_JOB, PIPELINE_JOB, build_definitions
 from lpt_assets.export_automation import EXPORTS_SENSOR, ChangeCursor, pending_changes
+from lpt_assets.location import EXPORT_JOB, PIPELINE_JOB, build_definitions
 from lpt_assets.schedules import SCHEDULE_NAME
 from lpt_resources.storage import ParquetStore
 from tests.lpt_assets.drops import SAMPLE_ROWS, drop_manifest, evaluate_sensor

@@ -25,8 +25,8 @@ from lpt.tables import (
 )
 from lpt_assets.assets.curate import build_curation_assets
 from lpt_assets.assets.judge import build_judge_assets
-from lpt_assets.definitions import engine_resource
 from lpt_assets.summary import render, summarize
+from lpt_resources.engines.resource import engine_resource
 from lpt_resources.storage import ParquetStore
 from tests.builders import presented_mcq
 

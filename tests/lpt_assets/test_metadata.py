@@ -9,7 +9,6 @@ from dagster import MarkdownMetadataValue, TableMetadataValue, TextMetadataValue
 
 from lpt_assets.metadata import INLINE_MARKDOWN_LIMIT, bar_chart, histogram, table
 
-
 SVG = "{http://www.w3.org/2000/svg}"
 
 

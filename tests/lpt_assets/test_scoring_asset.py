@@ -8,8 +8,8 @@ from lpt.config import PipelineConfig
 from lpt.records import MCQ, Caption, Presentation, PresentedMCQ, SimpleCot
 from lpt.tables import CAPTIONS, LONG_COTS, MCQS, RATIONALE_SCORES, SFT_SAMPLES, SIMPLE_COTS
 from lpt_assets.assets.scoring import build_scoring_assets
-from lpt_assets.definitions import engine_resource
 from lpt_assets.summary import render, summarize
+from lpt_resources.engines.resource import engine_resource
 from lpt_resources.storage import ParquetStore
 
 OPTIONS = ["zebra crossing", "_functions_functions_functions", "quiet violet harbour", "seven"]

@@ -10,7 +10,7 @@ from dagster import AssetKey, DagsterRunStatus, build_schedule_context, instance
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
 from lpt.config import load_config
-from lpt_assets.definitions import PIPELINE_JOB, build_definitions
+from lpt_assets.location import PIPELINE_JOB, build_definitions
 from lpt_assets.schedules import SCHEDULE_NAME
 from lpt_assets.sensors import SENSOR_NAME
 from tests.lpt_assets.drops import SAMPLE_ROWS, SKIMAGE_DATA, drop_manifest, evaluate_sensor, make_config

@@ -8,7 +8,7 @@ from dagster._core.definitions.data_version import CachingStaleStatusResolver, S
 from dagster._time import get_current_datetime
 
 from lpt.config import PipelineConfig
-from lpt_assets.definitions import build_definitions
+from lpt_assets.location import build_definitions
 from lpt_assets.schedules import Staleness
 
 pytestmark = pytest.mark.slow

@@ -6,7 +6,7 @@ from dagster import AssetKey, instance_for_test, materialize
 from lpt.config import load_config
 from lpt.tables import QUARANTINES
 from lpt_assets.assets.ingest import captions
-from lpt_assets.definitions import build_definitions
+from lpt_assets.location import build_definitions
 from lpt_assets.partitions import shards
 from lpt_assets.registry import SHARD_MANIFEST
 from lpt_resources.captions.sources import ShardItem

@@ -14,7 +14,7 @@ import pytest
 from dagster import AssetKey, instance_for_test
 from PIL import Image
 
-from lpt.records import Caption, DpoPair, PresentedMCQ, Quarantined, SftSample, SimpleCot
+from lpt.tables import CAPTIONS, CAPTIONS_QUARANTINE, DPO_PAIRS, MCQS, SFT_SAMPLES, SIMPLE_COTS
 from lpt_assets.cli import run_pipeline
 from lpt_assets.registry import SHARD_MANIFEST, register_source
 from lpt_resources.captions.sources import ShardItem, parse_spec, read_items, shard
@@ -123,7 +123,7 @@ def bad_run(tmp_path_factory):
 def test_each_bad_row_is_quarantined_with_its_reason(bad_run):
     store, _, keys, expected, _ = bad_run
     assert keys == ["batch-all-00000"]
-    quarantined = store.read("captions_quarantine", keys[0], Quarantined)
+    quarantined = store.read(CAPTIONS_QUARANTINE, keys[0])
     assert sorted((q.item_id, q.reason) for q in quarantined) == expected
     assert all(q.stage == "captions" and q.detail for q in quarantined)
     details = {q.item_id: q.detail for q in quarantined}
@@ -134,12 +134,12 @@ def test_each_bad_row_is_quarantined_with_its_reason(bad_run):
 def test_good_rows_go_through_every_stage(bad_run):
     store, _, keys, _, good = bad_run
     (key,) = keys
-    assert {c.image_id for c in store.read("captions", key, Caption)} == good
-    mcqs = store.read("mcqs", key, PresentedMCQ)
+    assert {c.image_id for c in store.read(CAPTIONS, key)} == good
+    mcqs = store.read(MCQS, key)
     assert {m.mcq.image_id for m in mcqs} == good
     by_mcq = {m.mcq.mcq_id: m.mcq.image_id for m in mcqs}
-    assert {by_mcq[c.mcq_id] for c in store.read("simple_cots", key, SimpleCot)} == good
-    rows = store.read("sft_samples", key, SftSample) + store.read("dpo_pairs", key, DpoPair)
+    assert {by_mcq[c.mcq_id] for c in store.read(SIMPLE_COTS, key)} == good
+    rows = store.read(SFT_SAMPLES, key) + store.read(DPO_PAIRS, key)
     assert rows and {row.image_id for row in rows} <= good
 
 
@@ -251,7 +251,7 @@ def test_symlink_swapped_after_registration_is_still_caught(tmp_path):
     store.write(SHARD_MANIFEST, "k", items, ShardItem)
     (tmp_path / "in" / "a.png").unlink()
     (tmp_path / "in" / "a.png").symlink_to(tmp_path / "other.png")
-    _, refused = check_shard(store.read(SHARD_MANIFEST, "k", ShardItem))
+    _, refused = check_shard(store.read(SHARD_MANIFEST, "k"))
     assert [q.reason for q in refused] == ["symlink_escapes_root"]
 
 

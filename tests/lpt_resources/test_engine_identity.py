@@ -8,10 +8,9 @@ from pathlib import Path
 import pytest
 
 from lpt.config import ENGINE_SETTINGS, OutputIdentity, PipelineConfig, engine_settings, load_config
-from lpt_assets.definitions import engine_resource
 from lpt_assets.versions import code_versions
 from lpt_resources.cache import ResponseCache
-from lpt_resources.engines.resource import ENGINE_RESOURCES
+from lpt_resources.engines.resource import ENGINE_RESOURCES, engine_resource
 
 ROOT = Path(__file__).resolve().parents[2]
 SNAPSHOT = Path(__file__).with_name("engine_identity_snapshot.json")

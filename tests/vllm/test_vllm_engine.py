@@ -16,9 +16,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import pytest  # noqa: E402
-
 import vllm  # noqa: E402,F401 - these run in .venv-vllm (`make test-vllm`): no vLLM is a failure
-
 from PIL import Image  # noqa: E402
 
 from lpt_resources.engines import vllm_engine as ve  # noqa: E402
