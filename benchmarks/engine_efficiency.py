@@ -70,7 +70,9 @@ def real_lengths(tokenizer: Any) -> list[int]:
     return [len(tokenizer(text, add_special_tokens=False)["input_ids"]) for row in rows for text in row["outputs"]]
 
 
-def stage2_requests(count: int, lengths: list[int], *, image: str | None = None, per_image: int = 8) -> list[GenerationRequest]:
+def stage2_requests(
+    count: int, lengths: list[int], *, image: str | None = None, per_image: int = 8
+) -> list[GenerationRequest]:
     """Stage-2 prompts over the bundled descriptions (caption stand-in, or `image` when given),
     one sample per request, max_tokens drawn in turn from `lengths`."""
     rows = [json.loads(line) for line in SAMPLE_CAPTIONS.read_text().splitlines()]
@@ -78,16 +80,25 @@ def stage2_requests(count: int, lengths: list[int], *, image: str | None = None,
     for index in range(count):
         row = rows[(index // per_image) % len(rows)]
         caption = Caption(
-            image_id=f"{row['image_id']}-{index // per_image}", source="bench", split="train",
-            image_path=image or "unused", description=row["description"], width=1, height=1,
+            image_id=f"{row['image_id']}-{index // per_image}",
+            source="bench",
+            split="train",
+            image_path=image or "unused",
+            description=row["description"],
+            width=1,
+            height=1,
         )
         mcq = MCQ(
-            mcq_id=f"bench-{index}", image_id=caption.image_id,
+            mcq_id=f"bench-{index}",
+            image_id=caption.image_id,
             question=f"Which detail of the photo is shown correctly? (variant {index})",
             options=["The main colour", "The number of objects", "The lighting", "The background"],
-            answer="The lighting", reasoning_type="recognition",
+            answer="The lighting",
+            reasoning_type="recognition",
         )
-        sampling = Sampling(n=1, temperature=0.7, top_p=0.8, repetition_penalty=1.05, max_tokens=lengths[index % len(lengths)])
+        sampling = Sampling(
+            n=1, temperature=0.7, top_p=0.8, repetition_penalty=1.05, max_tokens=lengths[index % len(lengths)]
+        )
         prompt = think_prompt(present(mcq), caption, stand_in=image is None)
         requests.append(to_request(prompt, sampling, image_max_side=512))
     return requests
@@ -148,8 +159,14 @@ def throughput(args: argparse.Namespace, model: str) -> dict[str, Any]:
     exact = VLLMEngine.sampling_kwargs
     # The random-weight model writes exactly the reference lengths: never stop at an EOS.
     VLLMEngine.sampling_kwargs = staticmethod(lambda req: {**exact(req), "ignore_eos": True})  # type: ignore[method-assign]
-    resource = VLLMEngineResource(model=model, dtype="float32", max_num_seqs=args.max_num_seqs,
-                              max_model_len=2048, enforce_eager=True, flush_every=64)
+    resource = VLLMEngineResource(
+        model=model,
+        dtype="float32",
+        max_num_seqs=args.max_num_seqs,
+        max_model_len=2048,
+        enforce_eager=True,
+        flush_every=64,
+    )
     engine = resource.get()
     tokenizer = engine.llm.get_tokenizer()
     lengths = [max(1, round(n * args.length_scale)) for n in real_lengths(tokenizer)]
@@ -196,7 +213,9 @@ def _photos(folder: Path, distinct: int, count: int) -> list[str]:
     paths = []
     for k in range(distinct):
         path = folder / f"photo-{k:03d}.jpg"
-        Image.fromarray(sources[k % len(sources)]).resize((2048, 1536), Image.Resampling.BICUBIC).rotate(k).save(path, quality=90)
+        Image.fromarray(sources[k % len(sources)]).resize((2048, 1536), Image.Resampling.BICUBIC).rotate(k).save(
+            path, quality=90
+        )
         paths.append(path)
     links = []
     for k in range(count):
@@ -263,7 +282,9 @@ def images(args: argparse.Namespace, vl_model: str) -> dict[str, Any]:
         resource = VLLMEngineResource(model=vl_model)
         runner = _TakingRunner()
         key = resource.get().settings
-        ve._ENGINES._loaded[key] = ve.LoadedLLM(key=key, runner=runner, load_seconds=0.0, is_multimodal=True, max_num_seqs=256)
+        ve._ENGINES._loaded[key] = ve.LoadedLLM(
+            key=key, runner=runner, load_seconds=0.0, is_multimodal=True, max_num_seqs=256
+        )
         rows = [json.loads(line) for line in SAMPLE_CAPTIONS.read_text().splitlines()]
         count = args.images * per_image
         resource.get().special_texts()  # the tokenizer's special tokens, read once per engine (not per stage)
@@ -272,11 +293,28 @@ def images(args: argparse.Namespace, vl_model: str) -> dict[str, Any]:
         def work():
             for index in range(count):
                 row = rows[(index // per_image) % len(rows)]
-                caption = Caption(image_id=f"img-{index // per_image}", source="bench", split="train",
-                                  image_path=paths[index // per_image], description=row["description"], width=2048, height=1536)
-                mcq = MCQ(mcq_id=f"m-{index}", image_id=caption.image_id, question=f"Which detail is right? ({index})",
-                          options=["Red", "Blue", "Green", "Amber"], answer="Blue", reasoning_type="attribute")
-                request = to_request(think_prompt(present(mcq), caption, stand_in=False), Sampling(n=10, max_tokens=1024), image_max_side=512)
+                caption = Caption(
+                    image_id=f"img-{index // per_image}",
+                    source="bench",
+                    split="train",
+                    image_path=paths[index // per_image],
+                    description=row["description"],
+                    width=2048,
+                    height=1536,
+                )
+                mcq = MCQ(
+                    mcq_id=f"m-{index}",
+                    image_id=caption.image_id,
+                    question=f"Which detail is right? ({index})",
+                    options=["Red", "Blue", "Green", "Amber"],
+                    answer="Blue",
+                    reasoning_type="attribute",
+                )
+                request = to_request(
+                    think_prompt(present(mcq), caption, stand_in=False),
+                    Sampling(n=10, max_tokens=1024),
+                    image_max_side=512,
+                )
                 yield f"shard-{index // 512:05d}", request, index
 
         run = GenerationRun(resource, work(), stage="simple_cots", cache_base=folder, total=count)

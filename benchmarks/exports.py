@@ -40,7 +40,10 @@ from lpt_resources.storage import ParquetStore
 REPO = Path(__file__).resolve().parent.parent
 BEFORE_REV = "7eaffe3"  # main before exports grew by shard
 # The original method's real outputs: $LPT_REFERENCE_RUN, else ../shared beside the repo.
-REFERENCE = Path(os.environ.get("LPT_REFERENCE_RUN") or REPO.parent / "shared" / "fixtures" / "reference-run") / "stage2_simple_cot_samples.jsonl"
+REFERENCE = (
+    Path(os.environ.get("LPT_REFERENCE_RUN") or REPO.parent / "shared" / "fixtures" / "reference-run")
+    / "stage2_simple_cot_samples.jsonl"
+)
 MCQS_PER_IMAGE, SFT_PER_MCQ, PAIRS_PER_MCQ = 4, 4, 3
 LABELS = [Label.O, Label.O_O, Label.X_O, Label.X_O]
 PAIR_TYPES = [PairType.O_GT_X, PairType.X_O_GT_X_X, PairType.O_GT_O_O]
@@ -50,7 +53,9 @@ def reference_texts() -> tuple[list[str], list[str]]:
     """Real stage-2 questions and short CoTs (their lengths are what matters here)."""
     rows = [json.loads(line) for line in REFERENCE.read_text().splitlines()]
     questions = ["\n".join([r["question"], "", *r["options_as_presented"]]) for r in rows]
-    thinks = [o.split("</think>")[0].removeprefix("<think>").strip() for r in rows for o in r["outputs"] if "</think>" in o]
+    thinks = [
+        o.split("</think>")[0].removeprefix("<think>").strip() for r in rows for o in r["outputs"] if "</think>" in o
+    ]
     return questions, thinks
 
 
@@ -69,7 +74,9 @@ def photos(folder: Path, count: int) -> list[str]:
     return paths
 
 
-def shard_rows(key: str, images: list[str], questions: list[str], thinks: list[str]) -> tuple[list[SftSample], list[DpoPair]]:
+def shard_rows(
+    key: str, images: list[str], questions: list[str], thinks: list[str]
+) -> tuple[list[SftSample], list[DpoPair]]:
     rng = random.Random(key)
     sft, dpo = [], []
     for image_index, image_path in enumerate(images):
@@ -84,24 +91,46 @@ def shard_rows(key: str, images: list[str], questions: list[str], thinks: list[s
 
             for k in range(SFT_PER_MCQ):
                 trace = stable_id(mcq_id, "trace", k)
-                sft.append(SftSample(
-                    sample_id=stable_id("sft", trace), trace_id=trace, label=LABELS[k], mcq_id=mcq_id, image_id=image_id,
-                    cot_id=stable_id(trace, "cot"), long_id=trace if LABELS[k] is not Label.O else None,
-                    image_path=image_path, system=VLM_SYSTEM, prompt=prompt, response=response(),
-                ))
+                sft.append(
+                    SftSample(
+                        sample_id=stable_id("sft", trace),
+                        trace_id=trace,
+                        label=LABELS[k],
+                        mcq_id=mcq_id,
+                        image_id=image_id,
+                        cot_id=stable_id(trace, "cot"),
+                        long_id=trace if LABELS[k] is not Label.O else None,
+                        image_path=image_path,
+                        system=VLM_SYSTEM,
+                        prompt=prompt,
+                        response=response(),
+                    )
+                )
             for k in range(PAIRS_PER_MCQ):
-                dpo.append(DpoPair(
-                    pair_id=stable_id(mcq_id, "pair", k), pair_type=PAIR_TYPES[k], mcq_id=mcq_id, image_id=image_id,
-                    chosen_id=stable_id(mcq_id, "c", k), rejected_id=stable_id(mcq_id, "r", k), image_path=image_path,
-                    system=VLM_SYSTEM, prompt=prompt, chosen=response(), rejected=response(),
-                ))
+                dpo.append(
+                    DpoPair(
+                        pair_id=stable_id(mcq_id, "pair", k),
+                        pair_type=PAIR_TYPES[k],
+                        mcq_id=mcq_id,
+                        image_id=image_id,
+                        chosen_id=stable_id(mcq_id, "c", k),
+                        rejected_id=stable_id(mcq_id, "r", k),
+                        image_path=image_path,
+                        system=VLM_SYSTEM,
+                        prompt=prompt,
+                        chosen=response(),
+                        rejected=response(),
+                    )
+                )
     return sft, dpo
 
 
 def load_before():
     """`lpt/export.py` as it was at BEFORE_REV, as a module (None outside a git checkout)."""
     try:
-        source = subprocess.run(["git", "show", f"{BEFORE_REV}:lpt/export.py"], cwd=REPO, capture_output=True, text=True, check=True).stdout
+        source = subprocess.run(
+            ["git", "show", f"{BEFORE_REV}:lpt/export.py"], cwd=REPO, capture_output=True, text=True, check=True
+        ).stdout
     except (OSError, subprocess.CalledProcessError):
         return None
     path = Path(tempfile.mkdtemp()) / "lpt_export_before.py"
@@ -177,7 +206,12 @@ def main() -> None:
             run_seconds = time.perf_counter() - started
             event = instance.get_latest_materialization_event(AssetKey("hf_dataset_export"))
             metadata = {k: v.value for k, v in event.asset_materialization.metadata.items()}
-            return {"run_s": run_seconds, "step_s": metadata["seconds"], "written": metadata["shards_written"], "shards": metadata["shards"]}
+            return {
+                "run_s": run_seconds,
+                "step_s": metadata["seconds"],
+                "written": metadata["shards_written"],
+                "shards": metadata["shards"],
+            }
 
         for size in sorted(args.sizes):
             add_shards(size - made)
@@ -201,7 +235,16 @@ def main() -> None:
                 row["before_over_new_step"] = round(row["before_s"] / row["new_step_s"], 1)
             results.append(row)
             print(json.dumps(row), file=sys.stderr, flush=True)
-    print(json.dumps({"benchmark": "exports: one new shard after N exported", "images_per_shard": args.images, "results": results}, indent=2))
+    print(
+        json.dumps(
+            {
+                "benchmark": "exports: one new shard after N exported",
+                "images_per_shard": args.images,
+                "results": results,
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

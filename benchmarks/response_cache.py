@@ -37,20 +37,40 @@ def _requests() -> list[Any]:
     from lpt_assets.generation import to_request
 
     sampling = Sampling(n=10, max_tokens=1024)
-    return [to_request(ChatPrompt(key=f"m{i}", system="sys", user=f"Question {i} about image {i // 8}?"), sampling)
-            for i in range(SHARD_REQUESTS)]
+    return [
+        to_request(ChatPrompt(key=f"m{i}", system="sys", user=f"Question {i} about image {i // 8}?"), sampling)
+        for i in range(SHARD_REQUESTS)
+    ]
 
 
 def _result(request: Any, words: int) -> dict[str, Any]:
     text = ("I look closely at the picture and compare each option. " * (words // 10 + 1))[: words * 6]
-    completion = {"text": text + "</think>\n<answer>(B)</answer>", "finish_reason": "stop", "completion_tokens": words, "logprobs": None}
+    completion = {
+        "text": text + "</think>\n<answer>(B)</answer>",
+        "finish_reason": "stop",
+        "completion_tokens": words,
+        "logprobs": None,
+    }
     return {"prompt_tokens": 300, "completions": [completion] * 10, "error": None, "error_kind": None}
 
 
 def _other(i: int) -> str:
-    return json.dumps({"key": uuid.uuid4().hex * 2, "result": {"prompt_tokens": 300, "completions": [
-        {"text": f"other answer {i}", "finish_reason": "stop", "completion_tokens": 3, "logprobs": None}],
-        "error": None, "error_kind": None}}) + "\n"
+    return (
+        json.dumps(
+            {
+                "key": uuid.uuid4().hex * 2,
+                "result": {
+                    "prompt_tokens": 300,
+                    "completions": [
+                        {"text": f"other answer {i}", "finish_reason": "stop", "completion_tokens": 3, "logprobs": None}
+                    ],
+                    "error": None,
+                    "error_kind": None,
+                },
+            }
+        )
+        + "\n"
+    )
 
 
 def _engine() -> Any:
@@ -70,7 +90,9 @@ def build(base: Path, others: int, layout: str) -> None:
         folder.mkdir(parents=True)
         (folder / "batch-ours.jsonl").write_text(ours)
         for start in range(0, others, 256):  # the previous code wrote one file per 256 requests
-            (folder / f"batch-{start:08d}.jsonl").write_text("".join(_other(i) for i in range(start, min(others, start + 256))))
+            (folder / f"batch-{start:08d}.jsonl").write_text(
+                "".join(_other(i) for i in range(start, min(others, start + 256)))
+            )
         return
     (folder / "simple_cots" / "shard-under-test").mkdir(parents=True)
     (folder / "simple_cots" / "shard-under-test" / "part-ours.jsonl").write_text(ours)
@@ -95,8 +117,13 @@ def measure(base: str, layout: str) -> dict[str, float]:
                 entries[entry["key"]] = entry
         hits = sum(1 for r in requests if r.fingerprint() in entries)
     else:
-        run = GenerationRun(_engine(), (("shard-under-test", r, i) for i, r in enumerate(requests)),
-                            stage="simple_cots", cache_base=base, total=len(requests))
+        run = GenerationRun(
+            _engine(),
+            (("shard-under-test", r, i) for i, r in enumerate(requests)),
+            stage="simple_cots",
+            cache_base=base,
+            total=len(requests),
+        )
         list(run)
         hits = run.stats.cache_hits
         assert run.stats.requests_sent == 0
@@ -104,8 +131,11 @@ def measure(base: str, layout: str) -> dict[str, float]:
     grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
     assert hits == len(requests)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"seconds": round(seconds, 3), "peak_memory_growth_mb": round(grown / 1024, 1),
-            "process_peak_rss_mb": round(peak / 1024, 1)}
+    return {
+        "seconds": round(seconds, 3),
+        "peak_memory_growth_mb": round(grown / 1024, 1),
+        "process_peak_rss_mb": round(peak / 1024, 1),
+    }
 
 
 def main() -> None:
@@ -125,8 +155,12 @@ def main() -> None:
                 continue
             with tempfile.TemporaryDirectory() as base:
                 build(Path(base), size, layout)
-                done = subprocess.run([sys.executable, "-m", "benchmarks.response_cache", "--measure", base, layout],
-                                      capture_output=True, text=True, check=True)
+                done = subprocess.run(
+                    [sys.executable, "-m", "benchmarks.response_cache", "--measure", base, layout],
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                )
                 row[layout] = json.loads(done.stdout)
         rows.append(row)
     print(json.dumps({"rerun_of_one_cached_shard": rows}, indent=2))

@@ -27,7 +27,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from dagster import (
@@ -58,7 +58,9 @@ PG = {"host": "127.0.0.1", "port": 5432, "user": "postgres"}
 def load_before(path: str, name: str, replace: dict[str, str] | None = None):
     """A module as it was at BEFORE_REV (None outside a git checkout)."""
     try:
-        source = subprocess.run(["git", "show", f"{BEFORE_REV}:{path}"], cwd=REPO, capture_output=True, text=True, check=True).stdout
+        source = subprocess.run(
+            ["git", "show", f"{BEFORE_REV}:{path}"], cwd=REPO, capture_output=True, text=True, check=True
+        ).stdout
     except (OSError, subprocess.CalledProcessError):
         return None
     for old, new in (replace or {}).items():
@@ -91,9 +93,18 @@ def make_instance(backend: str, root: Path) -> Iterator[DagsterInstance]:
     name = f"lpt_scale_{uuid.uuid4().hex[:10]}"
     with admin.cursor() as cur:
         cur.execute(f'CREATE DATABASE "{name}"')
-    db = {"hostname": PG["host"], "port": PG["port"], "username": PG["user"], "password": "", "db_name": name, "scheme": "postgresql+psycopg2"}
+    db = {
+        "hostname": PG["host"],
+        "port": PG["port"],
+        "username": PG["user"],
+        "password": "",
+        "db_name": name,
+        "scheme": "postgresql+psycopg2",
+    }
     try:
-        with instance_for_test(temp_dir=str(root), overrides={"storage": {"postgres": {"postgres_db": db}}}) as instance:
+        with instance_for_test(
+            temp_dir=str(root), overrides={"storage": {"postgres": {"postgres_db": db}}}
+        ) as instance:
             yield instance
     finally:
         with admin.cursor() as cur:
@@ -126,24 +137,43 @@ def materialize(instance: DagsterInstance, defs, keys: list[str]) -> None:
                 for key in run:
                     materialization = AssetMaterialization(asset_key=asset, partition=key, tags=tags, metadata=metadata)
                     event = EventLogEntry(
-                        user_message="", level=20, job_name=RUNLESS_JOB_NAME, run_id=RUNLESS_RUN_ID, error_info=None, timestamp=now,
+                        user_message="",
+                        level=20,
+                        job_name=RUNLESS_JOB_NAME,
+                        run_id=RUNLESS_RUN_ID,
+                        error_info=None,
+                        timestamp=now,
                         dagster_event=DagsterEvent(
-                            event_type_value=DagsterEventType.ASSET_MATERIALIZATION.value, job_name=RUNLESS_JOB_NAME,
+                            event_type_value=DagsterEventType.ASSET_MATERIALIZATION.value,
+                            job_name=RUNLESS_JOB_NAME,
                             event_specific_data=StepMaterializationData(materialization),
                         ),
                     )
-                    result = conn.execute(SqlEventLogStorageTable.insert().values(
-                        run_id=RUNLESS_RUN_ID, event=serialize_value(event), dagster_event_type=DagsterEventType.ASSET_MATERIALIZATION.value,
-                        timestamp=datetime.fromtimestamp(now, timezone.utc).replace(tzinfo=None), asset_key=asset.to_string(), partition=key,
-                    ))
-                    conn.execute(AssetEventTagsTable.insert().values(
-                        event_id=result.inserted_primary_key[0], asset_key=asset.to_string(), key=DATA_VERSION_TAG,
-                        value=tags[DATA_VERSION_TAG], event_timestamp=datetime.fromtimestamp(now, timezone.utc).replace(tzinfo=None),
-                    ))
+                    result = conn.execute(
+                        SqlEventLogStorageTable.insert().values(
+                            run_id=RUNLESS_RUN_ID,
+                            event=serialize_value(event),
+                            dagster_event_type=DagsterEventType.ASSET_MATERIALIZATION.value,
+                            timestamp=datetime.fromtimestamp(now, UTC).replace(tzinfo=None),
+                            asset_key=asset.to_string(),
+                            partition=key,
+                        )
+                    )
+                    conn.execute(
+                        AssetEventTagsTable.insert().values(
+                            event_id=result.inserted_primary_key[0],
+                            asset_key=asset.to_string(),
+                            key=DATA_VERSION_TAG,
+                            value=tags[DATA_VERSION_TAG],
+                            event_timestamp=datetime.fromtimestamp(now, UTC).replace(tzinfo=None),
+                        )
+                    )
 
 
 def schedule_tick(defs, instance) -> tuple[float, int]:
-    with build_schedule_context(instance=instance, instance_ref=instance.get_ref(), repository_def=defs.get_repository_def()) as context:
+    with build_schedule_context(
+        instance=instance, instance_ref=instance.get_ref(), repository_def=defs.get_repository_def()
+    ) as context:
         seconds, result = timed(defs.resolve_schedule_def(SCHEDULE_NAME).evaluate_tick, context)
     return seconds, len(result.run_requests or [])
 
@@ -175,11 +205,15 @@ def old_failed_checks(instance: DagsterInstance, keys: list[str]) -> None:
     done = {AssetCheckExecutionRecordStatus.SUCCEEDED, AssetCheckExecutionRecordStatus.FAILED}
     for check_key in check_keys():
         for key in keys:
-            instance.event_log_storage.get_asset_check_execution_history(check_key, limit=1, status=done, partition_filter=PartitionKeyFilter(key=key))
+            instance.event_log_storage.get_asset_check_execution_history(
+                check_key, limit=1, status=done, partition_filter=PartitionKeyFilter(key=key)
+            )
 
 
 def sensor_tick(defs, instance) -> float:
-    with build_sensor_context(instance=instance, instance_ref=instance.get_ref(), definitions=defs, resources=defs.resources) as context:
+    with build_sensor_context(
+        instance=instance, instance_ref=instance.get_ref(), definitions=defs, resources=defs.resources
+    ) as context:
         seconds, result = timed(defs.resolve_sensor_def(SENSOR_NAME).evaluate_tick, context)
     assert len(result.run_requests) == 1, result
     return seconds
@@ -191,16 +225,28 @@ def drop(folder: Path) -> None:
 
     (folder / "images").mkdir(parents=True, exist_ok=True)
     Image.fromarray(skimage.data.astronaut()).resize((256, 256)).save(folder / "images" / "one.jpg")
-    (folder / "drop.jsonl").write_text(json.dumps({"image": "images/one.jpg", "description": "An astronaut in a white suit holds a helmet.", "image_id": "one"}) + "\n")
+    (folder / "drop.jsonl").write_text(
+        json.dumps(
+            {
+                "image": "images/one.jpg",
+                "description": "An astronaut in a white suit holds a helmet.",
+                "image_id": "one",
+            }
+        )
+        + "\n"
+    )
 
 
 def orchestration(backend: str, size: int, old_up_to: int) -> dict:
     work = Path(tempfile.mkdtemp(prefix="lpt-bench-scale-"))
     try:
-        config = PipelineConfig.model_validate({
-            "storage": str(work / "data"), "exports": str(work / "exports"),
-            "automation": {"watch": [str(work / "incoming")], "settle_seconds": 0, "shard_size": 1},
-        })
+        config = PipelineConfig.model_validate(
+            {
+                "storage": str(work / "data"),
+                "exports": str(work / "exports"),
+                "automation": {"watch": [str(work / "incoming")], "settle_seconds": 0, "shard_size": 1},
+            }
+        )
         defs = build_definitions(config)
         before = load_before("lpt_assets/schedules.py", "lpt_schedules_before")
         old = size <= old_up_to and before is not None
@@ -239,23 +285,51 @@ def pure_method(repeats: int) -> dict:
     from tests.lpt.test_reference_verdicts import _mcq
 
     parse = load_before("lpt/parse.py", "lpt_parse_before")
-    grade = parse and load_before("lpt/grade.py", "lpt_grade_before", {"from lpt.parse import": "from lpt_parse_before import"})
+    grade = parse and load_before(
+        "lpt/grade.py", "lpt_grade_before", {"from lpt.parse import": "from lpt_parse_before import"}
+    )
     verify = grade and load_before(
-        "lpt/verify.py", "lpt_verify_before",
-        {"from lpt.parse import": "from lpt_parse_before import", "from lpt.grade import": "from lpt_grade_before import"},
+        "lpt/verify.py",
+        "lpt_verify_before",
+        {
+            "from lpt.parse import": "from lpt_parse_before import",
+            "from lpt.grade import": "from lpt_grade_before import",
+        },
     )
     config = VerifyConfig()
     cases = []
     for row in _jsonl("stage2_simple_cot_samples.jsonl"):
         item = _mcq(row, _reference_presentation(row))
         for index, text in enumerate(row["outputs"]):
-            cot = SimpleCot(cot_id=f"{row['mcq_id']}-{index}", mcq_id=row["mcq_id"], image_id=row["image_id"], sample_index=index,
-                            text=text.removeprefix("<think>"), finish_reason="stop", prompt_tokens=1, completion_tokens=1, model="r", stand_in=False)
+            cot = SimpleCot(
+                cot_id=f"{row['mcq_id']}-{index}",
+                mcq_id=row["mcq_id"],
+                image_id=row["image_id"],
+                sample_index=index,
+                text=text.removeprefix("<think>"),
+                finish_reason="stop",
+                prompt_tokens=1,
+                completion_tokens=1,
+                model="r",
+                stand_in=False,
+            )
             other = row["outputs"][(index + 1) % len(row["outputs"])]
-            long = LongCot(long_id=f"{cot.cot_id}-long", cot_id=cot.cot_id, mcq_id=cot.mcq_id, image_id=cot.image_id, sample_index=0,
-                           short_think=text.split("</think>")[0].removeprefix("<think>").strip(), separator="\n\n", cue="Wait,",
-                           continuation=" " + other.removeprefix("<think>") * 3, finish_reason="stop", attempts=1,
-                           prompt_tokens=1, completion_tokens=1, model="r")
+            long = LongCot(
+                long_id=f"{cot.cot_id}-long",
+                cot_id=cot.cot_id,
+                mcq_id=cot.mcq_id,
+                image_id=cot.image_id,
+                sample_index=0,
+                short_think=text.split("</think>")[0].removeprefix("<think>").strip(),
+                separator="\n\n",
+                cue="Wait,",
+                continuation=" " + other.removeprefix("<think>") * 3,
+                finish_reason="stop",
+                attempts=1,
+                prompt_tokens=1,
+                completion_tokens=1,
+                model="r",
+            )
             cases.append((cot, long, item))
 
     def per_item_ms(short_fn, long_fn) -> tuple[float, float]:
@@ -290,7 +364,12 @@ def main() -> None:
             rows.append(orchestration(backend, size, args.old_up_to))
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     pure = pure_method(args.repeats)
-    print(json.dumps({"benchmark": "orchestration and pure method at scale", "orchestration": rows, "pure_method": pure}, indent=2))
+    print(
+        json.dumps(
+            {"benchmark": "orchestration and pure method at scale", "orchestration": rows, "pure_method": pure},
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

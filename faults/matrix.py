@@ -48,8 +48,16 @@ TIMEOUT_S = 1.0  # the engine's per-call timeout; "timeout" faults sleep longer 
 RUN_LIMIT_S = 300.0
 MAX_RERUNS = 3
 TABLES = (
-    "shard_manifest", "captions", "captions_quarantine", "mcqs", "mcqs_quarantine",
-    "simple_cots", "long_cots", "verified", "sft_samples", "dpo_pairs",
+    "shard_manifest",
+    "captions",
+    "captions_quarantine",
+    "mcqs",
+    "mcqs_quarantine",
+    "simple_cots",
+    "long_cots",
+    "verified",
+    "sft_samples",
+    "dpo_pairs",
 )
 ROLES = ("ask", "vlm", "reasoner")
 # What a clean failure from an injected fault says; anything else that fails is a crash.
@@ -65,8 +73,8 @@ def config_text(store: Path, base_url: str) -> str:
         for role in ROLES
     )
     return f"""
-storage = "{store / 'data'}"
-exports = "{store / 'exports'}"
+storage = "{store / "data"}"
+exports = "{store / "exports"}"
 [ask]
 questions_per_image = 2
 sampling = {{ n = 1, temperature = 0.7, top_p = 0.95, max_tokens = 400 }}
@@ -109,7 +117,9 @@ class Faults:
 def mount_tmpfs(folder: Path, size: str) -> None:
     """Mount a real tmpfs of `size` on `folder`: storage that can really fill up or turn
     read-only (root ignores chmod, so only a mount gives a real read-only disk)."""
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True, text=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True, text=True
+    )
     if done.returncode != 0:
         raise RuntimeError(
             f"cannot mount a tmpfs on {folder} ({done.stderr.strip() or done.returncode}): the storage "
@@ -154,7 +164,9 @@ class Workspace:
     def __enter__(self) -> Workspace:
         self.store.mkdir(parents=True)
         (self.root / "home").mkdir()
-        self.server = PipelineModelServer(rule=self.faults.rule, timeout_sleep_s=TIMEOUT_S + 0.5, retry_after="0.2").start()
+        self.server = PipelineModelServer(
+            rule=self.faults.rule, timeout_sleep_s=TIMEOUT_S + 0.5, retry_after="0.2"
+        ).start()
         (self.root / "lpt.toml").write_text(config_text(self.store, self.server.base_url))
         return self
 
@@ -176,9 +188,16 @@ class Workspace:
     def start(self) -> subprocess.Popen:
         self._runs += 1
         log = open(self.root / f"run-{self._runs}.log", "w")  # noqa: SIM115 - closed in finish()
-        env = {**os.environ, "DAGSTER_HOME": str(self.root / "home"), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+        env = {
+            **os.environ,
+            "DAGSTER_HOME": str(self.root / "home"),
+            "HF_HUB_OFFLINE": "1",
+            "TRANSFORMERS_OFFLINE": "1",
+        }
         command = [str(LPT), "demo", "--json", "--config", str(self.root / "lpt.toml"), "--source", SOURCE]
-        process = subprocess.Popen(command, cwd=self.root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(
+            command, cwd=self.root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         process.log_file = log  # type: ignore[attr-defined]
         self.processes.append(process)
         return process
@@ -458,8 +477,13 @@ def scenarios(seed: int) -> list[Scenario]:
     """The matrix; the random kill points come from `seed` (an undisturbed run sends about 42 requests)."""
     rng = random.Random(seed)
     randoms = [(rng.randint(1, 36), round(rng.uniform(0.0, 0.3), 2)) for _ in range(3)]
-    twice = [(rng.randint(5, 22), round(rng.uniform(0.0, 0.3), 2)), (rng.randint(1, 4), round(rng.uniform(0.0, 0.3), 2))]
-    randoms_scenarios = [Scenario(f"kill -9 {j:.2f}s after request {n} (seeded)", "kill", kill_at_random([(n, j)])) for n, j in randoms]
+    twice = [
+        (rng.randint(5, 22), round(rng.uniform(0.0, 0.3), 2)),
+        (rng.randint(1, 4), round(rng.uniform(0.0, 0.3), 2)),
+    ]
+    randoms_scenarios = [
+        Scenario(f"kill -9 {j:.2f}s after request {n} (seeded)", "kill", kill_at_random([(n, j)])) for n, j in randoms
+    ]
     return [
         Scenario("no fault, run twice", "control", undisturbed),
         Scenario("kill -9 in captions (first shard written)", "kill", kill_at_file("captions")),
@@ -474,11 +498,33 @@ def scenarios(seed: int) -> list[Scenario]:
         Scenario("kill -9 in dpo_pairs (first shard written)", "kill", kill_at_file("dpo_pairs")),
         Scenario("kill -9 in exports", "kill", kill_at_exports),
         *randoms_scenarios,
-        Scenario(f"kill -9 twice (request {twice[0][0]}, then request {twice[1][0]} of the rerun)", "kill", kill_at_random(twice)),
-        Scenario("500/503 mid-batch in every stage", "engine", engine_faults({("ask", 2): 500, ("vlm", 3): 503, ("vlm", 4): 500, ("reasoner", 5): 502})),
-        Scenario("dropped connections and malformed bodies", "engine", engine_faults({("ask", 1): "drop", ("vlm", 2): "malformed", ("reasoner", 3): "drop", ("reasoner", 7): "malformed"})),
-        Scenario("server times out (> timeout_s)", "engine", engine_faults({("ask", 3): "timeout", ("vlm", 1): "timeout", ("reasoner", 4): "timeout"})),
-        Scenario("429 with Retry-After", "engine", engine_faults({("ask", 1): 429, ("vlm", 2): 429, ("vlm", 3): 429, ("reasoner", 6): 429})),
+        Scenario(
+            f"kill -9 twice (request {twice[0][0]}, then request {twice[1][0]} of the rerun)",
+            "kill",
+            kill_at_random(twice),
+        ),
+        Scenario(
+            "500/503 mid-batch in every stage",
+            "engine",
+            engine_faults({("ask", 2): 500, ("vlm", 3): 503, ("vlm", 4): 500, ("reasoner", 5): 502}),
+        ),
+        Scenario(
+            "dropped connections and malformed bodies",
+            "engine",
+            engine_faults(
+                {("ask", 1): "drop", ("vlm", 2): "malformed", ("reasoner", 3): "drop", ("reasoner", 7): "malformed"}
+            ),
+        ),
+        Scenario(
+            "server times out (> timeout_s)",
+            "engine",
+            engine_faults({("ask", 3): "timeout", ("vlm", 1): "timeout", ("reasoner", 4): "timeout"}),
+        ),
+        Scenario(
+            "429 with Retry-After",
+            "engine",
+            engine_faults({("ask", 1): 429, ("vlm", 2): 429, ("vlm", 3): 429, ("reasoner", 6): 429}),
+        ),
         Scenario("reasoner fails persistently (500), then recovers", "engine", persistent_fault("reasoner", 500, 7)),
         Scenario("ask server unreachable (drops), then recovers", "engine", persistent_fault("ask", "drop", 3)),
         Scenario("two runs of the same shards at once", "concurrent", concurrent(0.0)),
@@ -520,7 +566,17 @@ def run_scenario(scenario: Scenario, baseline: dict[str, Counter[str]], workdir:
     crashed = [o for o in ws.outcomes if o.crashed]
     notes = ws.problems + corrupt + [_last_error(o.log) for o in crashed]
     crashes = len(crashed) + len(corrupt) + len(ws.problems)
-    return Result(scenario.name, scenario.kind, len(ws.outcomes), lost, duplicated, crashes, notes, time.monotonic() - started, ws.kills)
+    return Result(
+        scenario.name,
+        scenario.kind,
+        len(ws.outcomes),
+        lost,
+        duplicated,
+        crashes,
+        notes,
+        time.monotonic() - started,
+        ws.kills,
+    )
 
 
 def _last_error(log: str) -> str:
@@ -538,7 +594,9 @@ def baseline_snapshot(workdir: Path) -> tuple[dict[str, Counter[str]], float]:
         if outcome.rc != 0:
             raise SystemExit(f"the undisturbed baseline run failed:\n{outcome.log[-3000:]}")
         tables, corrupt = snapshot(ws)
-    if corrupt or not all(tables.get(f"data/{t}/sample-train-00000.parquet") for t in ("mcqs", "long_cots", "sft_samples", "dpo_pairs")):
+    if corrupt or not all(
+        tables.get(f"data/{t}/sample-train-00000.parquet") for t in ("mcqs", "long_cots", "sft_samples", "dpo_pairs")
+    ):
         raise SystemExit(f"the baseline run made too little data to compare: {corrupt}")
     return tables, seconds
 
@@ -572,7 +630,10 @@ def main(argv: list[str] | None = None) -> int:
         for scenario in chosen:
             results.append(run_scenario(scenario, baseline, workdir))
             r = results[-1]
-            print(f"  {r.name}: runs {r.runs}, lost {r.lost}, duplicated {r.duplicated}, crashes {r.crashes} ({r.seconds:.1f}s)", flush=True)
+            print(
+                f"  {r.name}: runs {r.runs}, lost {r.lost}, duplicated {r.duplicated}, crashes {r.crashes} ({r.seconds:.1f}s)",
+                flush=True,
+            )
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     print()

@@ -55,9 +55,7 @@ class ThinkConfig(StageConfig):
     caption_stand_in: bool = False  # a text model reads the description instead of the image
     constrain_format: bool = False  # force "…</think>\n<answer>…</answer>" (for weak models)
     ban_leak_words_in_stand_in: bool = True  # a text model reading the description must not cite it
-    sampling: Sampling = Sampling(
-        n=10, temperature=0.7, top_p=0.8, repetition_penalty=1.05, max_tokens=1024
-    )
+    sampling: Sampling = Sampling(n=10, temperature=0.7, top_p=0.8, repetition_penalty=1.05, max_tokens=1024)
 
 
 class ThinkHarderConfig(StageConfig):
@@ -307,8 +305,12 @@ def _untagged(problem: Any) -> Any:
     if problem["type"] == "union_tag_invalid":
         *others, last = (repr(kind) for kind in ENGINE_SETTINGS)
         expected = f"{', '.join(others)} or {last}"
-        return {"type": "literal_error", "loc": (*location, "kind"), "input": problem["ctx"]["tag"],
-                "ctx": {"expected": expected}}
+        return {
+            "type": "literal_error",
+            "loc": (*location, "kind"),
+            "input": problem["ctx"]["tag"],
+            "ctx": {"expected": expected},
+        }
     if len(location) > 1 and location[1] in ENGINE_SETTINGS:
         location = (location[0], *location[2:])
     return {key: value for key, value in {**problem, "loc": location}.items() if key in ("type", "loc", "input", "ctx")}
@@ -414,8 +416,10 @@ class PipelineConfig(BaseModel):
     @model_validator(mode="after")
     def _top_k_needs_scores(self) -> PipelineConfig:
         if self.think_harder.expand_top_k_by_reward and not self.scoring.enabled:
-            raise ValueError("think_harder.expand_top_k_by_reward ranks short CoTs by their rationale scores: "
-                             "set scoring.enabled = true, or expand_top_k_by_reward = 0")
+            raise ValueError(
+                "think_harder.expand_top_k_by_reward ranks short CoTs by their rationale scores: "
+                "set scoring.enabled = true, or expand_top_k_by_reward = 0"
+            )
         return self
 
     def engine_roles(self) -> list[str]:
@@ -457,7 +461,11 @@ class _EngineEnvironment(EnvSettingsSource):
     def __call__(self) -> dict[str, Any]:
         roles: dict[str, dict[str, Any]] = {}
         for role, fields in super().__call__().items():
-            known = {key: value for key, value in fields.items() if key in ENGINE_FIELDS} if isinstance(fields, dict) else {}
+            known = (
+                {key: value for key, value in fields.items() if key in ENGINE_FIELDS}
+                if isinstance(fields, dict)
+                else {}
+            )
             for key, value in known.items():
                 variable = f"LPT_{role}_{key}".upper()
                 if key in self._not_json and isinstance(value, str):
@@ -500,7 +508,10 @@ def load_config(path: str | os.PathLike[str] | None = None) -> PipelineConfig:
             "storage": _resolve(config.storage, chosen.parent),
             "exports": _resolve(config.exports, chosen.parent),
             "export": config.export.model_copy(
-                update={"lacot_image_root": config.export.lacot_image_root and _resolve(config.export.lacot_image_root, chosen.parent)}
+                update={
+                    "lacot_image_root": config.export.lacot_image_root
+                    and _resolve(config.export.lacot_image_root, chosen.parent)
+                }
             ),
             "automation": config.automation.model_copy(
                 update={"watch": tuple(_resolve(folder, chosen.parent) for folder in config.automation.watch)}
@@ -523,7 +534,11 @@ def describe_config_error(path: Path, error: ValidationError, from_env: dict[tup
     if problem["type"] == "extra_forbidden":
         known = sorted(_fields_at(location[:-1]))
         close = difflib.get_close_matches(location[-1], known, n=1)
-        hint = f"did you mean {'.'.join((*location[:-1], close[0]))!r}?" if close else f"known keys here: {', '.join(known)}"
+        hint = (
+            f"did you mean {'.'.join((*location[:-1], close[0]))!r}?"
+            if close
+            else f"known keys here: {', '.join(known)}"
+        )
         text = f"{where}: unknown key {key!r}; {hint}"
     elif problem["type"] in ("literal_error", "enum"):
         accepted = re.findall(r"'([^']*)'", str(problem.get("ctx", {}).get("expected", "")))

@@ -69,11 +69,7 @@ def designated_letters(answer: str, presentation: Presentation) -> set[str]:
         # "<an option's text> (B)": the text may start like a letter ("A. Lincoln (C)").
         return {trail.group(1).upper(), LETTERS[keys.index(normalise(text[: trail.start()]))]}
     # Markers before the lead-in is removed too: it may have eaten "Option" from "Option A".
-    letters = {
-        next(g for g in m.groups() if g).upper()
-        for source in (text, plain)
-        for m in _MARKERS.finditer(source)
-    }
+    letters = {next(g for g in m.groups() if g).upper() for source in (text, plain) for m in _MARKERS.finditer(source)}
     rest = normalise(_MARKERS.sub(" ", text))
     if rest in keys:
         letters.add(LETTERS[keys.index(rest)])

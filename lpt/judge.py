@@ -28,13 +28,12 @@ SETUP_REFERENCE = "judge_setup_reference"
 NO_VERDICT = "judge_no_verdict"
 
 JUDGE_SYSTEM = (
-    "You review reasoning written by another model for a question about a photo, and report "
-    "what you find as JSON only."
+    "You review reasoning written by another model for a question about a photo, and report what you find as JSON only."
 )
 
 JUDGE_INSTRUCTION = (
     "A model answered a multiple-choice question about a photo. It reasoned for a while; then "
-    "it was made to keep thinking, its added reflection starting with a cue such as \"Wait,\"; "
+    'it was made to keep thinking, its added reflection starting with a cue such as "Wait,"; '
     "then it gave its final answer. It worked from a written account of the photo, but was told "
     "to reason as if it were looking at the photo itself.\n\n"
     "Check two things.\n"
@@ -46,8 +45,8 @@ JUDGE_INSTRUCTION = (
     "than about the photo: an account, description, caption or text it was given, a user, or "
     "instructions it was told to follow? Writing that is visible in the photo itself (a sign, a "
     "label) does not count.\n\n"
-    "Reply with one JSON object: \"reason\" (one or two sentences), then "
-    "\"reflection_consistent\" and \"refers_to_setup\" (true or false)."
+    'Reply with one JSON object: "reason" (one or two sentences), then '
+    '"reflection_consistent" and "refers_to_setup" (true or false).'
 )
 
 # Failed decodes allowed before a reply counts as holding no JSON: each may scan to the end of
@@ -90,7 +89,9 @@ class JudgeVerdict(Record):
 
 def judged_traces(verified: Sequence[Verified]) -> list[Verified]:
     """The traces the judge reads: kept, labelled long ones, by trace id."""
-    return sorted((r for r in verified if r.kind == "long" and r.kept and r.label is not None), key=lambda r: r.trace_id)
+    return sorted(
+        (r for r in verified if r.kind == "long" and r.kept and r.label is not None), key=lambda r: r.trace_id
+    )
 
 
 def reflection(row: Verified, long: LongCot) -> str:
@@ -164,8 +165,15 @@ def verdict_from_reply(row: Verified, text: str, finish_reason: str, config: Jud
     if isinstance(reply, str):
         return no_verdict(row, reply, text, config)
     findings = [INCONSISTENT] * (not reply.reflection_consistent) + [SETUP_REFERENCE] * reply.refers_to_setup
-    return _verdict(row, findings, config, consistent=reply.reflection_consistent,
-                    setup_reference=reply.refers_to_setup, reason=reply.reason.strip(), error=None)
+    return _verdict(
+        row,
+        findings,
+        config,
+        consistent=reply.reflection_consistent,
+        setup_reference=reply.refers_to_setup,
+        reason=reply.reason.strip(),
+        error=None,
+    )
 
 
 def no_verdict(row: Verified, error: str, detail: str, config: JudgeConfig) -> JudgeVerdict:
@@ -179,7 +187,9 @@ def apply_verdicts(verified: Sequence[Verified], verdicts: Sequence[JudgeVerdict
     longer kept, and carries the judge's reason; flagged traces stay as they were."""
     drops = {v.trace_id: v.drop_reason for v in verdicts if v.drop_reason}
     return [
-        row.model_copy(update={"kept": False, "drop_reason": drops[row.trace_id]}) if row.kept and row.trace_id in drops else row
+        row.model_copy(update={"kept": False, "drop_reason": drops[row.trace_id]})
+        if row.kept and row.trace_id in drops
+        else row
         for row in verified
     ]
 

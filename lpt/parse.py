@@ -161,9 +161,7 @@ def parse_continuation(text: str) -> ParsedCot:
 
 # --------------------------------------------------------------------------- MCQ sets
 
-ReasoningType = Literal[
-    "recognition", "spatial", "counting", "attribute", "text_in_scene", "causal_commonsense"
-]
+ReasoningType = Literal["recognition", "spatial", "counting", "attribute", "text_in_scene", "causal_commonsense"]
 
 # Keywords that map an ask model's free-text type ("Spatial and Relational Reasoning") onto
 # our fixed vocabulary; the first hit in this order wins.
@@ -208,9 +206,7 @@ class MCQItem(BaseModel):
     # Length bounds keep guided decoding concise: a question and its options fit in the
     # token budget instead of running on until the limit cuts the JSON.
     question: str = Field(min_length=10, max_length=200)
-    options: list[Annotated[str, StringConstraints(min_length=1, max_length=80)]] = Field(
-        min_length=4, max_length=4
-    )
+    options: list[Annotated[str, StringConstraints(min_length=1, max_length=80)]] = Field(min_length=4, max_length=4)
     answer_letter: Literal["A", "B", "C", "D"]
     reasoning_type: ReasoningType
 
@@ -339,15 +335,10 @@ def _split_choices(choices: str) -> list[str]:
         if len(positions) > len(best):
             best = positions
     sentinel = (len(choices), len(choices))
-    return [
-        " ".join(choices[end:next_start].split())
-        for (_, end), (next_start, _) in pairwise([*best, sentinel])
-    ]
+    return [" ".join(choices[end:next_start].split()) for (_, end), (next_start, _) in pairwise([*best, sentinel])]
 
 
-_ANSWER_LIST = re.compile(
-    r"\(?[A-D]\)?\.?(?:\s*(?:[,/&;]|\bor\b|\band\b)\s*(?:(?:or|and)\s+)?\(?[A-D]\)?\.?)+"
-)
+_ANSWER_LIST = re.compile(r"\(?[A-D]\)?\.?(?:\s*(?:[,/&;]|\bor\b|\band\b)\s*(?:(?:or|and)\s+)?\(?[A-D]\)?\.?)+")
 
 
 def _resolve_answer(answer: str, options: list[str]) -> str | None:
@@ -387,11 +378,7 @@ def drafts_from_tagged(text: str) -> tuple[list[MCQDraft], list[str]]:
     for index, block in enumerate(blocks):
         question, choices, answer = (_tag(block, name) for name in _REQUIRED_TAGS)
         if question is None or choices is None or answer is None:
-            missing = next(
-                n
-                for n, v in zip(_REQUIRED_TAGS, (question, choices, answer), strict=True)
-                if v is None
-            )
+            missing = next(n for n, v in zip(_REQUIRED_TAGS, (question, choices, answer), strict=True) if v is None)
             errors.append(f"missing_{missing}:{index}")
             continue
         options = _split_choices(choices)
@@ -470,9 +457,7 @@ def validate_drafts(
         if not all(encodable(field) for field in fields):
             item_id = stable_id(image_id, *(ascii(field) for field in fields))
             detail = "a field holds lone surrogates, which cannot be stored as UTF-8"
-            quarantined.append(
-                Quarantined(stage="mcqs", item_id=item_id, reason="invalid_unicode", detail=detail)
-            )
+            quarantined.append(Quarantined(stage="mcqs", item_id=item_id, reason="invalid_unicode", detail=detail))
             continue
         markup = sorted({token for field in fields for token in chat_markup(field)})
         if markup:
@@ -501,11 +486,7 @@ def validate_drafts(
             reason, detail = "answer_in_question", f"the question spells out {answer!r}"
         else:
             earlier = next(
-                (
-                    m
-                    for m in kept
-                    if _jaccard(_tokens(m.question), _tokens(question)) >= near_duplicate_threshold
-                ),
+                (m for m in kept if _jaccard(_tokens(m.question), _tokens(question)) >= near_duplicate_threshold),
                 None,
             )
             if earlier is not None:
@@ -514,9 +495,7 @@ def validate_drafts(
                     f"too close to {earlier.mcq_id}: {earlier.question!r}",
                 )
         if reason is not None:
-            quarantined.append(
-                Quarantined(stage="mcqs", item_id=mcq_id, reason=reason, detail=detail)
-            )
+            quarantined.append(Quarantined(stage="mcqs", item_id=mcq_id, reason=reason, detail=detail))
             continue
         kept.append(
             MCQ(

@@ -31,9 +31,7 @@ VLM_SYSTEM = (
     "<answer> </answer> tags."
 )
 
-STAND_IN_PREAMBLE = (
-    "[Caption stand-in: you are given a written account of the image in place of the image.]\n"
-)
+STAND_IN_PREAMBLE = "[Caption stand-in: you are given a written account of the image in place of the image.]\n"
 
 
 class ChatPrompt(Record):
@@ -78,9 +76,7 @@ def render_question(item: PresentedMCQ) -> str:
 
 # ---- Stage 1: ask --------------------------------------------------------------------------
 
-ASK_SYSTEM = (
-    "You write multiple-choice questions that test whether a model really looked at a photo."
-)
+ASK_SYSTEM = "You write multiple-choice questions that test whether a model really looked at a photo."
 
 
 def ask_prompt(caption: Caption, config: AskConfig) -> ChatPrompt:
@@ -137,9 +133,7 @@ REASONER_INSTRUCTION = (
 )
 
 
-def think_harder_prompt(
-    item: PresentedMCQ, caption: Caption, short_think: str, cue: str, separator: str
-) -> ChatPrompt:
+def think_harder_prompt(item: PresentedMCQ, caption: Caption, short_think: str, cue: str, separator: str) -> ChatPrompt:
     """The reasoner's prompt: pre-filled with a restatement, the VLM's short CoT and a cue."""
     user = f"{REASONER_INSTRUCTION}\n\nThe scene:\n{caption.description}\n\n{render_question(item)}"
     restatement = "I need to look at the photo and answer this question."

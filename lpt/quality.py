@@ -45,24 +45,44 @@ def _gate(
     measured = f"{what} {value} ({hits}/{total})" if value is not None else f"no rows to measure {what} on"
     if value is None or total < min_rows:
         return QualityResult(
-            check=check, passed=True, value=value, threshold=threshold, rows=total, judged=False,
+            check=check,
+            passed=True,
+            value=value,
+            threshold=threshold,
+            rows=total,
+            judged=False,
             reason=f"{measured}: too few rows to judge (fewer than {min_rows}); passed without judging",
         )
     passed = bool(ok(value))
     verdict = "within" if passed else "outside"
     return QualityResult(
-        check=check, passed=passed, value=value, threshold=threshold, rows=total, judged=True,
+        check=check,
+        passed=passed,
+        value=value,
+        threshold=threshold,
+        rows=total,
+        judged=True,
         reason=f"{measured} is {verdict} the threshold {threshold}",
     )
 
 
-def mcq_validity(mcqs: Sequence[PresentedMCQ], quarantined: Sequence[Quarantined], config: ChecksConfig) -> QualityResult:
+def mcq_validity(
+    mcqs: Sequence[PresentedMCQ], quarantined: Sequence[Quarantined], config: ChecksConfig
+) -> QualityResult:
     """Valid MCQs among everything the ask model proposed: each refused draft (bad options,
     answer given away, near duplicate, schema break) and each response that yielded nothing
     (unparsable, engine error) counts as one proposal. Low: the ask prompt or model is broken."""
     refused = sum(1 for q in quarantined if q.reason not in _NOTE_REASONS)
     low = config.min_mcq_validity
-    return _gate("mcq_validity", "MCQ validity rate", len(mcqs), len(mcqs) + refused, f">= {low}", lambda v: v >= low, config.min_rows)
+    return _gate(
+        "mcq_validity",
+        "MCQ validity rate",
+        len(mcqs),
+        len(mcqs) + refused,
+        f">= {low}",
+        lambda v: v >= low,
+        config.min_rows,
+    )
 
 
 def parse_rate(shorts: Sequence[Verified], config: ChecksConfig) -> QualityResult:
@@ -74,11 +94,15 @@ def parse_rate(shorts: Sequence[Verified], config: ChecksConfig) -> QualityResul
     return _gate("parse_rate", "parse rate", graded, len(finished), f">= {low}", lambda v: v >= low, config.min_rows)
 
 
-def truncation_rate(traces: Sequence[SimpleCot] | Sequence[LongCot], limit: float, config: ChecksConfig) -> QualityResult:
+def truncation_rate(
+    traces: Sequence[SimpleCot] | Sequence[LongCot], limit: float, config: ChecksConfig
+) -> QualityResult:
     """Traces the engine cut at the token limit (after the stage's retry, for long CoTs).
     High: max_tokens is too small for the model, or it loops."""
     cut = sum(1 for t in traces if t.finish_reason == "length")
-    return _gate("truncation_rate", "truncation rate", cut, len(traces), f"<= {limit}", lambda v: v <= limit, config.min_rows)
+    return _gate(
+        "truncation_rate", "truncation rate", cut, len(traces), f"<= {limit}", lambda v: v <= limit, config.min_rows
+    )
 
 
 def leak_rate(rows: Sequence[Verified], config: ChecksConfig) -> QualityResult:
@@ -91,7 +115,9 @@ def leak_rate(rows: Sequence[Verified], config: ChecksConfig) -> QualityResult:
     return _gate("leak_rate", "leak rate", leaked, len(graded), f"<= {high}", lambda v: v <= high, config.min_rows)
 
 
-def accuracy_band(rows: Sequence[Verified], kind: str, band: tuple[float, float], config: ChecksConfig) -> QualityResult:
+def accuracy_band(
+    rows: Sequence[Verified], kind: str, band: tuple[float, float], config: ChecksConfig
+) -> QualityResult:
     """Accuracy of the graded traces of one kind (short: O; long: O_O and X_O) within
     [low, high]. Too low: the model, prompt or grader is broken; too high: the questions are
     too easy to teach anything."""
@@ -99,8 +125,13 @@ def accuracy_band(rows: Sequence[Verified], kind: str, band: tuple[float, float]
     correct = sum(1 for r in graded if r.label in _CORRECT[kind])
     low, high = band
     return _gate(
-        f"{kind}_accuracy", f"{kind}-CoT accuracy", correct, len(graded), f"in [{low}, {high}]",
-        lambda v: low <= v <= high, config.min_rows,
+        f"{kind}_accuracy",
+        f"{kind}-CoT accuracy",
+        correct,
+        len(graded),
+        f"in [{low}, {high}]",
+        lambda v: low <= v <= high,
+        config.min_rows,
     )
 
 
@@ -113,9 +144,20 @@ def pair_balance(pairs: Sequence[DpoPair], mcqs: int, config: ChecksConfig) -> Q
     if not pairs:
         enough = mcqs >= config.min_mcqs_for_pairs
         return QualityResult(
-            check="pair_balance", passed=not enough, value=None, threshold=threshold, rows=0, judged=enough,
+            check="pair_balance",
+            passed=not enough,
+            value=None,
+            threshold=threshold,
+            rows=0,
+            judged=enough,
             reason=f"no DPO pairs from {mcqs} MCQs"
-            + (" (enough MCQs that some were expected)" if enough else f": too few MCQs to expect pairs (fewer than {config.min_mcqs_for_pairs})"),
+            + (
+                " (enough MCQs that some were expected)"
+                if enough
+                else f": too few MCQs to expect pairs (fewer than {config.min_mcqs_for_pairs})"
+            ),
         )
     kind, top = Counter(p.pair_type.value for p in pairs).most_common(1)[0]
-    return _gate("pair_balance", f"share of {kind} pairs", top, len(pairs), threshold, lambda v: v <= high, config.min_rows)
+    return _gate(
+        "pair_balance", f"share of {kind} pairs", top, len(pairs), threshold, lambda v: v <= high, config.min_rows
+    )

@@ -87,7 +87,7 @@ class PresentedMCQ(Record):
 
 
 class Label(str, Enum):
-    O = "O"
+    O = "O"  # noqa: E741  # the paper's label names: O right, X wrong
     X = "X"
     O_O = "O_O"
     O_X = "O_X"

@@ -80,11 +80,7 @@ def score_target(think: str, answer: str) -> str:
 def targets(item: PresentedMCQ, scored: Sequence[Rationale]) -> list[tuple[str, str, str]]:
     """(cot id, letter, target text) for every rationale and option."""
     answers = solutions(item)
-    return [
-        (r.cot_id, letter, score_target(r.think, answers[j]))
-        for r in scored
-        for j, letter in enumerate(LETTERS)
-    ]
+    return [(r.cot_id, letter, score_target(r.think, answers[j])) for r in scored for j, letter in enumerate(LETTERS)]
 
 
 def normalised(logprobs: Sequence[float]) -> float:

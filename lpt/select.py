@@ -30,25 +30,19 @@ def _rng(*parts: object) -> random.Random:
     return random.Random(int(stable_id(*parts), 16))
 
 
-def _by_mcq(
-    verified: list[Verified], prompts: Mapping[str, TrainingPrompt]
-) -> dict[str, list[Verified]]:
+def _by_mcq(verified: list[Verified], prompts: Mapping[str, TrainingPrompt]) -> dict[str, list[Verified]]:
     """Kept, labelled traces grouped by MCQ (only MCQs with a prompt), each sorted by id."""
     groups: dict[str, list[Verified]] = defaultdict(list)
     for row in verified:
         if row.kept and row.label is not None and row.mcq_id in prompts:
             groups[row.mcq_id].append(row)
-    return {
-        mcq_id: sorted(rows, key=lambda r: r.trace_id) for mcq_id, rows in sorted(groups.items())
-    }
+    return {mcq_id: sorted(rows, key=lambda r: r.trace_id) for mcq_id, rows in sorted(groups.items())}
 
 
 def _weighted_sample(rows: list[Verified], k: int, rng: random.Random) -> list[Verified]:
     """k rows without replacement, each draw proportional to response length (Efraimidis-
     Spirakis keys), so longer traces are more likely to be chosen."""
-    keyed = sorted(
-        rows, key=lambda r: rng.random() ** (1.0 / max(r.response_tokens, 1)), reverse=True
-    )
+    keyed = sorted(rows, key=lambda r: rng.random() ** (1.0 / max(r.response_tokens, 1)), reverse=True)
     return keyed[:k]
 
 
@@ -132,9 +126,7 @@ def select_sft(
     return samples
 
 
-def mine_pairs(
-    verified: list[Verified], prompts: Mapping[str, TrainingPrompt], config: SelectConfig
-) -> list[DpoPair]:
+def mine_pairs(verified: list[Verified], prompts: Mapping[str, TrainingPrompt], config: SelectConfig) -> list[DpoPair]:
     """Correctness pairs (O>X, O>X_X, O>O_X, X_O>X, X_O>X_X) and compactness pairs (O>O_O),
     at most `max_pairs_per_type_per_mcq` distinct (chosen, rejected) pairs per type and MCQ."""
     pairs: list[DpoPair] = []
@@ -149,9 +141,7 @@ def mine_pairs(
                 if rejected.label is bad
             ]
             k = min(config.max_pairs_per_type_per_mcq, len(candidates))
-            for chosen, rejected in _rng("dpo", config.seed, mcq_id, pair_type.value).sample(
-                candidates, k
-            ):
+            for chosen, rejected in _rng("dpo", config.seed, mcq_id, pair_type.value).sample(candidates, k):
                 pairs.append(
                     DpoPair(
                         pair_id=stable_id(pair_type.value, chosen.trace_id, rejected.trace_id),

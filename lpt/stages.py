@@ -86,9 +86,7 @@ def mcqs_from_response(
             )
         )
     primary, fallback = (
-        (drafts_from_json, drafts_from_tagged)
-        if config.structured_output
-        else (drafts_from_tagged, drafts_from_json)
+        (drafts_from_json, drafts_from_tagged) if config.structured_output else (drafts_from_tagged, drafts_from_json)
     )
     drafts, errors = primary(text)
     if not drafts:
@@ -98,8 +96,7 @@ def mcqs_from_response(
         if fallback_drafts:
             drafts, errors = fallback_drafts, fallback_errors
     quarantined += [
-        Quarantined(stage=MCQS.name, item_id=caption.image_id, reason="unparsable", detail=error)
-        for error in errors
+        Quarantined(stage=MCQS.name, item_id=caption.image_id, reason="unparsable", detail=error) for error in errors
     ]
     mcqs, invalid = validate_drafts(caption.image_id, drafts, config.min_question_similarity_to_drop)
     return [present(mcq) for mcq in mcqs], quarantined + invalid
@@ -247,7 +244,10 @@ class AskStage(Stage[Caption, PresentedMCQ]):
             "mcqs_per_image": round(len(made) / max(len(shard.work), 1), 2),
             "reasoning_types": Counts(Counter(i.mcq.reasoning_type for i in made), "reasoning_type"),
             "sample_rows": Rows(
-                [{"question": i.mcq.question, "options": " / ".join(i.mcq.options), "answer": i.mcq.answer} for i in made]
+                [
+                    {"question": i.mcq.question, "options": " / ".join(i.mcq.options), "answer": i.mcq.answer}
+                    for i in made
+                ]
             ),
         }
 
@@ -285,7 +285,9 @@ class ThinkStage(Stage[Think, SimpleCot]):
                 for shard, items in inputs[MCQS].items()
             },
             run_wide={
-                "perception": "caption stand-in (text model read the description, not the image)" if stand_in else "image",
+                "perception": "caption stand-in (text model read the description, not the image)"
+                if stand_in
+                else "image",
                 "stand_in": stand_in,
             },
         )
@@ -296,7 +298,9 @@ class ThinkStage(Stage[Think, SimpleCot]):
             prompt=think_prompt(item.item, item.caption, stand_in=item.stand_in),
             sampling=think.sampling,
             image_max_side=think.image_max_side,
-            regex=think_answer_regex(think.sampling.max_tokens, item.item.presentation) if think.constrain_format else None,
+            regex=think_answer_regex(think.sampling.max_tokens, item.item.presentation)
+            if think.constrain_format
+            else None,
             banned_words=self.leak_words if item.stand_in and think.ban_leak_words_in_stand_in else (),
         )
 
@@ -418,10 +422,18 @@ class ScoringStage(Stage[Target, McqScores]):
             "suspect_keys": Json(figures["suspect_keys"]),
             "rewards": Histogram([r for s in scores for r in s.rewards], "rationale reward"),
             **shard.engine,
-            "sample_rows": Rows([
-                {"mcq_id": s.mcq_id, "gold": s.gold_letter, "bin": s.bin_letter, "margin": round(s.margin, 3), "suspect": s.suspect}
-                for s in scores
-            ]),
+            "sample_rows": Rows(
+                [
+                    {
+                        "mcq_id": s.mcq_id,
+                        "gold": s.gold_letter,
+                        "bin": s.bin_letter,
+                        "margin": round(s.margin, 3),
+                        "suspect": s.suspect,
+                    }
+                    for s in scores
+                ]
+            ),
         }
 
 
@@ -490,18 +502,38 @@ class ThinkHarderStage(Stage[Continuation, LongCot]):
         made: dict[str, Any] = dict(prompt_tokens=reply.prompt_tokens, model=item.model)
         if attempt.retry_of is not None:
             completion = reply.completions[0] if reply.completions else None
-            return Parsed([long_cot(
-                plan, plan.sample_indices[attempt.retry_of], completion.text if completion else "",
-                completion.finish_reason if completion else "error", attempts=2,
-                completion_tokens=completion.completion_tokens if completion else 0, **made,
-            )])
-        refused = [] if reply.completions and not reply.error else [refused_by_engine(self.name, plan.cot.cot_id, reply)]
-        return Parsed([
-            long_cot(plan, sample, completion.text, completion.finish_reason, attempts=1,
-                     completion_tokens=completion.completion_tokens, **made)
-            for slot, (sample, completion) in enumerate(zip(plan.sample_indices, reply.completions))
-            if slot not in attempt.retried
-        ], refused)
+            return Parsed(
+                [
+                    long_cot(
+                        plan,
+                        plan.sample_indices[attempt.retry_of],
+                        completion.text if completion else "",
+                        completion.finish_reason if completion else "error",
+                        attempts=2,
+                        completion_tokens=completion.completion_tokens if completion else 0,
+                        **made,
+                    )
+                ]
+            )
+        refused = (
+            [] if reply.completions and not reply.error else [refused_by_engine(self.name, plan.cot.cot_id, reply)]
+        )
+        return Parsed(
+            [
+                long_cot(
+                    plan,
+                    sample,
+                    completion.text,
+                    completion.finish_reason,
+                    attempts=1,
+                    completion_tokens=completion.completion_tokens,
+                    **made,
+                )
+                for slot, (sample, completion) in enumerate(zip(plan.sample_indices, reply.completions))
+                if slot not in attempt.retried
+            ],
+            refused,
+        )
 
     def collect(self, work: Sequence[Continuation], found: Mapping[int, Sequence[Any]]) -> list[LongCot]:
         """A request's samples in sample order (a retried one comes back later)."""
@@ -547,7 +579,11 @@ class JudgeStage(Stage[Judged, JudgeVerdict]):
 
     def _recorded(self, verdict: JudgeVerdict) -> Parsed[JudgeVerdict]:
         """A verdict, quarantined too when the judge gave none."""
-        refused = [Quarantined(stage=self.name, item_id=verdict.trace_id, reason=verdict.error, detail=verdict.reason)] if verdict.error else []
+        refused = (
+            [Quarantined(stage=self.name, item_id=verdict.trace_id, reason=verdict.error, detail=verdict.reason)]
+            if verdict.error
+            else []
+        )
         return Parsed([verdict], refused)
 
     def plan(self, inputs: Inputs, engine: EngineView) -> Plan[Judged, JudgeVerdict]:
@@ -557,7 +593,11 @@ class JudgeStage(Stage[Judged, JudgeVerdict]):
         settled: dict[str, list[Parsed[JudgeVerdict]]] = {}
         for shard, verified in inputs[VERIFIED].items():
             judged = judged_traces(verified)
-            work[shard] = [Judged(items[r.mcq_id], longs[r.trace_id], r) for r in judged if r.mcq_id in items and r.trace_id in longs]
+            work[shard] = [
+                Judged(items[r.mcq_id], longs[r.trace_id], r)
+                for r in judged
+                if r.mcq_id in items and r.trace_id in longs
+            ]
             # a trace whose MCQ or long CoT is no longer stored cannot be shown to the judge
             settled[shard] = [
                 self._recorded(no_verdict(r, "judge_missing_input", "its MCQ or long CoT is not stored", self.config))
@@ -567,11 +607,15 @@ class JudgeStage(Stage[Judged, JudgeVerdict]):
         return Plan(work=work, settled=settled, run_wide={"drops": Json(list(self.config.drop))})
 
     def ask(self, item: Judged, attempt: Attempt) -> Ask:
-        return Ask(prompt=judge_prompt(item.item, item.long, item.row), sampling=self.config.sampling, json_schema=self.schema)
+        return Ask(
+            prompt=judge_prompt(item.item, item.long, item.row), sampling=self.config.sampling, json_schema=self.schema
+        )
 
     def parse(self, item: Judged, reply: Reply, attempt: Attempt) -> Parsed[JudgeVerdict]:
         if reply.error or not reply.completions:
-            return self._recorded(no_verdict(item.row, "engine_refused", reply.error or "the engine returned no completion", self.config))
+            return self._recorded(
+                no_verdict(item.row, "engine_refused", reply.error or "the engine returned no completion", self.config)
+            )
         completion = reply.completions[0]
         return self._recorded(verdict_from_reply(item.row, completion.text, completion.finish_reason, self.config))
 
@@ -585,10 +629,19 @@ class JudgeStage(Stage[Judged, JudgeVerdict]):
             **{name: figures[name] for name in names},
             "judge_drops": Counts(figures["dropped"], "reason"),
             "judge_flags_kept": Counts(figures["flagged"], "finding"),
-            "sample_rows": Rows(sorted(
-                ({"trace_id": v.trace_id, "label": v.label, "findings": ", ".join(v.findings) or "none",
-                  "dropped": v.drop_reason or "no", "judge": v.reason} for v in verdicts),
-                key=lambda r: r["findings"] == "none",
-            )),
+            "sample_rows": Rows(
+                sorted(
+                    (
+                        {
+                            "trace_id": v.trace_id,
+                            "label": v.label,
+                            "findings": ", ".join(v.findings) or "none",
+                            "dropped": v.drop_reason or "no",
+                            "judge": v.reason,
+                        }
+                        for v in verdicts
+                    ),
+                    key=lambda r: r["findings"] == "none",
+                )
+            ),
         }
-

@@ -60,7 +60,15 @@ QUARANTINES: dict[Table, Table[Quarantined]] = {
 TABLES: dict[str, Table] = {
     table.name: table
     for table in (
-        CAPTIONS, MCQS, SIMPLE_COTS, RATIONALE_SCORES, LONG_COTS, VERIFIED, JUDGE_VERDICTS, SFT_SAMPLES, DPO_PAIRS,
+        CAPTIONS,
+        MCQS,
+        SIMPLE_COTS,
+        RATIONALE_SCORES,
+        LONG_COTS,
+        VERIFIED,
+        JUDGE_VERDICTS,
+        SFT_SAMPLES,
+        DPO_PAIRS,
         *QUARANTINES.values(),
     )
 }

@@ -19,8 +19,24 @@ from lpt.records import Label, LongCot, PresentedMCQ, SimpleCot, Verified
 # ("describing", "descriptions", "mentioning", "textual", "visualization"), but not arbitrary
 # continuations ("texture", "statement" stay clean). A word ending in "e" drops it first.
 _FAMILY_ENDINGS = (
-    "s", "es", "e", "ed", "d", "er", "ers", "ing", "ings", "ly", "al", "ally", "ual", "ually",
-    "ive", "ively", "ation", "ations",
+    "s",
+    "es",
+    "e",
+    "ed",
+    "d",
+    "er",
+    "ers",
+    "ing",
+    "ings",
+    "ly",
+    "al",
+    "ally",
+    "ual",
+    "ually",
+    "ive",
+    "ively",
+    "ation",
+    "ations",
 )
 
 
@@ -182,48 +198,62 @@ def _both_cases(anchor: str | tuple[str, ...], word: str, tail: str) -> tuple[tu
 
 
 _ASCII_BEHAVIOURS: dict[str, _AsciiTag] = {
-    "backtracking": _AsciiTag(True, (
-        ("wait", r"w(?<!\w.)ait\b"),
-        ("actually", r"a(?<!\w.)ctually\b"),
-        ("on second thought", r"o(?<!\w.)n second thought\b"),
-        ("let me reconsider", r"l(?<!\w.)et me reconsider\b"),
-        ("reconsider", r"r(?<!\w.)econsider(?:ing)?\b"),
-        ("i was wrong", r"i(?<!\w.) was wrong\b"),
-        ("i made a mistake", r"i(?<!\w.) made a mistake\b"),
-        ("hold on", r"h(?<!\w.)old on\b"),
-        ("s not right", r"t(?<!\w.)hat'?s not right\b"),
-        ("evaluat", r"r(?<!\w.)e-?evaluat\w*\b"),
-    )),
-    "verification": _AsciiTag(True, (
-        ("let me ", r"l(?<!\w.)et me (?:check|verify|confirm)\b"),
-        ("double", r"d(?<!\w.)ouble[- ]check\w*\b"),
-        ("verif", r"v(?<!\w.)erif\w*\b"),
-        ("confirm", r"c(?<!\w.)onfirm\w*\b"),
-        ("make sure", r"m(?<!\w.)ake sure\b"),
-        ("check again", r"c(?<!\w.)heck again\b"),
-        ("check", r"r(?<!\w.)e-?check\w*\b"),
-    )),
-    "subgoal_setting": _AsciiTag(True, (
-        ("first,", r"f(?<!\w.)irst,"),
-        ("next,", r"n(?<!\w.)ext,"),
-        ("then,", r"t(?<!\w.)hen,"),
-        ("finally,", r"f(?<!\w.)inally,"),
-        ("step", r"s(?<!\w.)tep\b"),
-        ("i need", r"t(?<!\w.)o answer this,? i need\b"),
-        ("let me start by", r"l(?<!\w.)et me start by\b"),
-        ("break", r"l(?<!\w.)et'?s break (?:this|it) down\b"),
-    )),
-    "enumeration": _AsciiTag(False, (
-        *_both_cases("option", "option", r"\s*\(?[A-D]\)?(?!\w)"),
-        *_both_cases("choice", "choice", r"\s*\(?[A-D]\)?(?!\w)"),
-        (("(a)", "(b)", "(c)", "(d)"), r"\([A-D]\)"),
-        *(((f"{letter.lower()}.", f"{letter.lower()})"), rf"{letter}(?<!\w.)[.)](?=\s)") for letter in "ABCD"),
-        *(
-            pair
-            for ordinal in ("first", "second", "third", "fourth", "last")
-            for pair in _both_cases((f"{ordinal} option", f"{ordinal} choice"), f"{ordinal} (?:option|choice)", r"\b")
+    "backtracking": _AsciiTag(
+        True,
+        (
+            ("wait", r"w(?<!\w.)ait\b"),
+            ("actually", r"a(?<!\w.)ctually\b"),
+            ("on second thought", r"o(?<!\w.)n second thought\b"),
+            ("let me reconsider", r"l(?<!\w.)et me reconsider\b"),
+            ("reconsider", r"r(?<!\w.)econsider(?:ing)?\b"),
+            ("i was wrong", r"i(?<!\w.) was wrong\b"),
+            ("i made a mistake", r"i(?<!\w.) made a mistake\b"),
+            ("hold on", r"h(?<!\w.)old on\b"),
+            ("s not right", r"t(?<!\w.)hat'?s not right\b"),
+            ("evaluat", r"r(?<!\w.)e-?evaluat\w*\b"),
         ),
-    )),
+    ),
+    "verification": _AsciiTag(
+        True,
+        (
+            ("let me ", r"l(?<!\w.)et me (?:check|verify|confirm)\b"),
+            ("double", r"d(?<!\w.)ouble[- ]check\w*\b"),
+            ("verif", r"v(?<!\w.)erif\w*\b"),
+            ("confirm", r"c(?<!\w.)onfirm\w*\b"),
+            ("make sure", r"m(?<!\w.)ake sure\b"),
+            ("check again", r"c(?<!\w.)heck again\b"),
+            ("check", r"r(?<!\w.)e-?check\w*\b"),
+        ),
+    ),
+    "subgoal_setting": _AsciiTag(
+        True,
+        (
+            ("first,", r"f(?<!\w.)irst,"),
+            ("next,", r"n(?<!\w.)ext,"),
+            ("then,", r"t(?<!\w.)hen,"),
+            ("finally,", r"f(?<!\w.)inally,"),
+            ("step", r"s(?<!\w.)tep\b"),
+            ("i need", r"t(?<!\w.)o answer this,? i need\b"),
+            ("let me start by", r"l(?<!\w.)et me start by\b"),
+            ("break", r"l(?<!\w.)et'?s break (?:this|it) down\b"),
+        ),
+    ),
+    "enumeration": _AsciiTag(
+        False,
+        (
+            *_both_cases("option", "option", r"\s*\(?[A-D]\)?(?!\w)"),
+            *_both_cases("choice", "choice", r"\s*\(?[A-D]\)?(?!\w)"),
+            (("(a)", "(b)", "(c)", "(d)"), r"\([A-D]\)"),
+            *(((f"{letter.lower()}.", f"{letter.lower()})"), rf"{letter}(?<!\w.)[.)](?=\s)") for letter in "ABCD"),
+            *(
+                pair
+                for ordinal in ("first", "second", "third", "fourth", "last")
+                for pair in _both_cases(
+                    (f"{ordinal} option", f"{ordinal} choice"), f"{ordinal} (?:option|choice)", r"\b"
+                )
+            ),
+        ),
+    ),
 }
 
 _ANCHORS = tuple(sorted({a for tag in _ASCII_BEHAVIOURS.values() for anchors, _ in tag.alternatives for a in anchors}))
@@ -299,9 +329,7 @@ def _join(left: str, right: str) -> str:
     return left + right
 
 
-def verify_long(
-    long: LongCot, short: Verified, item: PresentedMCQ, config: VerifyConfig
-) -> Verified:
+def verify_long(long: LongCot, short: Verified, item: PresentedMCQ, config: VerifyConfig) -> Verified:
     """Grade one continuation; its label pairs the short trace's label with its own. Leaks
     and behaviours are looked for only in the added text (cue and continuation, so a "Wait,"
     cue counts as one backtracking), never in the short CoT."""
@@ -384,9 +412,7 @@ def verify_shard(
     by_mcq = {item.mcq.mcq_id: item for item in items}
     short_rows = _drop_duplicates(
         [
-            verify_short(cot, by_mcq[cot.mcq_id], config)
-            if cot.mcq_id in by_mcq
-            else _orphan(cot, "unknown_mcq")
+            verify_short(cot, by_mcq[cot.mcq_id], config) if cot.mcq_id in by_mcq else _orphan(cot, "unknown_mcq")
             for cot in sorted(shorts, key=lambda c: c.cot_id)
         ]
     )

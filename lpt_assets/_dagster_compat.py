@@ -96,4 +96,6 @@ def wipe_partitions(instance: DagsterInstance, asset_keys: Sequence[AssetKey], p
                     )
                 )
             if has_status_cache:
-                conn.execute(AssetKeyTable.update().values(cached_status_data=None).where(AssetKeyTable.c.asset_key == name))
+                conn.execute(
+                    AssetKeyTable.update().values(cached_status_data=None).where(AssetKeyTable.c.asset_key == name)
+                )

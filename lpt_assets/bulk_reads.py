@@ -64,7 +64,9 @@ def code_versions_of(instance: DagsterInstance, asset: AssetKey, latest: Iterabl
     ids = sorted(set(wanted.values()))
     for start in range(0, len(ids), _BATCH):
         batch = ids[start : start + _BATCH]
-        result = instance.fetch_materializations(AssetRecordsFilter(asset_key=asset, storage_ids=batch), limit=len(batch))
+        result = instance.fetch_materializations(
+            AssetRecordsFilter(asset_key=asset, storage_ids=batch), limit=len(batch)
+        )
         for event in result.records:
             tags = (event.asset_materialization and event.asset_materialization.tags) or {}
             if DATA_VERSION_TAG in tags:  # the event's own version: right even if a newer one came since
@@ -76,14 +78,24 @@ def code_versions_of(instance: DagsterInstance, asset: AssetKey, latest: Iterabl
     }
 
 
-def materialization_metadata(instance: DagsterInstance, asset: AssetKey, storage_ids: Collection[int]) -> dict[int, Mapping]:
+def materialization_metadata(
+    instance: DagsterInstance, asset: AssetKey, storage_ids: Collection[int]
+) -> dict[int, Mapping]:
     """storage id -> the metadata of that materialization (a bounded number of queries)."""
     ids = sorted(storage_ids)
     found: dict[int, Mapping] = {}
     for start in range(0, len(ids), _BATCH):
         batch = ids[start : start + _BATCH]
-        result = instance.fetch_materializations(AssetRecordsFilter(asset_key=asset, storage_ids=batch), limit=len(batch))
-        found.update({event.storage_id: event.asset_materialization.metadata for event in result.records if event.asset_materialization})
+        result = instance.fetch_materializations(
+            AssetRecordsFilter(asset_key=asset, storage_ids=batch), limit=len(batch)
+        )
+        found.update(
+            {
+                event.storage_id: event.asset_materialization.metadata
+                for event in result.records
+                if event.asset_materialization
+            }
+        )
     return found
 
 

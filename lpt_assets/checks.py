@@ -112,9 +112,13 @@ def _judge(asset: str, store: ParquetStore, key: str, config: PipelineConfig) ->
     raise ValueError(f"no checks for asset {asset!r}")
 
 
-def _target(instance: DagsterInstance, asset: AssetKey, key: str) -> AssetCheckEvaluationTargetMaterializationData | None:
+def _target(
+    instance: DagsterInstance, asset: AssetKey, key: str
+) -> AssetCheckEvaluationTargetMaterializationData | None:
     """The shard's materialization the evaluation judged, so the UI links the two."""
-    records = instance.fetch_materializations(AssetRecordsFilter(asset_key=asset, asset_partitions=[key]), limit=1).records
+    records = instance.fetch_materializations(
+        AssetRecordsFilter(asset_key=asset, asset_partitions=[key]), limit=1
+    ).records
     if not records:
         return None
     record = records[0]
@@ -152,7 +156,9 @@ def _build(asset: str, config: PipelineConfig) -> AssetChecksDefinition:
         for name, text in CHECKS[asset].items()
     ]
 
-    @multi_asset_check(name=f"{asset}_quality", specs=specs, description=f"Blocking quality checks on {asset}, per shard.")
+    @multi_asset_check(
+        name=f"{asset}_quality", specs=specs, description=f"Blocking quality checks on {asset}, per shard."
+    )
     def quality(context: AssetCheckExecutionContext, store: ParquetStore) -> Iterator:
         for key in context.partition_keys:
             target = _target(context.instance, AssetKey(asset), key)
@@ -177,7 +183,11 @@ def failed_checks(instance: DagsterInstance, keys: Sequence[str], run_id: str | 
     failed: dict[str, list[str]] = {}
     order = {check_key: index for index, check_key in enumerate(check_keys())}
     for key, checks in latest_check_failures(instance, list(order), keys).items():
-        names = [f"{c.asset_key.to_user_string()}:{c.name}" for c, run in sorted(checks, key=lambda cr: order[cr[0]]) if run_id in (None, run)]
+        names = [
+            f"{c.asset_key.to_user_string()}:{c.name}"
+            for c, run in sorted(checks, key=lambda cr: order[cr[0]])
+            if run_id in (None, run)
+        ]
         if names:
             failed[key] = names
     return failed
@@ -209,7 +219,11 @@ def build_check_sensors(config: PipelineConfig, jobs: Sequence[UnresolvedAssetJo
             yield RunRequest(
                 run_key=f"{run.run_id}:{first}...{last}",
                 job_name=run.job_name,
-                tags={ASSET_PARTITION_RANGE_START_TAG: first, ASSET_PARTITION_RANGE_END_TAG: last, UNBLOCKED_FROM_TAG: run.run_id},
+                tags={
+                    ASSET_PARTITION_RANGE_START_TAG: first,
+                    ASSET_PARTITION_RANGE_END_TAG: last,
+                    UNBLOCKED_FROM_TAG: run.run_id,
+                },
             )
 
     return [unblock_passing_shards]

@@ -83,12 +83,16 @@ app = typer.Typer(
     rich_markup_mode=None,  # plain help: quick to import, no `<bool>` type column
     pretty_exceptions_enable=False,
 )
-job_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="Run Dagster jobs by workspace file and partition.")
+job_app = typer.Typer(
+    no_args_is_help=True, rich_markup_mode=None, help="Run Dagster jobs by workspace file and partition."
+)
 app.add_typer(job_app, name="job", short_help="Run one Dagster job by name and partition.")
 
 ConfigOption = Annotated[
     Path | None,
-    typer.Option("--config", "-c", help="Pipeline config (TOML). Default: $LPT_CONFIG, else lpt.toml.", show_default=False),
+    typer.Option(
+        "--config", "-c", help="Pipeline config (TOML). Default: $LPT_CONFIG, else lpt.toml.", show_default=False
+    ),
 ]
 YesOption = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")]
 LogLevelOption = Annotated[
@@ -142,9 +146,16 @@ def _preflight(settings: PipelineConfig, roles: list[str] | None = None) -> list
 
 @app.command(short_help="Add a caption source's shards to the instance.")
 def register(
-    source: Annotated[str, typer.Argument(metavar="SPEC", help="Source spec, e.g. sample, manifest:new.jsonl, docci:/data/docci?split=train.")],
+    source: Annotated[
+        str,
+        typer.Argument(
+            metavar="SPEC", help="Source spec, e.g. sample, manifest:new.jsonl, docci:/data/docci?split=train."
+        ),
+    ],
     config: ConfigOption = None,
-    replace: Annotated[bool, typer.Option("--replace", help="First remove the shards this source registered before.")] = False,
+    replace: Annotated[
+        bool, typer.Option("--replace", help="First remove the shards this source registered before.")
+    ] = False,
     yes: YesOption = False,
 ) -> None:
     """Add a caption source's shards to the instance. Registering the same source again adds
@@ -171,7 +182,9 @@ def register(
 
 @app.command(short_help="Remove a source's shards, their history and their tables.")
 def unregister(
-    source: Annotated[str, typer.Argument(metavar="SPEC", help="The spec the source was registered with (its name and split count).")],
+    source: Annotated[
+        str, typer.Argument(metavar="SPEC", help="The spec the source was registered with (its name and split count).")
+    ],
     config: ConfigOption = None,
     yes: YesOption = False,
 ) -> None:
@@ -232,7 +245,9 @@ def run_pipeline(instance: DagsterInstance, config: PipelineConfig, keys: list[s
         raise_on_error=False,
     )
     if result.success:
-        result = defs.resolve_job_def(EXPORT_JOB).execute_in_process(instance=instance, run_config=console, raise_on_error=False)
+        result = defs.resolve_job_def(EXPORT_JOB).execute_in_process(
+            instance=instance, run_config=console, raise_on_error=False
+        )
     if not result.success:
         failure = next((e for e in result.all_events if e.is_step_failure), None)
         error = failure.step_failure_data.error if failure else None
@@ -371,11 +386,15 @@ def _quiet_warnings() -> str:
 
 @job_app.command("execute", short_help="Run a job with Dagster's CLI, for one shard or a range.")
 def job_execute(
-    job: Annotated[str, typer.Option("-j", "--job", help="Job name, e.g. lpt_pipeline, ask, think_harder, lpt_exports.")],
+    job: Annotated[
+        str, typer.Option("-j", "--job", help="Job name, e.g. lpt_pipeline, ask, think_harder, lpt_exports.")
+    ],
     workspace: Annotated[Path, typer.Option("-w", "--workspace", help="Workspace file.")] = Path("workspace.yaml"),
     partition: Annotated[str | None, typer.Option(help="One shard, e.g. sample-train-00000.")] = None,
     partition_range: Annotated[str | None, typer.Option(help="Shards START...END, in one run.")] = None,
-    location: Annotated[str | None, typer.Option("-l", "--location", help="Code location, if the workspace names several.")] = None,
+    location: Annotated[
+        str | None, typer.Option("-l", "--location", help="Code location, if the workspace names several.")
+    ] = None,
     tags: Annotated[str | None, typer.Option(help="Extra run tags as a JSON object.")] = None,
     config: ConfigOption = None,
     log_level: LogLevelOption = "INFO",
@@ -396,7 +415,9 @@ def job_execute(
 
     per_shard = job == PIPELINE_JOB or job in stage_jobs(settings)
     if per_shard and not (partition or partition_range):
-        raise UserError(f"job {job} runs per shard: give --partition KEY or --partition-range START...END (see `lpt register`)")
+        raise UserError(
+            f"job {job} runs per shard: give --partition KEY or --partition-range START...END (see `lpt register`)"
+        )
     if not per_shard and (partition or partition_range):
         raise UserError(f"job {job} does not run per shard: drop --partition/--partition-range")
     roles: dict[str, list[str] | None] = {**stage_roles(settings), PIPELINE_JOB: None}
@@ -411,8 +432,18 @@ def job_execute(
         keys = _shards_named(instance, partition, partition_range) if per_shard else []
         run_config = Path(scratch) / "run_config.yaml"  # JSON is YAML
         run_config.write_text(json.dumps({"loggers": {"console": {"config": {"log_level": log_level.upper()}}}}))
-        command = [*_dagster_cli(), "job", "execute", *code_location.cli_args(), "-j", job,
-                   "--tags", json.dumps(_run_tags(tags, keys, invocation)), "-c", str(run_config)]
+        command = [
+            *_dagster_cli(),
+            "job",
+            "execute",
+            *code_location.cli_args(),
+            "-j",
+            job,
+            "--tags",
+            json.dumps(_run_tags(tags, keys, invocation)),
+            "-c",
+            str(run_config),
+        ]
         done = subprocess.run(command, env=env, check=False)  # Dagster reports a failure itself
         if done.returncode != 0:
             raise typer.Exit(done.returncode)

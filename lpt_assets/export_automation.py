@@ -64,7 +64,10 @@ def _materializations(instance: DagsterInstance, after: int) -> list:
         page: str | None = None
         while True:
             result = instance.fetch_materializations(
-                AssetRecordsFilter(asset_key=AssetKey(asset), after_storage_id=after), limit=_PAGE, cursor=page, ascending=True
+                AssetRecordsFilter(asset_key=AssetKey(asset), after_storage_id=after),
+                limit=_PAGE,
+                cursor=page,
+                ascending=True,
             )
             records += result.records
             if not result.has_more:
@@ -78,7 +81,9 @@ def _shards_of_finished_run(instance: DagsterInstance, run_id: str) -> set[str]:
     shards: set[str] = set()
     page: str | None = None
     while True:
-        connection = instance.get_records_for_run(run_id, cursor=page, of_type=DagsterEventType.ASSET_MATERIALIZATION, limit=_PAGE)
+        connection = instance.get_records_for_run(
+            run_id, cursor=page, of_type=DagsterEventType.ASSET_MATERIALIZATION, limit=_PAGE
+        )
         for record in connection.records:
             materialization = record.event_log_entry.asset_materialization
             if materialization is not None and materialization.asset_key in watched and materialization.partition:
@@ -105,7 +110,9 @@ def pending_changes(instance: DagsterInstance, cursor: ChangeCursor) -> Changes:
     for run_id in cursor.waiting:
         if finished(run_id):
             shards |= _shards_of_finished_run(instance, run_id)
-    waiting = tuple(sorted({run_id for run_id in [*cursor.waiting, *(r.run_id for r in records)] if not finished(run_id)}))
+    waiting = tuple(
+        sorted({run_id for run_id in [*cursor.waiting, *(r.run_id for r in records)] if not finished(run_id)})
+    )
     after = max([cursor.after, *(r.storage_id for r in records)])
     return Changes(shards=sorted(shards), cursor=ChangeCursor(after=after, waiting=waiting))
 
@@ -135,8 +142,16 @@ def build_exports_sensor(settings: AutomationConfig, job_name: str) -> SensorDef
             return SkipReason("an export run is in flight; changes wait for it")
         if context.cursor is None:  # first tick on this instance: one export run reconciles
             start = head_cursor(instance)
-            requests = [RunRequest(run_key=f"exports-initial-{start.after}", tags={TRIGGER_TAG: EXPORTS_SENSOR})] if start.after else []
-            return SensorResult(run_requests=requests, cursor=start.model_dump_json(), skip_reason=None if requests else "nothing made yet")
+            requests = (
+                [RunRequest(run_key=f"exports-initial-{start.after}", tags={TRIGGER_TAG: EXPORTS_SENSOR})]
+                if start.after
+                else []
+            )
+            return SensorResult(
+                run_requests=requests,
+                cursor=start.model_dump_json(),
+                skip_reason=None if requests else "nothing made yet",
+            )
         before = ChangeCursor.model_validate_json(context.cursor)
         changes = pending_changes(instance, before)
         cursor = changes.cursor.model_dump_json()
@@ -145,6 +160,8 @@ def build_exports_sensor(settings: AutomationConfig, job_name: str) -> SensorDef
             return SensorResult(skip_reason=f"no shard changed{waiting}", cursor=cursor)
         context.log.info(f"{len(changes.shards)} shard(s) changed: {', '.join(changes.shards[:10])}")
         run_key = "exports-" + hashlib.sha256(f"{context.cursor}>{cursor}".encode()).hexdigest()[:16]
-        return SensorResult(run_requests=[RunRequest(run_key=run_key, tags={TRIGGER_TAG: EXPORTS_SENSOR})], cursor=cursor)
+        return SensorResult(
+            run_requests=[RunRequest(run_key=run_key, tags={TRIGGER_TAG: EXPORTS_SENSOR})], cursor=cursor
+        )
 
     return exports_sensor

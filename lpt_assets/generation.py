@@ -118,8 +118,16 @@ def to_request(
 def request_for(ask: Ask) -> GenerationRequest:
     """A stage's engine-neutral request as the engines take it."""
     return to_request(
-        ask.prompt, ask.sampling, n=ask.n, max_tokens=ask.max_tokens, json_schema=ask.json_schema, regex=ask.regex,
-        banned_words=ask.banned_words, image_max_side=ask.image_max_side, salt=ask.salt, target=ask.target,
+        ask.prompt,
+        ask.sampling,
+        n=ask.n,
+        max_tokens=ask.max_tokens,
+        json_schema=ask.json_schema,
+        regex=ask.regex,
+        banned_words=ask.banned_words,
+        image_max_side=ask.image_max_side,
+        salt=ask.salt,
+        target=ask.target,
     )
 
 
@@ -291,7 +299,9 @@ class GenerationRun(Generic[C]):
                         yield from self._handed_back(tag, result, cached=False, feed=feed)
                         yield from self._drain_ready(feed)
                 self.stats.engine_seconds = round(self.stats.engine_seconds + time.monotonic() - stream_started, 3)
-                self.stats.estimated_cost_usd = round(self.stats.estimated_cost_usd + engine.stats.cost_usd - cost_before, 6)
+                self.stats.estimated_cost_usd = round(
+                    self.stats.estimated_cost_usd + engine.stats.cost_usd - cost_before, 6
+                )
         finally:
             self._flush()
         self._progress(final=True)
@@ -315,7 +325,9 @@ class GenerationRun(Generic[C]):
             else:
                 yield from self._handed_back(*item, cached=True, feed=feed)
 
-    def _handed_back(self, tag: int, result: GenerationResult, *, cached: bool, feed: _Feed) -> Iterator[Answer[C] | ShardDone]:
+    def _handed_back(
+        self, tag: int, result: GenerationResult, *, cached: bool, feed: _Feed
+    ) -> Iterator[Answer[C] | ShardDone]:
         work = self._work.pop(tag)
         answer = Answer(work.shard, work.request, result, work.context, cached)
         self._account(answer)
@@ -347,7 +359,10 @@ class GenerationRun(Generic[C]):
             self._unwritten[answer.shard].append((answer.request, result))
             self._unwritten_count += 1
             settings = self._engine
-            if self._unwritten_count >= settings.flush_every or time.monotonic() - self._last_flush >= settings.flush_seconds:
+            if (
+                self._unwritten_count >= settings.flush_every
+                or time.monotonic() - self._last_flush >= settings.flush_seconds
+            ):
                 self._flush()
 
     def _shard_done(self, shard: str) -> None:
@@ -446,8 +461,15 @@ def stage_run(
         for key in keys
         for position, item in enumerate(work[key])
     )
-    return GenerationRun(engine, first, stage=stage.name, cache_base=cache_base, total=sum(len(work[key]) for key in keys),
-                         follow_up=retries if stage.retry is not None else None, report=report)
+    return GenerationRun(
+        engine,
+        first,
+        stage=stage.name,
+        cache_base=cache_base,
+        total=sum(len(work[key]) for key in keys),
+        follow_up=retries if stage.retry is not None else None,
+        report=report,
+    )
 
 
 def generate(
@@ -461,8 +483,11 @@ def generate(
     """Every request's result, in order, through one `GenerationRun` (for callers that want
     all the results at once: tests, benchmarks, small tools)."""
     run: GenerationRun[int] = GenerationRun(
-        engine, ((shard, request, index) for index, request in enumerate(requests)),
-        stage=stage, cache_base=cache_base, total=len(requests),
+        engine,
+        ((shard, request, index) for index, request in enumerate(requests)),
+        stage=stage,
+        cache_base=cache_base,
+        total=len(requests),
     )
     results: list[GenerationResult | None] = [None] * len(requests)
     for event in run:

@@ -51,13 +51,21 @@ def stage_jobs(config: PipelineConfig) -> dict[str, tuple[str, ...]]:
         "think": (SIMPLE_COTS.name,),
         **({"score": (RATIONALE_SCORES.name,)} if config.scoring.enabled else {}),
         "think_harder": (LONG_COTS.name,),
-        "curate": (VERIFIED.name, *((JUDGE_VERDICTS.name,) if config.judge.enabled else ()), SFT_SAMPLES.name, DPO_PAIRS.name),
+        "curate": (
+            VERIFIED.name,
+            *((JUDGE_VERDICTS.name,) if config.judge.enabled else ()),
+            SFT_SAMPLES.name,
+            DPO_PAIRS.name,
+        ),
     }
 
 
 def stage_roles(config: PipelineConfig) -> dict[str, list[str]]:
     """The engine roles each stage job uses (checked before it runs), from its assets' roles."""
-    return {job: sorted({ROLE_OF_ASSET[a] for a in assets if a in ROLE_OF_ASSET}) for job, assets in stage_jobs(config).items()}
+    return {
+        job: sorted({ROLE_OF_ASSET[a] for a in assets if a in ROLE_OF_ASSET})
+        for job, assets in stage_jobs(config).items()
+    }
 
 
 def table_specs(producers: Sequence[AssetsDefinition]) -> list[AssetSpec]:
@@ -68,19 +76,38 @@ def table_specs(producers: Sequence[AssetsDefinition]) -> list[AssetSpec]:
     `captions` would mark every shard already made stale)."""
     groups = {key: group for producer in producers for key, group in producer.group_names_by_key.items()}
     quarantines = [
-        AssetSpec(quarantine.name, deps=[table.name], partitions_def=shards, group_name=groups[AssetKey(table.name)],
-                  description=quarantine.description, kinds={"parquet"}, metadata={"table": quarantine.name})
+        AssetSpec(
+            quarantine.name,
+            deps=[table.name],
+            partitions_def=shards,
+            group_name=groups[AssetKey(table.name)],
+            description=quarantine.description,
+            kinds={"parquet"},
+            metadata={"table": quarantine.name},
+        )
         for table, quarantine in QUARANTINES.items()
         if AssetKey(table.name) in groups
     ]
-    manifest = AssetSpec(SHARD_MANIFEST.name, partitions_def=shards, group_name=groups[AssetKey(CAPTIONS.name)],
-                         description=SHARD_MANIFEST.description, kinds={"parquet"}, metadata={"table": SHARD_MANIFEST.name})
+    manifest = AssetSpec(
+        SHARD_MANIFEST.name,
+        partitions_def=shards,
+        group_name=groups[AssetKey(CAPTIONS.name)],
+        description=SHARD_MANIFEST.description,
+        kinds={"parquet"},
+        metadata={"table": SHARD_MANIFEST.name},
+    )
     return [manifest, *quarantines]
 
 
 def build_definitions(config: PipelineConfig) -> Definitions:
-    partitioned = [captions, usable_captions, *build_generation_assets(config), *build_scoring_assets(config),
-                   *build_curation_assets(config), *build_judge_assets(config)]
+    partitioned = [
+        captions,
+        usable_captions,
+        *build_generation_assets(config),
+        *build_scoring_assets(config),
+        *build_curation_assets(config),
+        *build_judge_assets(config),
+    ]
     exports = build_export_assets(config)
     pipeline = define_asset_job(
         PIPELINE_JOB,
@@ -93,7 +120,9 @@ def build_definitions(config: PipelineConfig) -> Definitions:
         description="LLaMA-Factory, LaCoT and Hugging Face exports of every finished shard.",
     )
     per_stage = [
-        define_asset_job(name, selection=AssetSelection.assets(*assets), description=f"Stage {name}: {', '.join(assets)}.")
+        define_asset_job(
+            name, selection=AssetSelection.assets(*assets), description=f"Stage {name}: {', '.join(assets)}."
+        )
         for name, assets in stage_jobs(config).items()
     ]
     return Definitions(

@@ -95,7 +95,9 @@ def bar_chart(counts: Mapping[str, int], title: str, bars: int = 5) -> MetadataV
     if len(ordered) > bars:
         ordered = ordered[: bars - 1] + [("other", sum(count for _, count in ordered[bars - 1 :]))]
     top = max(count for _, count in ordered)
-    labels = "".join(f'<text y="{14 * i + 10}">{escape(label[:14])} {count}</text>' for i, (label, count) in enumerate(ordered))
+    labels = "".join(
+        f'<text y="{14 * i + 10}">{escape(label[:14])} {count}</text>' for i, (label, count) in enumerate(ordered)
+    )
     widths = [max(round(140 * count / top), 1) for _, count in ordered]
     bars_path = "".join(f"M150 {14 * i + 2}h{w}v10h-{w}z" for i, w in enumerate(widths))
     return _svg_markdown(title, 300, 14 * len(ordered) + 2, f'{labels}<path fill="{_BAR}" d="{bars_path}"/>')

@@ -11,8 +11,13 @@ from lpt.tables import JUDGE_VERDICTS, LONG_COTS, MCQS, RATIONALE_SCORES, SIMPLE
 from lpt_resources.engines.preflight import EngineCheckError, check_engine
 
 # Which engine role each generation asset uses.
-ROLE_OF_ASSET = {MCQS.name: "ask", SIMPLE_COTS.name: "vlm", RATIONALE_SCORES.name: "vlm", LONG_COTS.name: "reasoner",
-                 JUDGE_VERDICTS.name: "judge"}
+ROLE_OF_ASSET = {
+    MCQS.name: "ask",
+    SIMPLE_COTS.name: "vlm",
+    RATIONALE_SCORES.name: "vlm",
+    LONG_COTS.name: "reasoner",
+    JUDGE_VERDICTS.name: "judge",
+}
 _checked: set[tuple[str, str]] = set()  # (run id, role) already checked in this process
 
 
@@ -39,6 +44,8 @@ def preflight_run(context: AssetExecutionContext, engines_config: Engines) -> No
         try:
             found = check_engine(role, getattr(engines_config, role))
         except EngineCheckError as error:
-            raise Failure(description=f"engine preflight: {error}", metadata={"role": role, "setting": error.setting}) from None
+            raise Failure(
+                description=f"engine preflight: {error}", metadata={"role": role, "setting": error.setting}
+            ) from None
         context.log.info(f"engine preflight: {found}")
         _checked.add((context.run.run_id, role))

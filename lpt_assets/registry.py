@@ -19,7 +19,9 @@ from lpt_resources.captions.sources import ShardItem, SourceSpec, parse_spec, re
 from lpt_resources.storage import ParquetStore
 
 SHARD_MANIFEST = Table(
-    "shard_manifest", ShardItem, "Each registered shard's items as its source listed them, before any check (`lpt register`)."
+    "shard_manifest",
+    ShardItem,
+    "Each registered shard's items as its source listed them, before any check (`lpt register`).",
 )
 _CHUNK = 1000  # keys per query: below every database's limit on bound parameters
 
@@ -106,7 +108,9 @@ def unregister_shards(keys: list[str], config: PipelineConfig, instance: Dagster
     store = ParquetStore(base=config.storage)
     busy = shards_in_flight(instance, instance.get_dynamic_partitions(SHARDS)) & set(keys)
     if busy:
-        raise RegistryError(f"shards {', '.join(sorted(busy))} are in a queued or running run: let it finish or cancel it first")
+        raise RegistryError(
+            f"shards {', '.join(sorted(busy))} are in a queued or running run: let it finish or cancel it first"
+        )
     wipe_partitions(instance, instance.get_asset_keys(), keys)
     for key in keys:
         instance.delete_dynamic_partition(SHARDS, key)

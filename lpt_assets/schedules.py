@@ -61,8 +61,12 @@ class Staleness:
     """What every shard needs, from one bulk read per asset: `needed` maps shard -> its assets
     (in pipeline order) that are missing or stale; shards needing nothing are left out."""
 
-    def __init__(self, instance: DagsterInstance, graph: BaseAssetGraph, assets: Sequence[AssetKey], keys: Sequence[str]):
-        self.latest: dict[AssetKey, dict[str, Latest]] = {asset: latest_materializations(instance, asset) for asset in assets}
+    def __init__(
+        self, instance: DagsterInstance, graph: BaseAssetGraph, assets: Sequence[AssetKey], keys: Sequence[str]
+    ):
+        self.latest: dict[AssetKey, dict[str, Latest]] = {
+            asset: latest_materializations(instance, asset) for asset in assets
+        }
         current = {asset: graph.get(asset).code_version for asset in assets}
         made_by = {asset: code_versions_of(instance, asset, self.latest[asset].values()) for asset in assets}
         parents = {asset: [p for p in graph.get(asset).parent_keys if p in self.latest] for asset in assets}
@@ -84,10 +88,16 @@ class Staleness:
             if todo:
                 self.needed[key] = todo
 
-    def fingerprint(self, keys: Sequence[str], selection: Sequence[AssetKey], versions: Mapping[AssetKey, str | None]) -> str:
+    def fingerprint(
+        self, keys: Sequence[str], selection: Sequence[AssetKey], versions: Mapping[AssetKey, str | None]
+    ) -> str:
         """What makes these shards stale for these assets: equal for equal states."""
         names = {asset: asset.to_user_string() for asset in selection}  # once per run, not per shard
-        latest = [(names[asset], key, getattr(self.latest[asset].get(key), "storage_id", None)) for asset in selection for key in keys]
+        latest = [
+            (names[asset], key, getattr(self.latest[asset].get(key), "storage_id", None))
+            for asset in selection
+            for key in keys
+        ]
         return stable_id(sorted((names[a], versions[a]) for a in selection), latest)[:16]
 
 
@@ -96,7 +106,11 @@ def empty_shards(instance: DagsterInstance, staleness: Staleness, keys: Sequence
     captions = staleness.latest.get(ROOT_ASSET, {})
     ids = {captions[key].storage_id: key for key in keys if key in captions}
     metadata = materialization_metadata(instance, ROOT_ASSET, ids)
-    return {ids[storage_id] for storage_id, values in metadata.items() if getattr(values.get("rows_out"), "value", None) == 0}
+    return {
+        ids[storage_id]
+        for storage_id, values in metadata.items()
+        if getattr(values.get("rows_out"), "value", None) == 0
+    }
 
 
 def failed_runs_by_key(instance: DagsterInstance, run_keys: Sequence[str]) -> set[str]:
@@ -133,8 +147,12 @@ def build_backfill_schedule(settings: AutomationConfig, job_name: str) -> Schedu
         fresh_root = [key for key, todo in needed.items() if ROOT_ASSET not in todo]
         empty = empty_shards(instance, staleness, fresh_root) if ROOT_ASSET in in_job else set()
         checks = [check for check in graph.asset_check_keys if check.asset_key in in_job]
-        failures = latest_check_failures(instance, checks, [key for key in needed if key not in empty]) if checks else {}
-        held = {key for key, failed in failures.items() if not {check.asset_key for check, _ in failed} & set(needed[key])}
+        failures = (
+            latest_check_failures(instance, checks, [key for key in needed if key not in empty]) if checks else {}
+        )
+        held = {
+            key for key, failed in failures.items() if not {check.asset_key for check, _ in failed} & set(needed[key])
+        }
         todo_keys = {key for key in needed if key not in empty and key not in held}
         notes = []
         if busy:
@@ -168,7 +186,9 @@ def build_backfill_schedule(settings: AutomationConfig, job_name: str) -> Schedu
                 run_key += RETRY_SUFFIX
             names = ", ".join(a.to_user_string() for a in selection)
             context.log.info(f"backfill {run_keys[0]}...{run_keys[-1]} ({len(run_keys)} shards): {names}")
-            requests.append(shard_run_request(run_keys, {"lpt/trigger": "backfill"}, run_key=run_key, asset_selection=selection))
+            requests.append(
+                shard_run_request(run_keys, {"lpt/trigger": "backfill"}, run_key=run_key, asset_selection=selection)
+            )
         return requests
 
     return backfill_schedule

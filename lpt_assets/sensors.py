@@ -68,7 +68,9 @@ def find_drops(settings: AutomationConfig) -> Iterator[Drop]:
                 ]
             else:
                 specs = [_spec("manifest", path, name=path.stem, shard_size=settings.shard_size)]
-            yield Drop(path=str(path), signature=f"{stat.st_size}:{stat.st_mtime_ns}", modified=stat.st_mtime, specs=specs)
+            yield Drop(
+                path=str(path), signature=f"{stat.st_size}:{stat.st_mtime_ns}", modified=stat.st_mtime, specs=specs
+            )
 
 
 def shard_run_request(

@@ -48,10 +48,14 @@ def _engine_stats(instance: DagsterInstance, asset: str, keys: list[str]) -> dic
     counts = dict.fromkeys(ENGINE_COUNTS, 0)
     seconds_by_run: dict[str, float] = {}
     for key in keys:
-        records = instance.fetch_materializations(AssetRecordsFilter(asset_key=AssetKey(asset), asset_partitions=[key]), limit=1).records
+        records = instance.fetch_materializations(
+            AssetRecordsFilter(asset_key=AssetKey(asset), asset_partitions=[key]), limit=1
+        ).records
         if not records or records[0].asset_materialization is None:
             continue
-        metadata: dict[str, Any] = {name: value.value for name, value in records[0].asset_materialization.metadata.items()}
+        metadata: dict[str, Any] = {
+            name: value.value for name, value in records[0].asset_materialization.metadata.items()
+        }
         for name in ENGINE_COUNTS:
             counts[name] += metadata.get(name, 0)
         seconds_by_run[records[0].run_id] = metadata.get("run_engine_seconds", 0.0)
@@ -62,7 +66,9 @@ def _engine_stats(instance: DagsterInstance, asset: str, keys: list[str]) -> dic
     return {**counts, "engine_seconds": seconds, "tokens_per_second": speed}
 
 
-def summarize(store: ParquetStore, instance: DagsterInstance, keys: list[str], config: PipelineConfig) -> dict[str, Any]:
+def summarize(
+    store: ParquetStore, instance: DagsterInstance, keys: list[str], config: PipelineConfig
+) -> dict[str, Any]:
     captions = _rows(store, CAPTIONS, keys)
     mcqs = _rows(store, MCQS, keys)
     shorts = _rows(store, SIMPLE_COTS, keys)
@@ -73,7 +79,8 @@ def summarize(store: ParquetStore, instance: DagsterInstance, keys: list[str], c
     scores = _rows(store, RATIONALE_SCORES, keys)
     judge = judge_summary(_rows(store, JUDGE_VERDICTS, keys)) if config.judge.enabled else {}
     quarantine = {
-        stage.name: dict(Counter(q.reason for q in _rows(store, QUARANTINES[stage], keys))) for stage in (CAPTIONS, MCQS)
+        stage.name: dict(Counter(q.reason for q in _rows(store, QUARANTINES[stage], keys)))
+        for stage in (CAPTIONS, MCQS)
     }
     exports = config.exports.rstrip("/")  # a folder or a URL (s3://…): joined as text
     return {
@@ -125,14 +132,22 @@ def leak_split(verified: list[Verified]) -> dict[str, int]:
 
 
 def render(summary: dict[str, Any]) -> str:
-    lines = [f"shards: {', '.join(summary['shards'])}", f"stage 2 perception: {summary['stage2_perception']}", "", "rows per stage:"]
+    lines = [
+        f"shards: {', '.join(summary['shards'])}",
+        f"stage 2 perception: {summary['stage2_perception']}",
+        "",
+        "rows per stage:",
+    ]
     lines += [f"  {name:<18}{count:>8}" for name, count in summary["rows"].items()]
     lines += ["", "drop reasons:"]
     for stage, reasons in summary["drop_reasons"].items():
         for reason, count in sorted(reasons.items()):
             lines.append(f"  {stage:<10}{reason:<32}{count:>6}")
     accuracy_line = summary["accuracy"]
-    lines += ["", f"accuracy: stage 2 (short) {accuracy_line['stage2_short']}, stage 3 (long) {accuracy_line['stage3_long']}"]
+    lines += [
+        "",
+        f"accuracy: stage 2 (short) {accuracy_line['stage2_short']}, stage 3 (long) {accuracy_line['stage3_long']}",
+    ]
     lines += ["leak drops: " + (", ".join(f"{k}={v}" for k, v in sorted(summary["leak_reasons"].items())) or "none")]
     scoring = summary["scoring"]
     if scoring:

@@ -54,8 +54,14 @@ def code_versions(config: PipelineConfig) -> dict[str, str]:
         *([scores] if harder.expand_top_k_by_reward else []),
     )
     verified = stage_version(config.verify, None, long_cots)
-    versions = {CAPTIONS: CAPTIONS_VERSION, MCQS: mcqs, SIMPLE_COTS: simple_cots, RATIONALE_SCORES: scores,
-                LONG_COTS: long_cots, VERIFIED: verified}
+    versions = {
+        CAPTIONS: CAPTIONS_VERSION,
+        MCQS: mcqs,
+        SIMPLE_COTS: simple_cots,
+        RATIONALE_SCORES: scores,
+        LONG_COTS: long_cots,
+        VERIFIED: verified,
+    }
     selected_from = verified
     if config.judge.enabled:  # the judge's drops change what is selected
         versions[JUDGE_VERDICTS] = selected_from = stage_version(config.judge, config.engines.judge, verified)

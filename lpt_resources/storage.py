@@ -57,11 +57,7 @@ def polars_schema(model: type[BaseModel]) -> dict[str, pl.DataType]:
 
 
 def _json_fields(model: type[BaseModel]) -> list[str]:
-    return [
-        name
-        for name, field in model.model_fields.items()
-        if typing.get_origin(field.annotation) is dict
-    ]
+    return [name for name, field in model.model_fields.items() if typing.get_origin(field.annotation) is dict]
 
 
 def to_frame(rows: Iterable[BaseModel], model: type[BaseModel]) -> pl.DataFrame:
@@ -140,7 +136,9 @@ class ParquetStore(ConfigurableResource):
     def read(self, table: Table[M], partition: str | None) -> list[M]:
         return from_frame(self.read_frame(table, partition), table.record)
 
-    def read_frame(self, table: Table | str, partition: str | None = None, columns: Sequence[str] | None = None) -> pl.DataFrame:
+    def read_frame(
+        self, table: Table | str, partition: str | None = None, columns: Sequence[str] | None = None
+    ) -> pl.DataFrame:
         fs, _ = self._filesystem()
         path = self.path(table, partition)
         if not fs.exists(path):

@@ -133,8 +133,7 @@ class FakeOpenAIServer:
 
         self._httpd = _Server(("127.0.0.1", 0), Handler)
         self._httpd.daemon_threads = True
-        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         self._thread.start()
         return self
 
@@ -165,8 +164,15 @@ class FakeOpenAIServer:
             self.behaviours.append(behaviour)
         return behaviour
 
-    def reply(self, body: dict[str, Any], messages: list[dict[str, Any]], context: list[dict[str, Any]],
-              continuing: bool, schema: dict[str, Any] | None, tag: str) -> str | None:
+    def reply(
+        self,
+        body: dict[str, Any],
+        messages: list[dict[str, Any]],
+        context: list[dict[str, Any]],
+        continuing: bool,
+        schema: dict[str, Any] | None,
+        tag: str,
+    ) -> str | None:
         """A subclass's own answer for one choice (`tag` is unique per conversation, seed and
         choice); None keeps the generic replies below."""
         return None
@@ -231,16 +237,20 @@ class FakeOpenAIServer:
         }
         if body.get("prompt_logprobs") is not None and self.prompt_logprobs:
             ids = token_ids(messages, bool(continuing), bool(body.get("add_generation_prompt", True)))
-            out["prompt_logprobs"] = [None] + [{str(t): {"logprob": fake_logprob(t), "rank": 1, "decoded_token": "?"}}
-                                               for t in ids[1:]]
+            out["prompt_logprobs"] = [None] + [
+                {str(t): {"logprob": fake_logprob(t), "rank": 1, "decoded_token": "?"}} for t in ids[1:]
+            ]
             prompt = len(ids)
         out["usage"] = {"prompt_tokens": prompt, "completion_tokens": total, "total_tokens": prompt + total}
         return out
 
     def tokenize(self, body: dict[str, Any]) -> dict[str, Any]:
         """vLLM's POST /tokenize for a chat."""
-        ids = token_ids(list(body.get("messages") or []), bool(body.get("continue_final_message")),
-                        bool(body.get("add_generation_prompt", True)))
+        ids = token_ids(
+            list(body.get("messages") or []),
+            bool(body.get("continue_final_message")),
+            bool(body.get("add_generation_prompt", True)),
+        )
         return {"count": len(ids), "max_model_len": 4096, "tokens": ids}
 
 

@@ -81,7 +81,9 @@ def _question(messages: list[dict[str, Any]]) -> tuple[dict[str, str], str]:
     """The presented options (letter -> text) and the asked answer style, from the user turn."""
     user = next(m for m in reversed(messages) if m.get("role") == "user")
     content = user["content"]
-    text = content if isinstance(content, str) else " ".join(p.get("text", "") for p in content if p.get("type") == "text")
+    text = (
+        content if isinstance(content, str) else " ".join(p.get("text", "") for p in content if p.get("type") == "text")
+    )
     options: dict[str, str] = {}
     for line in text.splitlines():
         match = _OPTION_LINE.match(line.strip())
@@ -110,8 +112,15 @@ def reasoning_reply(messages: list[dict[str, Any]], tag: str, continuing_cue: bo
 class PipelineModelServer(FakeOpenAIServer):
     """`FakeOpenAIServer` whose "model" answers each stage of the pipeline in its format."""
 
-    def reply(self, body: dict[str, Any], messages: list[dict[str, Any]], context: list[dict[str, Any]],
-              continuing: bool, schema: dict[str, Any] | None, tag: str) -> str | None:
+    def reply(
+        self,
+        body: dict[str, Any],
+        messages: list[dict[str, Any]],
+        context: list[dict[str, Any]],
+        continuing: bool,
+        schema: dict[str, Any] | None,
+        tag: str,
+    ) -> str | None:
         if schema is not None and "questions" in schema.get("properties", {}):
             count = int(schema["properties"]["questions"].get("minItems") or 2)
             return json.dumps(mcq_set(count, conversation_key(context)))
@@ -124,8 +133,14 @@ class PipelineModelServer(FakeOpenAIServer):
 def pipeline_config(base: Path, server: FakeOpenAIServer, **engine: Any) -> PipelineConfig:
     """Every role on the `openai` engine kind against `server`, storage and exports under
     `base`; `engine` adds or replaces engine settings."""
-    settings = {"kind": "openai", "base_url": server.base_url, "model": "fake", "server_kind": "vllm",
-                "backoff_initial_s": 0.01, **engine}
+    settings = {
+        "kind": "openai",
+        "base_url": server.base_url,
+        "model": "fake",
+        "server_kind": "vllm",
+        "backoff_initial_s": 0.01,
+        **engine,
+    }
     return PipelineConfig.model_validate(
         {
             "storage": str(base / "data"),

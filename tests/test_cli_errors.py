@@ -14,13 +14,17 @@ import pytest
 BIN = Path(sys.executable).parent
 
 
-def _lpt(*args: str, tmp_path: Path, env: dict[str, str] | None = None, stdin: str | None = None) -> subprocess.CompletedProcess:
+def _lpt(
+    *args: str, tmp_path: Path, env: dict[str, str] | None = None, stdin: str | None = None
+) -> subprocess.CompletedProcess:
     home = tmp_path / "home"
     home.mkdir(exist_ok=True)
     (home / "dagster.yaml").touch()
     inherited = {k: v for k, v in os.environ.items() if k not in ("LPT_DEBUG", "LPT_CONFIG")}
     environment = {**inherited, "DAGSTER_HOME": str(home), **(env or {})}
-    return subprocess.run([BIN / "lpt", *args], cwd=tmp_path, env=environment, capture_output=True, text=True, input=stdin, timeout=300)
+    return subprocess.run(
+        [BIN / "lpt", *args], cwd=tmp_path, env=environment, capture_output=True, text=True, input=stdin, timeout=300
+    )
 
 
 def _short_error(done: subprocess.CompletedProcess, *names: str) -> str:
@@ -69,22 +73,32 @@ def test_a_config_mistake_names_the_file_and_the_key(tmp_path, toml, names, comm
 
 def test_a_config_file_that_is_not_there_is_named(tmp_path):
     _short_error(_lpt("check", "--config", "nope.toml", tmp_path=tmp_path), "nope.toml: no such config file")
-    _short_error(_lpt("check", tmp_path=tmp_path, env={"LPT_CONFIG": str(tmp_path / "gone.toml")}), "gone.toml: no such config file")
+    _short_error(
+        _lpt("check", tmp_path=tmp_path, env={"LPT_CONFIG": str(tmp_path / "gone.toml")}),
+        "gone.toml: no such config file",
+    )
 
 
 def test_a_per_shard_job_without_a_partition_says_what_to_give(tmp_path):
     workspace = str(Path(__file__).resolve().parent.parent / "workspace.yaml")
     done = _lpt("job", "execute", "-w", workspace, "-j", "lpt_pipeline", tmp_path=tmp_path)
     _short_error(done, "job lpt_pipeline runs per shard", "--partition KEY", "--partition-range START...END")
-    _short_error(_lpt("job", "execute", "-w", "missing.yaml", "-j", "lpt_exports", tmp_path=tmp_path), "missing.yaml: no such workspace file")
+    _short_error(
+        _lpt("job", "execute", "-w", "missing.yaml", "-j", "lpt_exports", tmp_path=tmp_path),
+        "missing.yaml: no such workspace file",
+    )
 
 
 def test_a_shard_that_is_not_registered_is_named_before_dagster_runs(tmp_path):
     workspace = str(Path(__file__).resolve().parent.parent / "workspace.yaml")
-    done = _lpt("job", "execute", "-w", workspace, "-j", "ingest", "--partition-range", "a...no-such-shard", tmp_path=tmp_path)
+    done = _lpt(
+        "job", "execute", "-w", workspace, "-j", "ingest", "--partition-range", "a...no-such-shard", tmp_path=tmp_path
+    )
     _short_error(done, "'a'", "no registered shard")
-    _short_error(_lpt("job", "execute", "-w", workspace, "-j", "lpt_exports", "--partition", "a", tmp_path=tmp_path),
-                 "job lpt_exports does not run per shard")
+    _short_error(
+        _lpt("job", "execute", "-w", workspace, "-j", "lpt_exports", "--partition", "a", tmp_path=tmp_path),
+        "job lpt_exports does not run per shard",
+    )
 
 
 def _dead_port() -> int:
@@ -101,7 +115,10 @@ def test_engine_preflight_fails_in_seconds_naming_role_and_value(tmp_path):
     missing = str(tmp_path / "models" / "Qwen2.5-VL-7B-Instruct")
     (tmp_path / "dead.toml").write_text(f'[engines.reasoner]\nkind = "openai"\nmodel = "r1"\nbase_url = "{url}"\n')
     (tmp_path / "missing.toml").write_text(f'[engines.vlm]\nmodel = "{missing}"\n')
-    for toml, names in (("dead.toml", ["engines.reasoner.base_url", url]), ("missing.toml", ["engines.vlm.model", missing])):
+    for toml, names in (
+        ("dead.toml", ["engines.reasoner.base_url", url]),
+        ("missing.toml", ["engines.vlm.model", missing]),
+    ):
         started = time.perf_counter()
         done = _lpt("check", "--config", toml, tmp_path=tmp_path)
         assert time.perf_counter() - started < 20

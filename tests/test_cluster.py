@@ -58,7 +58,9 @@ def _require(service: str, check) -> None:
 @pytest.fixture
 def database():
     """A fresh Postgres database for Dagster's storage, dropped at the end."""
-    _require("PostgreSQL on 127.0.0.1:5432", lambda: psycopg2.connect(dbname="postgres", connect_timeout=5, **PG).close())
+    _require(
+        "PostgreSQL on 127.0.0.1:5432", lambda: psycopg2.connect(dbname="postgres", connect_timeout=5, **PG).close()
+    )
     name = f"lpt_cluster_{uuid.uuid4().hex[:10]}"
     admin = psycopg2.connect(dbname="postgres", **PG)
     admin.autocommit = True
@@ -118,9 +120,27 @@ class Workers:
         log = open(self.logs / f"{name}.log", "w")  # noqa: SIM115 - closed with the process
         self.procs[name] = (
             subprocess.Popen(
-                [BIN / "dagster-celery", "worker", "start", "-A", "dagster_celery.app",
-                 "-y", CLUSTER / "celery.yaml", "-q", queue, "-n", name, "--", "--pool", "solo"],
-                env=self.env, cwd=self.logs, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                [
+                    BIN / "dagster-celery",
+                    "worker",
+                    "start",
+                    "-A",
+                    "dagster_celery.app",
+                    "-y",
+                    CLUSTER / "celery.yaml",
+                    "-q",
+                    queue,
+                    "-n",
+                    name,
+                    "--",
+                    "--pool",
+                    "solo",
+                ],
+                env=self.env,
+                cwd=self.logs,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             ),
             log,
         )
@@ -255,7 +275,10 @@ def test_k8s_instance_and_run_config_validate(tmp_path, monkeypatch):
     assert set(run_config["execution"]["config"]["per_step_k8s_config"]) == GPU_STEPS | {SCORING_STEP}
     # the cluster's own dagster.yaml passes the same instance validation
     shutil.copy(CLUSTER / "dagster.yaml", tmp_path / "dagster.yaml")
-    assert dagster_instance_config(str(tmp_path))[0]["storage"]["postgres"]["postgres_db"]["scheme"] == "postgresql+psycopg2"
+    assert (
+        dagster_instance_config(str(tmp_path))[0]["storage"]["postgres"]["postgres_db"]["scheme"]
+        == "postgresql+psycopg2"
+    )
 
 
 @pytest.mark.slow
@@ -274,8 +297,17 @@ def test_pipeline_two_shards_on_postgres_with_celery_workers(tmp_path, database,
         assert all(f"{key}  (new)" in out for key in keys), out
         workers.wait_ready(REDIS_URL)
         _run(
-            [BIN / "dagster", "job", "execute", "-m", "lpt_assets.definitions", "-j", "lpt_pipeline",
-             "--tags", json.dumps({ASSET_PARTITION_RANGE_START_TAG: keys[0], ASSET_PARTITION_RANGE_END_TAG: keys[1]})],
+            [
+                BIN / "dagster",
+                "job",
+                "execute",
+                "-m",
+                "lpt_assets.definitions",
+                "-j",
+                "lpt_pipeline",
+                "--tags",
+                json.dumps({ASSET_PARTITION_RANGE_START_TAG: keys[0], ASSET_PARTITION_RANGE_END_TAG: keys[1]}),
+            ],
             env,
             tmp_path,
         )
@@ -285,7 +317,10 @@ def test_pipeline_two_shards_on_postgres_with_celery_workers(tmp_path, database,
             for asset in GPU_STEPS | CPU_STEPS:
                 assert instance.get_materialized_partitions(AssetKey(asset)) == set(keys), asset
                 for key in keys:  # every asset but the usable_captions gate writes a table
-                    assert asset == "usable_captions" or (tmp_path / "data" / asset / f"{key}.parquet").exists(), (asset, key)
+                    assert asset == "usable_captions" or (tmp_path / "data" / asset / f"{key}.parquet").exists(), (
+                        asset,
+                        key,
+                    )
             for key in keys:  # the GPU worker's steps really asked the model server
                 assert pl.read_parquet(tmp_path / "data" / "long_cots" / f"{key}.parquet").height > 0
             host = socket.gethostname()
@@ -313,7 +348,9 @@ def test_pipeline_two_shards_on_postgres_with_celery_workers(tmp_path, database,
 def test_rabbitmq_broker_runs_steps_on_a_worker(tmp_path, database, monkeypatch):
     """The same executor over RabbitMQ (rpc:// results): the two shards' captions step, which
     needs no model, on a worker listening on a queue unique to this test."""
-    _require("RabbitMQ on 127.0.0.1:5672", lambda: Connection(AMQP_URL, connect_timeout=5).ensure_connection(max_retries=1))
+    _require(
+        "RabbitMQ on 127.0.0.1:5672", lambda: Connection(AMQP_URL, connect_timeout=5).ensure_connection(max_retries=1)
+    )
     tag = uuid.uuid4().hex[:8]
     env = _cluster_env(tmp_path, database, AMQP_URL, "rpc://", tag, "http://127.0.0.1:9/v1")  # no model step runs
     workers = Workers(env, tmp_path)
@@ -325,8 +362,17 @@ def test_rabbitmq_broker_runs_steps_on_a_worker(tmp_path, database, monkeypatch)
         assert all(f"{key}  (new)" in out for key in keys), out
         workers.wait_ready(AMQP_URL)
         _run(
-            [BIN / "dagster", "asset", "materialize", "-m", "lpt_assets.definitions", "--select", "captions",
-             "--partition-range", f"{keys[0]}...{keys[1]}"],
+            [
+                BIN / "dagster",
+                "asset",
+                "materialize",
+                "-m",
+                "lpt_assets.definitions",
+                "--select",
+                "captions",
+                "--partition-range",
+                f"{keys[0]}...{keys[1]}",
+            ],
             env,
             tmp_path,
         )

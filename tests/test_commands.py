@@ -25,6 +25,7 @@ BIN = Path(sys.executable).parent
 
 pytestmark = pytest.mark.slow
 
+
 def _run(args, env, cwd):
     done = subprocess.run(args, env=env, cwd=cwd, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -41,8 +42,17 @@ def test_register_then_dagster_job_execute_one_shard(tmp_path):
     again = _run([BIN / "lpt", "register", "sample?limit=1&shard_size=1&name=one"], env, REPO)
     assert "0 new" in again
     _run(
-        [BIN / "dagster", "job", "execute", "-m", "lpt_assets.definitions", "-j", "lpt_pipeline",
-         "--tags", json.dumps({"dagster/partition": "one-train-00000"})],
+        [
+            BIN / "dagster",
+            "job",
+            "execute",
+            "-m",
+            "lpt_assets.definitions",
+            "-j",
+            "lpt_pipeline",
+            "--tags",
+            json.dumps({"dagster/partition": "one-train-00000"}),
+        ],
         env,
         REPO,
     )
@@ -52,7 +62,10 @@ def test_register_then_dagster_job_execute_one_shard(tmp_path):
     info = json.loads((tmp_path / "exports" / "llamafactory" / "dataset_info.json").read_text())
     # One image on SmolLM2-135M may yield no correct trace, hence no SFT row or pair: the
     # export names exactly the datasets the shard has rows for.
-    tables = {name: pl.read_parquet(tmp_path / "data" / name / "one-train-00000.parquet").height for name in ("sft_samples", "dpo_pairs")}
+    tables = {
+        name: pl.read_parquet(tmp_path / "data" / name / "one-train-00000.parquet").height
+        for name in ("sft_samples", "dpo_pairs")
+    }
     assert any(entry.get("ranking") for entry in info.values()) == (tables["dpo_pairs"] > 0), (info, tables)
     assert any(not entry.get("ranking") for entry in info.values()) == (tables["sft_samples"] > 0), (info, tables)
 
@@ -69,18 +82,50 @@ def test_stage_jobs_by_workspace_file_and_partition(tmp_path):
     first, second = "two-train-00000", "two-train-00001"
     data = tmp_path / "data"
 
-    _run([BIN / "dagster", "job", "execute", "-m", "lpt_assets.definitions", "-j", "ingest",
-          "--tags", json.dumps({"dagster/partition": first})], env, tmp_path)
+    _run(
+        [
+            BIN / "dagster",
+            "job",
+            "execute",
+            "-m",
+            "lpt_assets.definitions",
+            "-j",
+            "ingest",
+            "--tags",
+            json.dumps({"dagster/partition": first}),
+        ],
+        env,
+        tmp_path,
+    )
     assert (data / "captions" / f"{first}.parquet").exists()
     assert not (data / "captions" / f"{second}.parquet").exists()
 
-    _run([BIN / "lpt", "job", "execute", "-w", workspace, "-j", "ingest", "--partition-range", f"{first}...{second}"], env, tmp_path)
+    _run(
+        [BIN / "lpt", "job", "execute", "-w", workspace, "-j", "ingest", "--partition-range", f"{first}...{second}"],
+        env,
+        tmp_path,
+    )
     assert (data / "captions" / f"{second}.parquet").exists()
 
     # --config reaches the child `dagster job execute` as its $LPT_CONFIG: this process has none
     without_config = {k: v for k, v in env.items() if k != "LPT_CONFIG"}
-    out = _run([BIN / "lpt", "job", "execute", "-w", workspace, "-j", "ask", "--partition", second,
-                "--config", str(tmp_path / "lpt.toml")], without_config, tmp_path)
+    out = _run(
+        [
+            BIN / "lpt",
+            "job",
+            "execute",
+            "-w",
+            workspace,
+            "-j",
+            "ask",
+            "--partition",
+            second,
+            "--config",
+            str(tmp_path / "lpt.toml"),
+        ],
+        without_config,
+        tmp_path,
+    )
     assert "succeeded" in out
     assert (data / "mcqs" / f"{second}.parquet").exists() and not (data / "mcqs" / f"{first}.parquet").exists()
     assert not (data / "simple_cots").exists()  # a stage job runs its stage only
@@ -90,12 +135,21 @@ def test_stage_jobs_by_workspace_file_and_partition(tmp_path):
         runs = list(reversed(instance.get_runs(filters=RunsFilter(statuses=[DagsterRunStatus.SUCCESS]))))
     assert [r.job_name for r in runs] == ["ingest", "ingest", "ask"]
     assert runs[0].tags["dagster/partition"] == first
-    assert (runs[1].tags["dagster/asset_partition_range_start"], runs[1].tags["dagster/asset_partition_range_end"]) == (first, second)
+    assert (runs[1].tags["dagster/asset_partition_range_start"], runs[1].tags["dagster/asset_partition_range_end"]) == (
+        first,
+        second,
+    )
     assert runs[2].tags["dagster/partition"] == second
 
     # an unknown shard is an error with a non-zero exit, not a silent no-op
-    failed = subprocess.run([BIN / "lpt", "job", "execute", "-w", workspace, "-j", "ask", "--partition", "no-such-shard"],
-                            env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    failed = subprocess.run(
+        [BIN / "lpt", "job", "execute", "-w", workspace, "-j", "ask", "--partition", "no-such-shard"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert failed.returncode != 0
     assert "no-such-shard" in failed.stdout + failed.stderr
 
@@ -138,7 +192,9 @@ def test_commands_started_together_share_a_fresh_sqlite_home(tmp_path):
     together do. Unserialized, Dagster's schema creation collides in nearly every try here."""
     context = multiprocessing.get_context("spawn")
     barrier, outcomes = context.Barrier(4), context.Queue()
-    workers = [context.Process(target=_open_instance_at_barrier, args=(str(tmp_path), barrier, outcomes)) for _ in range(4)]
+    workers = [
+        context.Process(target=_open_instance_at_barrier, args=(str(tmp_path), barrier, outcomes)) for _ in range(4)
+    ]
     for worker in workers:
         worker.start()
     for worker in workers:

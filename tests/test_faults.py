@@ -60,7 +60,9 @@ def test_comparison_counts_lost_and_duplicated_rows():
 
 
 def _request(text: str) -> GenerationRequest:
-    return GenerationRequest(request_id=text, messages=(ChatMessage(role="user", content=text),), sampling=SamplingParams(seed=1))
+    return GenerationRequest(
+        request_id=text, messages=(ChatMessage(role="user", content=text),), sampling=SamplingParams(seed=1)
+    )
 
 
 @pytest.fixture
@@ -75,7 +77,14 @@ def tiny_disk(tmp_path):
 def test_a_full_disk_leaves_no_partial_cache_batch_and_caches_nothing(tiny_disk):
     cache = ResponseCache(str(tiny_disk), {"kind": "openai", "model": "m"})
     requests = [_request(f"q{i}") for i in range(3)]
-    big = [GenerationResult(request_id=r.request_id, prompt_tokens=1, completions=[Completion(text="x" * 40_000, finish_reason="stop", completion_tokens=1)]) for r in requests]
+    big = [
+        GenerationResult(
+            request_id=r.request_id,
+            prompt_tokens=1,
+            completions=[Completion(text="x" * 40_000, finish_reason="stop", completion_tokens=1)],
+        )
+        for r in requests
+    ]
     with pytest.raises(OSError, match="No space left"):
         cache.put("stage/shard", list(zip(requests, big)))
     assert not [p for p in tiny_disk.rglob("*") if p.is_file()]

@@ -71,9 +71,10 @@ def test_api_key_appears_in_no_log_metadata_table_or_export(tmp_path, monkeypatc
     (tmp_path / "home").mkdir()
     # The first request meets a server that echoes the credentials in its error (final: the run
     # fails, and the rerun sends only that request); the next ones fail in ways that are retried.
-    with PipelineModelServer(schedule=["echo_auth", 500, 429, "drop"]) as server, instance_for_test(
-        temp_dir=str(tmp_path / "home")
-    ) as instance:
+    with (
+        PipelineModelServer(schedule=["echo_auth", 500, 429, "drop"]) as server,
+        instance_for_test(temp_dir=str(tmp_path / "home")) as instance,
+    ):
         config = pipeline_config(tmp_path, server, api_key_env=KEY_ENV)
         store = ParquetStore(base=config.storage)
         keys = register_source(f"manifest:{folder}/batch.jsonl", store, instance).shards
@@ -81,11 +82,7 @@ def test_api_key_appears_in_no_log_metadata_table_or_export(tmp_path, monkeypatc
             run_pipeline(instance, config, keys)
         assert secret not in str(failure.value)
         run_pipeline(instance, config, keys)
-        records = [
-            serialize_value(record)
-            for run in instance.get_runs()
-            for record in instance.all_logs(run.run_id)
-        ]
+        records = [serialize_value(record) for run in instance.get_runs() for record in instance.all_logs(run.run_id)]
         runs = [serialize_value(run) for run in instance.get_runs()]
 
     # The key was really in play: sent on every call, echoed back once, and the pipeline went on.
@@ -110,13 +107,28 @@ def test_api_key_appears_in_no_log_metadata_table_or_export(tmp_path, monkeypatc
 
 
 def _caption(description: str, image_id: str = "img") -> Caption:
-    return Caption(image_id=image_id, source="s", split="train", image_path="/data/img.png",
-                   description=description, width=64, height=48)
+    return Caption(
+        image_id=image_id,
+        source="s",
+        split="train",
+        image_path="/data/img.png",
+        description=description,
+        width=64,
+        height=48,
+    )
 
 
 def _presented() -> PresentedMCQ:
-    return present(MCQ(mcq_id="m1", image_id="img", question="How many boats are red?",
-                       options=["one", "two", "three", "four"], answer="two", reasoning_type="counting"))
+    return present(
+        MCQ(
+            mcq_id="m1",
+            image_id="img",
+            question="How many boats are red?",
+            options=["one", "two", "three", "four"],
+            answer="two",
+            reasoning_type="counting",
+        )
+    )
 
 
 def _prompts(description: str):
@@ -168,17 +180,21 @@ def test_hostile_ids_and_captions_write_nothing_outside_storage(tmp_path):
 
     ids = ["../../escaped", "..", "plain", "also/../../escaped-too", "markup"]
     images = [Image.new("RGB", (64, 48), (60 * i, 20, 20)) for i in range(len(ids))]
-    features = datasets.Features({"image": datasets.Image(), "caption": datasets.Value("string"),
-                                  "key": datasets.Value("string")})
-    dataset = datasets.Dataset.from_dict({"image": images, "caption": [SLY] * (len(ids) - 1) + [EVIL], "key": ids}, features=features)
+    features = datasets.Features(
+        {"image": datasets.Image(), "caption": datasets.Value("string"), "key": datasets.Value("string")}
+    )
+    dataset = datasets.Dataset.from_dict(
+        {"image": images, "caption": [SLY] * (len(ids) - 1) + [EVIL], "key": ids}, features=features
+    )
     dataset.save_to_disk(str(tmp_path / "source" / "ds"))
     work = tmp_path / "work"
     (work / "home").mkdir(parents=True)
     with PipelineModelServer() as server, instance_for_test(temp_dir=str(work / "home")) as instance:
         config = pipeline_config(work, server)
         store = ParquetStore(base=config.storage)
-        keys = register_source(f"hf:{tmp_path}/source/ds?image=image&description=caption&id=key&name=hostile",
-                               store, instance).shards
+        keys = register_source(
+            f"hf:{tmp_path}/source/ds?image=image&description=caption&id=key&name=hostile", store, instance
+        ).shards
         run_pipeline(instance, config, keys)
     written = [p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file()]
     allowed = {("work", "data"), ("work", "exports"), ("work", "home")}
@@ -188,8 +204,10 @@ def test_hostile_ids_and_captions_write_nothing_outside_storage(tmp_path):
     image_files = {p.name for p in written if p.parts[:4] == ("work", "data", "images", "hostile")}
     assert len(image_files) == len(ids) and "plain.png" in image_files
     refused = {q.item_id: q.reason for key in keys for q in store.read(CAPTIONS_QUARANTINE, key)}
-    assert refused == {**{i: "unsafe_image_id" for i in ids if i not in ("plain", "markup")},
-                       "markup": "chat_markup_in_description"}
+    assert refused == {
+        **{i: "unsafe_image_id" for i in ids if i not in ("plain", "markup")},
+        "markup": "chat_markup_in_description",
+    }
     # The one safe id went through, and its hostile caption reached the model as the content
     # of a user turn and nowhere else: every conversation kept its shape.
     assert store.read_frame(MCQS, keys[0]).height > 0
@@ -253,16 +271,21 @@ def test_markup_a_model_writes_never_reaches_the_next_model_or_an_export(tmp_pat
 def test_servers_listen_on_localhost():
     dry_run = subprocess.run(["make", "-n", "ui"], cwd=REPO, capture_output=True, text=True, check=True).stdout
     assert re.search(r"dagster dev .*-h 127\.0\.0\.1\b", dry_run)
-    moved = subprocess.run(["make", "-n", "ui", "UI_HOST=10.1.2.3"], cwd=REPO, capture_output=True, text=True,
-                           check=True).stdout
+    moved = subprocess.run(
+        ["make", "-n", "ui", "UI_HOST=10.1.2.3"], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout
     assert re.search(r"dagster dev .*-h 10\.1\.2\.3\b", moved)  # configurable, localhost by default
     assert "dagster dev -w workspace.yaml -h 127.0.0.1" in (REPO / "README.md").read_text()
     with FakeOpenAIServer() as server:
         assert server._httpd.server_address[0] == "127.0.0.1"
     everywhere = "0.0.0.0"
     patterns = ("lpt*/**/*.py", "tests/**/*.py", "**/*.yaml", "*.toml", "configs/*.toml", "Makefile", "README.md")
-    files = [p for pattern in patterns for p in REPO.glob(pattern)
-             if ".venv" not in p.parts and p != Path(__file__).resolve()]
+    files = [
+        p
+        for pattern in patterns
+        for p in REPO.glob(pattern)
+        if ".venv" not in p.parts and p != Path(__file__).resolve()
+    ]
     assert len(files) > 20
     assert [str(p) for p in files if everywhere in p.read_text(errors="replace")] == []
     for p in files:

@@ -46,14 +46,25 @@ def test_unregister_then_a_corrected_register_leaves_no_orphans(tmp_path):
     env.pop("LPT_DEBUG", None)
 
     def lpt(*args: str, stdin: str | None = None, ok: bool = True) -> subprocess.CompletedProcess:
-        done = subprocess.run([BIN / "lpt", *args], cwd=tmp_path, env=env, input=stdin, capture_output=True, text=True, timeout=900)
+        done = subprocess.run(
+            [BIN / "lpt", *args], cwd=tmp_path, env=env, input=stdin, capture_output=True, text=True, timeout=900
+        )
         assert (done.returncode == 0) == ok, done.stdout[-3000:] + done.stderr[-3000:]
         return done
 
     with PipelineModelServer() as server:
         (tmp_path / "lpt.toml").write_text(_config(server))
         assert "u-train-00001  (new)" in lpt("register", WRONG).stdout
-        ran = lpt("job", "execute", "-w", str(REPO / "workspace.yaml"), "-j", "lpt_pipeline", "--partition-range", f"{OLD[0]}...{OLD[1]}")
+        ran = lpt(
+            "job",
+            "execute",
+            "-w",
+            str(REPO / "workspace.yaml"),
+            "-j",
+            "lpt_pipeline",
+            "--partition-range",
+            f"{OLD[0]}...{OLD[1]}",
+        )
         assert " - DEBUG - " not in ran.stdout + ran.stderr  # events at INFO unless asked
         assert f"shards: {OLD[0]}, {OLD[1]}" in ran.stdout and "rows per stage:" in ran.stdout  # `lpt demo`'s summary
         lpt("job", "execute", "-w", str(REPO / "workspace.yaml"), "-j", "lpt_exports")
@@ -81,7 +92,9 @@ def test_unregister_then_a_corrected_register_leaves_no_orphans(tmp_path):
 
     registered = lpt("register", RIGHT).stdout
     assert "u: 4 items in 1 shards, 1 new" in registered
-    assert sorted(p.relative_to(data).as_posix() for p in data.rglob("*.parquet")) == ["shard_manifest/u-train-00000.parquet"]
+    assert sorted(p.relative_to(data).as_posix() for p in data.rglob("*.parquet")) == [
+        "shard_manifest/u-train-00000.parquet"
+    ]
     with DagsterInstance.from_ref(InstanceRef.from_dir(str(home))) as instance:
         assert instance.get_dynamic_partitions("shards") == ["u-train-00000"]
         assert instance.get_materialized_partitions(AssetKey("captions")) == set()  # no status left from the old shard

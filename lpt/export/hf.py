@@ -71,7 +71,10 @@ def image_loader(mode: HfImages, read: Callable[[str], bytes]) -> ImageLoader:
             if mode == "embedded":
                 cache[image_path] = {"bytes": read(image_path), "path": name}
             else:
-                cache[image_path] = {"bytes": None, "path": image_path if is_url(image_path) else posixpath.abspath(image_path)}
+                cache[image_path] = {
+                    "bytes": None,
+                    "path": image_path if is_url(image_path) else posixpath.abspath(image_path),
+                }
         return cache[image_path]
 
     return load
@@ -152,7 +155,11 @@ def card(
     with rows, each globbing its Parquet parts) and what a person needs to judge and load it."""
     rows = {"sft": totals.sft_rows, "dpo": totals.dpo_rows}
     configs = [
-        {"config_name": name, **({"default": True} if name == "sft" else {}), "data_files": [{"split": "train", "path": f"{name}/*.parquet"}]}
+        {
+            "config_name": name,
+            **({"default": True} if name == "sft" else {}),
+            "data_files": [{"split": "train", "path": f"{name}/*.parquet"}],
+        }
         for name in config_names(text)
         if rows[name.removesuffix("_text")]
     ]
@@ -196,12 +203,17 @@ def card(
         ("DPO pairs", totals.dpo_rows),
     ]
     labels = "\n".join(f"| `{k}` | {v} |" for k, v in totals.sft_by_label.items()) or "| (none) | 0 |"
-    kinds = "\n".join(
-        f"| `{k}` | {'compactness' if PairType(k).is_compactness else 'correctness'} | {v} |" for k, v in totals.dpo_by_type.items()
-    ) or "| (none) | | 0 |"
+    kinds = (
+        "\n".join(
+            f"| `{k}` | {'compactness' if PairType(k).is_compactness else 'correctness'} | {v} |"
+            for k, v in totals.dpo_by_type.items()
+        )
+        or "| (none) | | 0 |"
+    )
     made = "\n".join(f"| {_md(k)} | `{_md(v)}` |" for k, v in sorted(run_info.items())) or "| (not recorded) | |"
     config_table = "\n".join(
-        f"| `{c['config_name']}` | {rows[c['config_name'].removesuffix('_text')]} | `{c['data_files'][0]['path']}` |" for c in configs
+        f"| `{c['config_name']}` | {rows[c['config_name'].removesuffix('_text')]} | `{c['data_files'][0]['path']}` |"
+        for c in configs
     )
     image_note = (
         "The images are embedded: each row's `images` holds the picture's bytes, so the folder (or a hub copy) is complete on its own."

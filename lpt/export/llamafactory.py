@@ -67,7 +67,9 @@ def dataset_info(name_prefix: str, kinds: set[str]) -> dict[str, Any]:
     return entries
 
 
-def readme(folder_url: str, name_prefix: str, sft_rows: int, dpo_rows: int, by_type: dict[str, int], image_paths: ImagePaths) -> str:
+def readme(
+    folder_url: str, name_prefix: str, sft_rows: int, dpo_rows: int, by_type: dict[str, int], image_paths: ImagePaths
+) -> str:
     types = "\n".join(f"| `{t}` | {n} |" for t, n in sorted(by_type.items())) or "| (none) | 0 |"
     where = "relative to this folder" if image_paths == "relative" else "absolute"
     return f"""# LLaMA-Factory export

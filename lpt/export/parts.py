@@ -241,9 +241,16 @@ class ExportBatch:
         config, totals, folder = self.config, self.totals, self.folder
         kinds = {kind for kind, rows in (("sft", totals.sft_rows), ("dpo", totals.dpo_rows)) if rows}
         return {
-            f"{llamafactory.FOLDER}/{llamafactory.DATASET_INFO_FILE}": dump_json(llamafactory.dataset_info(config.name_prefix, kinds)),
+            f"{llamafactory.FOLDER}/{llamafactory.DATASET_INFO_FILE}": dump_json(
+                llamafactory.dataset_info(config.name_prefix, kinds)
+            ),
             f"{llamafactory.FOLDER}/{llamafactory.README_FILE}": llamafactory.readme(
-                folder.url_of(llamafactory.FOLDER), config.name_prefix, totals.sft_rows, totals.dpo_rows, totals.dpo_by_type, config.image_paths
+                folder.url_of(llamafactory.FOLDER),
+                config.name_prefix,
+                totals.sft_rows,
+                totals.dpo_rows,
+                totals.dpo_by_type,
+                config.image_paths,
             ),
             f"{hf.FOLDER}/{hf.CARD_FILE}": hf.card(
                 totals,
@@ -251,12 +258,20 @@ class ExportBatch:
                 pretty_name=config.pretty_name,
                 text=config.hf_text,
                 images=config.hf_images,
-                run_info={k: json.dumps(v, sort_keys=True) if not isinstance(v, str) else v for k, v in self.exporter.run_info.items()},
+                run_info={
+                    k: json.dumps(v, sort_keys=True) if not isinstance(v, str) else v
+                    for k, v in self.exporter.run_info.items()
+                },
             ),
             f"{lacot.FOLDER}/{lacot.README_FILE}": lacot.readme(
-                folder.url_of(lacot.FOLDER), config.lacot_image_root or folder.url_of(lacot.FOLDER), totals.sft_rows, config.lacot_keep_tags
+                folder.url_of(lacot.FOLDER),
+                config.lacot_image_root or folder.url_of(lacot.FOLDER),
+                totals.sft_rows,
+                config.lacot_keep_tags,
             ),
-            f"{provenance.FOLDER}/{provenance.README_FILE}": provenance.readme(totals.sft_rows + totals.dpo_rows, totals.shards),
+            f"{provenance.FOLDER}/{provenance.README_FILE}": provenance.readme(
+                totals.sft_rows + totals.dpo_rows, totals.shards
+            ),
         }
 
     def commit(self, cursor: Mapping[str, Any], keep: Collection[str] | None = None) -> CommitResult:
@@ -275,7 +290,11 @@ class ExportBatch:
         for path, text in self._index_files().items():
             self.folder.write(path, text)
         state = ExportState(
-            layout=LAYOUT, fingerprint=self.exporter.fingerprint, generation=self.generation, cursor=dict(cursor), totals=self.totals
+            layout=LAYOUT,
+            fingerprint=self.exporter.fingerprint,
+            generation=self.generation,
+            cursor=dict(cursor),
+            totals=self.totals,
         )
         self.folder.write(STATE_FILE, state.model_dump_json(indent=2))
         return CommitResult(state=state, written=self.written, dropped=self.dropped)

@@ -69,7 +69,9 @@ class Stats(BaseModel):
         return self._combine(other, -1)
 
 
-def shard_stats(sft: Sequence[SftSample], dpo: Sequence[DpoPair], funnel: Funnel, hf_bytes: dict[str, int] | None = None) -> Stats:
+def shard_stats(
+    sft: Sequence[SftSample], dpo: Sequence[DpoPair], funnel: Funnel, hf_bytes: dict[str, int] | None = None
+) -> Stats:
     return Stats(
         shards=1,
         funnel=funnel,

@@ -1,9 +1,16 @@
 """Grading, filtering and tagging, then SFT selection and DPO mining, per shard."""
 
-
 from collections import Counter
+from typing import TypedDict
 
-from dagster import AssetExecutionContext, AssetsDefinition, BackfillPolicy, MaterializeResult, asset
+from dagster import (
+    AssetExecutionContext,
+    AssetsDefinition,
+    BackfillPolicy,
+    DynamicPartitionsDefinition,
+    MaterializeResult,
+    asset,
+)
 
 from lpt.config import PipelineConfig
 from lpt.judge import apply_verdicts
@@ -46,7 +53,9 @@ def sample_traces(rows: list[Verified], items: list[PresentedMCQ], limit: int = 
     return [
         {
             "question": by_id[r.mcq_id].mcq.question,
-            "options": "  ".join(f"{letter}. {text}" for letter, text in zip(LETTERS, by_id[r.mcq_id].presentation.options)),
+            "options": "  ".join(
+                f"{letter}. {text}" for letter, text in zip(LETTERS, by_id[r.mcq_id].presentation.options)
+            ),
             "gold": by_id[r.mcq_id].presentation.gold_letter,
             "answer": r.answer_raw,
             "label": r.label.value if r.label else None,
@@ -75,11 +84,23 @@ def training_prompts(items: list[PresentedMCQ], captions: list[Caption]) -> dict
     }
 
 
+# What the three curation assets share; typed, so each decorator's call type-checks.
+class _CurateAsset(TypedDict):
+    partitions_def: DynamicPartitionsDefinition
+    backfill_policy: BackfillPolicy
+    group_name: str
+    kinds: set[str]
+
+
+CURATE_ASSET = _CurateAsset(
+    partitions_def=shards, backfill_policy=BackfillPolicy.single_run(), group_name="curate", kinds={"parquet"}
+)
+
+
 def build_curation_assets(config: PipelineConfig) -> list[AssetsDefinition]:
     versions = code_versions(config)
-    common = dict(partitions_def=shards, backfill_policy=BackfillPolicy.single_run(), group_name="curate", kinds={"parquet"})
 
-    @asset(name=VERIFIED.name, code_version=versions[VERIFIED.name], deps=[LONG_COTS.name], **common)
+    @asset(name=VERIFIED.name, code_version=versions[VERIFIED.name], deps=[LONG_COTS.name], **CURATE_ASSET)
     def verified(context: AssetExecutionContext, store: ParquetStore) -> MaterializeResult:
         """Every short and long CoT graded strictly, labelled, filtered for leaks, truncation and
         duplicates (with the reason kept), and tagged with cognitive behaviours."""
@@ -94,17 +115,20 @@ def build_curation_assets(config: PipelineConfig) -> list[AssetsDefinition]:
             for r in kept:
                 if r.kind == "long":
                     behaviours.update(r.behaviours)
-            report.add(key, {
-                "rows_in": len(rows),
-                "rows_out": len(kept),
-                "accuracy_short": accuracy(rows, "short"),
-                "accuracy_long": accuracy(rows, "long"),
-                "labels_kept": bar_chart(labels, "labels of kept traces"),
-                "drop_reasons": counts_table(reason_counts(r.drop_reason for r in rows), "reason"),
-                "mean_response_tokens_kept": round(sum(r.response_tokens for r in kept) / max(len(kept), 1), 1),
-                "behaviours_in_long_cots": counts_table(dict(behaviours), "behaviour"),
-                "sample_rows": table(sample_traces(rows, items)),
-            })
+            report.add(
+                key,
+                {
+                    "rows_in": len(rows),
+                    "rows_out": len(kept),
+                    "accuracy_short": accuracy(rows, "short"),
+                    "accuracy_long": accuracy(rows, "long"),
+                    "labels_kept": bar_chart(labels, "labels of kept traces"),
+                    "drop_reasons": counts_table(reason_counts(r.drop_reason for r in rows), "reason"),
+                    "mean_response_tokens_kept": round(sum(r.response_tokens for r in kept) / max(len(kept), 1), 1),
+                    "behaviours_in_long_cots": counts_table(dict(behaviours), "behaviour"),
+                    "sample_rows": table(sample_traces(rows, items)),
+                },
+            )
         return report.result()
 
     def _scores(store: ParquetStore, key: str) -> list[McqScores]:
@@ -125,7 +149,7 @@ def build_curation_assets(config: PipelineConfig) -> list[AssetsDefinition]:
     optional = [RATIONALE_SCORES.name] if config.scoring.enabled else []
     optional += [JUDGE_VERDICTS.name] if config.judge.enabled else []
 
-    @asset(name=SFT_SAMPLES.name, code_version=versions[SFT_SAMPLES.name], deps=[verified, *optional], **common)
+    @asset(name=SFT_SAMPLES.name, code_version=versions[SFT_SAMPLES.name], deps=[verified, *optional], **CURATE_ASSET)
     def sft_samples(context: AssetExecutionContext, store: ParquetStore) -> MaterializeResult:
         """Correct short CoTs, correct extensions and self-corrections, about half X_O, with a
         length-weighted seeded subsample per MCQ."""
@@ -133,25 +157,33 @@ def build_curation_assets(config: PipelineConfig) -> list[AssetsDefinition]:
         for key in context.partition_keys:
             rows = select_sft(*_inputs(store, key), config.select, rewards_by_cot(_scores(store, key)))
             store.write(SFT_SAMPLES, key, rows)
-            report.add(key, {
-                "rows_out": len(rows),
-                "labels": counts_table(dict(sorted(Counter(r.label.value for r in rows).items())), "label"),
-                "sample_rows": table([{"label": r.label.value, "response": r.response} for r in rows]),
-            })
+            report.add(
+                key,
+                {
+                    "rows_out": len(rows),
+                    "labels": counts_table(dict(sorted(Counter(r.label.value for r in rows).items())), "label"),
+                    "sample_rows": table([{"label": r.label.value, "response": r.response} for r in rows]),
+                },
+            )
         return report.result()
 
-    @asset(name=DPO_PAIRS.name, code_version=versions[DPO_PAIRS.name], deps=[verified, *optional], **common)
+    @asset(name=DPO_PAIRS.name, code_version=versions[DPO_PAIRS.name], deps=[verified, *optional], **CURATE_ASSET)
     def dpo_pairs(context: AssetExecutionContext, store: ParquetStore) -> MaterializeResult:
         """Typed preference pairs per MCQ: correctness pairs and compactness pairs (O > O_O)."""
         report = ShardReport(context)
         for key in context.partition_keys:
             rows = mine_pairs(*_inputs(store, key), config.select)
             store.write(DPO_PAIRS, key, rows)
-            report.add(key, {
-                "rows_out": len(rows),
-                "pair_types": bar_chart(Counter(r.pair_type.value for r in rows), "DPO pairs by type"),
-                "sample_rows": table([{"type": r.pair_type.value, "chosen": r.chosen, "rejected": r.rejected} for r in rows]),
-            })
+            report.add(
+                key,
+                {
+                    "rows_out": len(rows),
+                    "pair_types": bar_chart(Counter(r.pair_type.value for r in rows), "DPO pairs by type"),
+                    "sample_rows": table(
+                        [{"type": r.pair_type.value, "chosen": r.chosen, "rejected": r.rejected} for r in rows]
+                    ),
+                },
+            )
         return report.result()
 
     return [verified, sft_samples, dpo_pairs]

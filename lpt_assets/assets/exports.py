@@ -30,8 +30,16 @@ from lpt_resources.storage import ParquetStore
 
 EXPORT_POOL = "lpt_exports"  # one export step at a time: the index files are rewritten by each
 FORMATS = {
-    "llamafactory_export": (llamafactory.FOLDER, {"json"}, "ShareGPT JSON Lines for LLaMA-Factory (SFT and DPO) with our own dataset_info.json."),
-    "hf_dataset_export": (hf.FOLDER, {"huggingface", "parquet"}, "Hugging Face `datasets` Parquet (TRL formats, images embedded) with a dataset card."),
+    "llamafactory_export": (
+        llamafactory.FOLDER,
+        {"json"},
+        "ShareGPT JSON Lines for LLaMA-Factory (SFT and DPO) with our own dataset_info.json.",
+    ),
+    "hf_dataset_export": (
+        hf.FOLDER,
+        {"huggingface", "parquet"},
+        "Hugging Face `datasets` Parquet (TRL formats, images embedded) with a dataset card.",
+    ),
     "lacot_export": (lacot.FOLDER, {"json"}, "LaCoT/LLaVA-style rows with human / reason / gpt turns."),
 }
 
@@ -45,7 +53,14 @@ def run_info(config: PipelineConfig) -> dict[str, object]:
         "models": {role: getattr(config.engines, role).model for role in config.engine_roles()},
         "config_fingerprints": {
             stage: getattr(config, stage).fingerprint()
-            for stage in ("ask", "think", "think_harder", "verify", *(["judge"] if config.judge.enabled else []), "select")
+            for stage in (
+                "ask",
+                "think",
+                "think_harder",
+                "verify",
+                *(["judge"] if config.judge.enabled else []),
+                "select",
+            )
         },
         "caption_stand_in": config.think.caption_stand_in,
     }
@@ -54,7 +69,11 @@ def run_info(config: PipelineConfig) -> dict[str, object]:
 def shard_funnel(store: ParquetStore, key: str) -> Funnel:
     """The shard's rows per stage, from Parquet footers and one column of `verified`."""
     kept = store.read_frame(VERIFIED, key, columns=["kind", "kept"]) if store.exists(VERIFIED, key) else None
-    kept_by_kind = {kind: int(kept.filter((kept["kind"] == kind) & kept["kept"]).height) for kind in ("short", "long")} if kept is not None else {}
+    kept_by_kind = (
+        {kind: int(kept.filter((kept["kind"] == kind) & kept["kept"]).height) for kind in ("short", "long")}
+        if kept is not None
+        else {}
+    )
     return Funnel(
         images=store.count(CAPTIONS, key),
         mcqs=store.count(MCQS, key),
@@ -71,12 +90,13 @@ def export_changes(
     """One batch: the shards changed since the export's cursor (every shard on a rebuild), each
     written or, when its latest checks failed or its rows are gone, dropped. `held_back` gets the
     shards the checks held back."""
-    if rebuild:  # reads every shard once: a new export folder, new settings, or asked for
+    state = exporter.state()
+    if rebuild or state is None:  # reads every shard once: a new export folder, new settings, or asked for
         cursor = head_cursor(instance)
         batch = exporter.begin(rebuild=True)
         keys = sorted(set(store.partitions(SFT_SAMPLES)) | set(store.partitions(DPO_PAIRS)) | set(batch.known_shards()))
     else:
-        changes = pending_changes(instance, ChangeCursor.model_validate(exporter.state().cursor))
+        changes = pending_changes(instance, ChangeCursor.model_validate(state.cursor))
         cursor, keys = changes.cursor, changes.shards
         batch = exporter.begin()
     held_back.update(failed_checks(instance, keys))  # one read of check results per run
@@ -98,12 +118,21 @@ def export_changes(
 def build_export_assets(pipeline: PipelineConfig) -> list[AssetsDefinition]:
     version = pipeline.export.fingerprint()
     specs = [
-        AssetSpec(name, deps=[SFT_SAMPLES.name, DPO_PAIRS.name], group_name="export", kinds=kinds, description=text, code_version=version)
+        AssetSpec(
+            name,
+            deps=[SFT_SAMPLES.name, DPO_PAIRS.name],
+            group_name="export",
+            kinds=kinds,
+            description=text,
+            code_version=version,
+        )
         for name, (_, kinds, text) in FORMATS.items()
     ]
 
     @multi_asset(name="exports", specs=specs, pool=EXPORT_POOL)
-    def exports(context: AssetExecutionContext, store: ParquetStore, config: ExportRunConfig) -> Iterator[MaterializeResult]:
+    def exports(
+        context: AssetExecutionContext, store: ParquetStore, config: ExportRunConfig
+    ) -> Iterator[MaterializeResult]:
         """Export the shards that changed (all of them on a rebuild) and rebind the indexes."""
         started = time.perf_counter()
         exporter = Exporter(pipeline.exports, pipeline.export, run_info(pipeline))
@@ -114,6 +143,8 @@ def build_export_assets(pipeline: PipelineConfig) -> list[AssetsDefinition]:
             context.log.warning("another export run committed while this one ran: rebuilding")
             rebuild = True
             result = export_changes(context.instance, store, exporter, rebuild, held_back)
+        if result.state is None:
+            raise RuntimeError("other export runs kept committing while this one rebuilt: run the export again")
         totals = result.state.totals
         context.log.info(
             f"exports {'rebuilt' if rebuild else 'updated'}: {len(result.written)} shard(s) written, "
@@ -132,6 +163,8 @@ def build_export_assets(pipeline: PipelineConfig) -> list[AssetsDefinition]:
             "seconds": round(time.perf_counter() - started, 3),
         }
         for name, (folder, _, _) in FORMATS.items():
-            yield MaterializeResult(asset_key=name, metadata={**common, "folder": MetadataValue.path(exporter.folder.url_of(folder))})
+            yield MaterializeResult(
+                asset_key=name, metadata={**common, "folder": MetadataValue.path(exporter.folder.url_of(folder))}
+            )
 
     return [exports]

@@ -41,14 +41,16 @@ def _read_all(store: ParquetStore, table: Table[Any], keys: Sequence[str]) -> di
     return {key: store.read(table, key) for key in keys}
 
 
-def _release(context: AssetExecutionContext, engine: EngineResource, settings: EngineSettings,
-             next_stage: tuple[Table[Any], EngineSettings] | None) -> None:
+def _release(
+    context: AssetExecutionContext,
+    engine: EngineResource,
+    settings: EngineSettings,
+    next_stage: tuple[Table[Any], EngineSettings] | None,
+) -> None:
     """Give the stage's engine back: parked when the next stage runs in this run with the same
     settings (it picks the loaded model up), freed otherwise."""
     park = (
-        next_stage is not None
-        and next_stage[1] == settings
-        and AssetKey(next_stage[0].name) in assets_in_run(context)
+        next_stage is not None and next_stage[1] == settings and AssetKey(next_stage[0].name) in assets_in_run(context)
     )
     engine.release(park=park)
 
@@ -74,8 +76,13 @@ class ShardTables:
     """A stage's rows per shard as answers stream in, collected in the order of the shard's
     work (answers arrive in the order they finish), written when the shard is done."""
 
-    def __init__(self, store: ParquetStore, stage: Stage[Any, Any], work: dict[str, list[Any]],
-                 quarantined: Callable[[Table[Quarantined], str, int], None]) -> None:
+    def __init__(
+        self,
+        store: ParquetStore,
+        stage: Stage[Any, Any],
+        work: dict[str, list[Any]],
+        quarantined: Callable[[Table[Quarantined], str, int], None],
+    ) -> None:
         self._store, self._stage, self._work, self._quarantined = store, stage, work, quarantined
         self.found: dict[str, dict[int, list[Any]]] = {key: defaultdict(list) for key in work}
         self.refused: dict[str, list[Quarantined]] = {key: [] for key in work}
@@ -121,15 +128,24 @@ class ShardTables:
         )
 
 
-def run_stage(context: AssetExecutionContext, stage: Stage[Any, Any], config: PipelineConfig,
-              store: ParquetStore, engine: EngineResource) -> MaterializeResult:
+def run_stage(
+    context: AssetExecutionContext,
+    stage: Stage[Any, Any],
+    config: PipelineConfig,
+    store: ParquetStore,
+    engine: EngineResource,
+) -> MaterializeResult:
     """Read the stage's inputs, stream its work through its engine, write each shard's tables
     as it completes, give the engine back, and report each shard."""
     preflight_run(context, config.engines)
     keys = context.partition_keys
     plan = stage.plan({table: _read_all(store, table, keys) for table in stage.reads}, engine)
-    tables = ShardTables(store, stage, {key: plan.work[key] for key in keys},
-                         lambda table, shard, rows: quarantine_written(context, table, shard, rows))
+    tables = ShardTables(
+        store,
+        stage,
+        {key: plan.work[key] for key in keys},
+        lambda table, shard, rows: quarantine_written(context, table, shard, rows),
+    )
     for key in keys:  # settled without the engine: after the shard's work
         for index, parsed in enumerate(plan.settled.get(key, [])):
             tables.add(key, len(plan.work[key]) + index, parsed)
@@ -145,7 +161,9 @@ def run_stage(context: AssetExecutionContext, stage: Stage[Any, Any], config: Pi
     finally:
         after = stage.hands_over_to
         engines = config.engines
-        _release(context, engine, getattr(engines, stage.role), (after[0], getattr(engines, after[1])) if after else None)
+        _release(
+            context, engine, getattr(engines, stage.role), (after[0], getattr(engines, after[1])) if after else None
+        )
     report = ShardReport(context)
     for key in keys:
         report.add(key, _metadata(stage.figures(tables.outcome(key, plan.settled.get(key, [])))))

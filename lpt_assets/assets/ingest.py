@@ -40,15 +40,23 @@ def captions(context: AssetExecutionContext, store: ParquetStore) -> Materialize
         store.write(CAPTIONS, key, good)
         store.write(CAPTIONS_QUARANTINE, key, bad)
         quarantine_written(context, CAPTIONS_QUARANTINE, key, len(bad))
-        report.add(key, {
-            "rows_in": len(items),
-            "rows_out": len(good),
-            **drop_metadata(bad),
-            "quarantined_rows": table([{"item_id": q.item_id, "reason": q.reason, "detail": q.detail} for q in bad], limit=20),
-            "sample_rows": table(
-                [{"image_id": c.image_id, "size": f"{c.width}x{c.height}", "description": c.description} for c in good]
-            ),
-        })
+        report.add(
+            key,
+            {
+                "rows_in": len(items),
+                "rows_out": len(good),
+                **drop_metadata(bad),
+                "quarantined_rows": table(
+                    [{"item_id": q.item_id, "reason": q.reason, "detail": q.detail} for q in bad], limit=20
+                ),
+                "sample_rows": table(
+                    [
+                        {"image_id": c.image_id, "size": f"{c.width}x{c.height}", "description": c.description}
+                        for c in good
+                    ]
+                ),
+            },
+        )
     return report.result()
 
 

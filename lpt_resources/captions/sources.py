@@ -253,7 +253,13 @@ def _docci(spec: SourceSpec, image_root: str) -> Iterator[ShardItem]:
                     raise TypeError("image_file and description must be strings")
                 ref, images = f"{root}/images/{row['image_file']}", f"{root}/images"
                 yield _row_item(
-                    spec, index, str(row["example_id"]), ref, row["description"], split, root=images,
+                    spec,
+                    index,
+                    str(row["example_id"]),
+                    ref,
+                    row["description"],
+                    split,
+                    root=images,
                     problem=path_escape_problem(ref, images),
                 )
             except (json.JSONDecodeError, KeyError, TypeError) as error:
@@ -288,8 +294,16 @@ def _manifest(spec: SourceSpec, image_root: str) -> Iterator[ShardItem]:
             yield _row_item(spec, index, image_id, image, description, split, root="", problem=refused)
             continue
         ref = image if image.startswith("/") else f"{folder}/{image}"
-        yield _row_item(spec, index, image_id, ref, description, split, root="" if allow_symlinks else root,
-                        problem=path_escape_problem(ref, root))
+        yield _row_item(
+            spec,
+            index,
+            image_id,
+            ref,
+            description,
+            split,
+            root="" if allow_symlinks else root,
+            problem=path_escape_problem(ref, root),
+        )
 
 
 def _manifest_rows(location: str) -> Iterator[tuple[int, dict[str, Any] | str]]:
@@ -374,6 +388,4 @@ def _hf(spec: SourceSpec, image_root: str) -> Iterator[ShardItem]:
         if not isinstance(description, str):
             yield _bad_row(spec, index, f"row {index} has no text in column {text_key!r}")
             continue
-        yield ShardItem(
-            image_id=image_id, source=spec.name, split=split, image_ref=ref, description=description
-        )
+        yield ShardItem(image_id=image_id, source=spec.name, split=split, image_ref=ref, description=description)

@@ -60,6 +60,9 @@ def printable(value: str) -> str:
     return value.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
+DEFAULT_LIMITS = CaptionLimits()
+
+
 def image_id_problem(image_id: str, limits: CaptionLimits) -> str | None:
     """Ids become file names and path parts downstream: refuse any that could not be one."""
     if not image_id.strip():
@@ -138,7 +141,7 @@ def mark_duplicates(items: Sequence[ShardItem]) -> list[ShardItem]:
 
 
 def check_shard(
-    items: list[ShardItem], limits: CaptionLimits = CaptionLimits()
+    items: list[ShardItem], limits: CaptionLimits = DEFAULT_LIMITS
 ) -> tuple[list[Caption], list[Quarantined]]:
     captions: list[Caption] = []
     quarantined: list[Quarantined] = []

@@ -184,9 +184,9 @@ class Engine(abc.ABC):
         results: dict[int, GenerationResult] = dict(self.stream(RequestFeed(enumerate(requests))))
         return [results[index] for index in range(len(requests))]
 
-    def close(self, park: bool = False) -> None:
+    def close(self, park: bool = False) -> None:  # noqa: B027  # optional: an engine with nothing to free
         """Free the model and its memory (`park`: keep it loaded for the next engine of the
         same settings in this process)."""
 
-    def unpark(self) -> None:
+    def unpark(self) -> None:  # noqa: B027  # optional: an engine that never parks
         """Free models parked by engines of this kind (at the end of a run)."""

@@ -106,7 +106,9 @@ class ImagePrefetcher:
     def get(self, key: Hashable, prepare: Callable[[], T]) -> T:
         return self.prefetch(key, prepare).result()
 
-    def for_request(self, location: str | None, max_side: int | None, prepare: Callable[[str, int | None], T]) -> Future | None:
+    def for_request(
+        self, location: str | None, max_side: int | None, prepare: Callable[[str, int | None], T]
+    ) -> Future | None:
         """A request's image (`location` capped at `max_side`) prepared by `prepare` (load_image,
         image_data_url), started now; None for a request without one."""
         if not location:

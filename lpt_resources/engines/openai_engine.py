@@ -340,13 +340,15 @@ class OpenAIEngine(Engine):
                     kwargs["n"] = want
                 if req.sampling.seed is not None:
                     kwargs["seed"] = req.sampling.seed + len(completions)
-                resp = await self._call(key, http_slots, req.request_id,
-                                        partial(client.chat.completions.create, **kwargs), _check_response)
+                resp = await self._call(
+                    key, http_slots, req.request_id, partial(client.chat.completions.create, **kwargs), _check_response
+                )
                 got, p_tokens, c_tokens = self._parse(resp, req)
                 completions.extend(got[:want])
                 if len(completions) < n:
-                    log.debug("request %s: %d of %d samples so far; asking for the rest",
-                              req.request_id, len(completions), n)
+                    log.debug(
+                        "request %s: %d of %d samples so far; asking for the rest", req.request_id, len(completions), n
+                    )
                 billed_prompt += p_tokens
                 billed_completion += c_tokens
                 if prompt_tokens is None:
@@ -382,27 +384,39 @@ class OpenAIEngine(Engine):
                 "continue_final_message": r.prefill is not None,
                 "add_special_tokens": False,
             }
-            return self._call(key, http_slots, req.request_id, partial(client.post, f"{root}/tokenize", cast_to=object, body=body),
-                              _check_tokens)
+            return self._call(
+                key,
+                http_slots,
+                req.request_id,
+                partial(client.post, f"{root}/tokenize", cast_to=object, body=body),
+                _check_tokens,
+            )
 
         billed_prompt = billed_completion = 0
         try:
             alone, scored = await asyncio.gather(tokenize(req), tokenize(req.as_scored_prompt()))
             count = target_token_count(alone["tokens"], scored["tokens"])
-            resp = await self._call(key, http_slots, req.request_id, partial(client.chat.completions.create, **kwargs),
-                                    _check_response)
+            resp = await self._call(
+                key, http_slots, req.request_id, partial(client.chat.completions.create, **kwargs), _check_response
+            )
             usage = getattr(resp, "usage", None)
             billed_prompt = int(getattr(usage, "prompt_tokens", 0) or 0)
             billed_completion = int(getattr(usage, "completion_tokens", 0) or 0)
-            logprobs = _target_logprobs(resp, scored["tokens"][len(scored["tokens"]) - count:])
+            logprobs = _target_logprobs(resp, scored["tokens"][len(scored["tokens"]) - count :])
         except Exception as exc:  # noqa: BLE001 - reported on this request only
             kind = _server_error_kind(exc)
             return self._failed(req, 0, exc, key, kind=kind), billed_prompt, billed_completion
-        result = GenerationResult(request_id=req.request_id, prompt_tokens=billed_prompt - count, target_logprobs=logprobs)
+        result = GenerationResult(
+            request_id=req.request_id, prompt_tokens=billed_prompt - count, target_logprobs=logprobs
+        )
         return result, billed_prompt, billed_completion
 
     async def _call(
-        self, key: str, http_slots: asyncio.Semaphore, request_id: str, send: Callable[[], Awaitable[Any]],
+        self,
+        key: str,
+        http_slots: asyncio.Semaphore,
+        request_id: str,
+        send: Callable[[], Awaitable[Any]],
         check: Callable[[Any], None],
     ) -> Any:
         """One HTTP call (`send`), retried as the module says; `check` refuses a body that is
@@ -414,7 +428,10 @@ class OpenAIEngine(Engine):
             wait = state.next_action.sleep if state.next_action is not None else 0.0
             log.warning(
                 "request %s: attempt %d failed (%s); retrying in %.2fs",
-                request_id, state.attempt_number, self._redact(describe_error(exc), key) if exc else "?", wait,
+                request_id,
+                state.attempt_number,
+                self._redact(describe_error(exc), key) if exc else "?",
+                wait,
             )
 
         resp: Any = None
@@ -463,7 +480,9 @@ class OpenAIEngine(Engine):
                 raise ValueError("a scoring request needs a non-empty target")
 
     def _messages(self, req: GenerationRequest, image_url: str | None) -> list[dict[str, Any]]:
-        return chat_messages(req, {"type": "image_url", "image_url": {"url": image_url}} if image_url is not None else None)
+        return chat_messages(
+            req, {"type": "image_url", "image_url": {"url": image_url}} if image_url is not None else None
+        )
 
     def _request_kwargs(self, req: GenerationRequest, image_url: str | None) -> dict[str, Any]:
         if req.target is not None:  # vLLM: the target ends the pre-fill; its prompt log-probs are read
@@ -472,8 +491,12 @@ class OpenAIEngine(Engine):
                 "messages": self._messages(req.as_scored_prompt(), image_url),
                 "max_tokens": 1,
                 "temperature": 0.0,
-                "extra_body": {**self.extra_body, "continue_final_message": True, "add_generation_prompt": False,
-                               "prompt_logprobs": 0},
+                "extra_body": {
+                    **self.extra_body,
+                    "continue_final_message": True,
+                    "add_generation_prompt": False,
+                    "prompt_logprobs": 0,
+                },
             }
         s = req.sampling
         kind = self.server_kind
@@ -622,12 +645,17 @@ def _target_logprobs(resp: Any, target_ids: list[int]) -> list[float]:
     and with prompt_logprobs=0 it holds only the token that is there (id -> its logprob)."""
     entries = getattr(resp, "prompt_logprobs", None)
     if not isinstance(entries, list):
-        raise EngineCannotServe("the server returned no prompt log-probabilities: is it a vLLM server (server_kind = vllm)?")
+        raise EngineCannotServe(
+            "the server returned no prompt log-probabilities: is it a vLLM server (server_kind = vllm)?"
+        )
     if not 0 < len(target_ids) < len(entries):
         raise MalformedResponse(f"{len(entries)} prompt log-probabilities for a target of {len(target_ids)} tokens")
     try:
-        found = [(int(token), float(value["logprob"]))
-                 for entry in entries[len(entries) - len(target_ids):] for token, value in entry.items()]
+        found = [
+            (int(token), float(value["logprob"]))
+            for entry in entries[len(entries) - len(target_ids) :]
+            for token, value in entry.items()
+        ]
     except (AttributeError, KeyError, TypeError, ValueError) as exc:
         raise MalformedResponse(f"unreadable prompt log-probabilities ({exc})") from exc
     if [token for token, _ in found] != target_ids:
@@ -648,4 +676,3 @@ def _check_response(resp: Any) -> None:
             raise MalformedResponse("choice without a message")
         if message.content is not None and not isinstance(message.content, str):
             raise MalformedResponse("message content is not text")
-

@@ -69,7 +69,10 @@ def _check_model(role: str, settings: TransformersSettings | VLLMSettings) -> st
         cached = try_to_load_from_cache(model, "config.json", revision=settings.revision)
         if not isinstance(cached, str):
             raise EngineCheckError(
-                role, "model", model, "not in the local Hugging Face cache, and HF_HUB_OFFLINE is set (download it first)"
+                role,
+                "model",
+                model,
+                "not in the local Hugging Face cache, and HF_HUB_OFFLINE is set (download it first)",
             )
         return f"{role}: hub model {model} (cached)"
     return f"{role}: hub model {model}"
@@ -88,18 +91,30 @@ def _check_server(role: str, settings: OpenAISettings, timeout_s: float) -> str:
             listing = json.loads(response.read())
     except urllib.error.HTTPError as error:
         hint = f" (is ${settings.api_key_env} right?)" if error.code in (401, 403) else ""
-        raise EngineCheckError(role, "base_url", settings.base_url, f"GET {url} answered HTTP {error.code}{hint}") from None
+        raise EngineCheckError(
+            role, "base_url", settings.base_url, f"GET {url} answered HTTP {error.code}{hint}"
+        ) from None
     except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as error:
         reason = getattr(error, "reason", error)
         raise EngineCheckError(
-            role, "base_url", settings.base_url, f"no OpenAI-compatible server answers GET {url} within {timeout_s:g} s ({reason})"
+            role,
+            "base_url",
+            settings.base_url,
+            f"no OpenAI-compatible server answers GET {url} within {timeout_s:g} s ({reason})",
         ) from None
     except json.JSONDecodeError:
         raise EngineCheckError(role, "base_url", settings.base_url, f"GET {url} did not answer JSON") from None
-    served = [entry.get("id") for entry in listing.get("data", []) if isinstance(entry, dict)] if isinstance(listing, dict) else []
+    served = (
+        [entry.get("id") for entry in listing.get("data", []) if isinstance(entry, dict)]
+        if isinstance(listing, dict)
+        else []
+    )
     if settings.model not in served:
         raise EngineCheckError(
-            role, "model", settings.model, f"the server at {settings.base_url} serves {', '.join(map(str, served)) or 'no models'}"
+            role,
+            "model",
+            settings.model,
+            f"the server at {settings.base_url} serves {', '.join(map(str, served)) or 'no models'}",
         )
     return f"{role}: {settings.model} served at {settings.base_url}"
 

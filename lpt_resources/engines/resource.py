@@ -88,8 +88,14 @@ class TransformersEngineResource(EngineResource):
     def build(self) -> Engine:
         from lpt_resources.engines.transformers_engine import TransformersEngine
 
-        return TransformersEngine(model=self.model, revision=self.revision, gguf_file=self.gguf_file,
-                                  dtype=self.dtype, device=self.device, batch_size=self.batch_size)
+        return TransformersEngine(
+            model=self.model,
+            revision=self.revision,
+            gguf_file=self.gguf_file,
+            dtype=self.dtype,
+            device=self.device,
+            batch_size=self.batch_size,
+        )
 
 
 class VLLMEngineResource(EngineResource):

@@ -45,8 +45,14 @@ SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 JSON_ANY_WHITESPACE = False
 
-_DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
-           "float16": "float16", "fp16": "float16"}
+_DTYPES = {
+    "float32": "float32",
+    "fp32": "float32",
+    "bfloat16": "bfloat16",
+    "bf16": "bfloat16",
+    "float16": "float16",
+    "fp16": "float16",
+}
 
 
 def smollm2_gguf_location() -> tuple[str, str]:
@@ -132,7 +138,9 @@ def _load(key: tuple) -> LoadedModel:
     tokenizer = AutoTokenizer.from_pretrained(source, **kw)
     # transformers' GGUF loader covers text models only; parsing the GGUF for its config alone
     # costs seconds, so only non-GGUF checkpoints are asked whether they are Qwen2.5-VL.
-    is_vl = not gguf and getattr(AutoConfig.from_pretrained(source, revision=revision), "model_type", None) == "qwen2_5_vl"
+    is_vl = (
+        not gguf and getattr(AutoConfig.from_pretrained(source, revision=revision), "model_type", None) == "qwen2_5_vl"
+    )
     load_kw: dict[str, Any] = dict(kw, dtype=dtype)
     if device != "cpu":
         load_kw["device_map"] = device
@@ -151,7 +159,9 @@ def _load(key: tuple) -> LoadedModel:
         from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
         try:
-            image_processor = Qwen2VLImageProcessorPil.from_pretrained(source, **({"revision": revision} if revision else {}))
+            image_processor = Qwen2VLImageProcessorPil.from_pretrained(
+                source, **({"revision": revision} if revision else {})
+            )
         except OSError:  # no preprocessor_config.json: Qwen2.5-VL's defaults
             image_processor = Qwen2VLImageProcessorPil()
     if tokenizer.chat_template is None:
@@ -173,8 +183,16 @@ def _load(key: tuple) -> LoadedModel:
     seconds = time.perf_counter() - t0
     log.info("loaded %s (%s, %s) in %.1fs", model_name, dtype_name, device, seconds)
     return LoadedModel(
-        key=key, model=model, tokenizer=tokenizer, image_processor=image_processor, is_vl=is_vl,
-        device=device, eos_ids=eos, pad_id=int(pad), vocab_size=vocab, load_seconds=seconds,
+        key=key,
+        model=model,
+        tokenizer=tokenizer,
+        image_processor=image_processor,
+        is_vl=is_vl,
+        device=device,
+        eos_ids=eos,
+        pad_id=int(pad),
+        vocab_size=vocab,
+        load_seconds=seconds,
     )
 
 
@@ -297,8 +315,12 @@ def _group_key(req: GenerationRequest) -> str:
     s = req.sampling
     return json.dumps(
         {
-            "temperature": s.temperature, "top_p": s.top_p, "top_k": s.top_k,
-            "repetition_penalty": s.repetition_penalty, "max_tokens": s.max_tokens, "stop": list(s.stop),
+            "temperature": s.temperature,
+            "top_p": s.top_p,
+            "top_k": s.top_k,
+            "repetition_penalty": s.repetition_penalty,
+            "max_tokens": s.max_tokens,
+            "stop": list(s.stop),
             "banned": sorted(req.banned_words),
         },
         sort_keys=True,
@@ -364,7 +386,9 @@ class TransformersEngine(UsesSharedModel[tuple, LoadedModel], Engine):
             else:
                 from transformers import AutoConfig
 
-                self._model_type = str(getattr(AutoConfig.from_pretrained(source, revision=self.revision), "model_type", ""))
+                self._model_type = str(
+                    getattr(AutoConfig.from_pretrained(source, revision=self.revision), "model_type", "")
+                )
         return self._model_type == "qwen2_5_vl"
 
     # ---- prompt building
@@ -512,8 +536,7 @@ class TransformersEngine(UsesSharedModel[tuple, LoadedModel], Engine):
         for result in final:
             self.count(result)
         self.stats.seconds += time.perf_counter() - t_loaded
-        log.debug("generate: %d requests in %.1fs (load %.1fs)", len(requests), time.perf_counter() - t0,
-                  t_loaded - t0)
+        log.debug("generate: %d requests in %.1fs (load %.1fs)", len(requests), time.perf_counter() - t0, t_loaded - t0)
         return final
 
     def _run_batch(self, batch: list[tuple[_Prepared, int]]) -> list[Completion]:
@@ -547,7 +570,8 @@ class TransformersEngine(UsesSharedModel[tuple, LoadedModel], Engine):
             temperature=None if greedy else s.temperature,
             top_p=None if greedy else s.top_p,
             top_k=None if greedy else (0 if s.top_k is None or s.top_k < 0 else s.top_k),
-            min_p=None, typical_p=None,
+            min_p=None,
+            typical_p=None,
             repetition_penalty=s.repetition_penalty if s.repetition_penalty != 1.0 else None,
             eos_token_id=list(h.eos_ids),
             pad_token_id=h.pad_id,
@@ -671,9 +695,11 @@ class TransformersEngine(UsesSharedModel[tuple, LoadedModel], Engine):
         unique_mask = attention[first_rows, :-1]
         positions = (unique_mask.cumsum(-1) - 1).clamp(min=0)
         with torch.inference_mode():
-            cache = self.handle().model(
-                input_ids=unique_ids, attention_mask=unique_mask, position_ids=positions, use_cache=True
-            ).past_key_values
+            cache = (
+                self.handle()
+                .model(input_ids=unique_ids, attention_mask=unique_mask, position_ids=positions, use_cache=True)
+                .past_key_values
+            )
         cache.batch_select_indices(torch.tensor(owners, device=input_ids.device))
         return cache
 
@@ -741,4 +767,3 @@ def _expand_image_pad(text: str, image_tokens: int) -> str:
     if text.count(pad) != 1:
         raise ValueError(f"expected one {pad} in the rendered prompt, found {text.count(pad)}")
     return text.replace(pad, pad * image_tokens)
-

@@ -438,8 +438,9 @@ def _replica_devices(dp: int, tp: int) -> list[str | None]:
     if not visible:
         visible = [str(i) for i in range(torch.cuda.device_count())]
     if len(visible) < dp * tp:
-        raise ValueError(f"data_parallel_size {dp} x tensor_parallel_size {tp} needs {dp * tp} GPUs, "
-                         f"{len(visible)} visible")
+        raise ValueError(
+            f"data_parallel_size {dp} x tensor_parallel_size {tp} needs {dp * tp} GPUs, {len(visible)} visible"
+        )
     return [",".join(visible[r * tp : (r + 1) * tp]) for r in range(dp)]
 
 
@@ -500,8 +501,12 @@ class _ReplicaRunner:
         # Not daemonic: a replica's vLLM starts processes of its own.
         for rank in range(dp):
             parent, child = ctx.Pipe()
-            proc = ctx.Process(target=_replica_main, args=(rank, settings, devices[rank], child),
-                               name=f"lpt-vllm-dp{rank}", daemon=False)
+            proc = ctx.Process(
+                target=_replica_main,
+                args=(rank, settings, devices[rank], child),
+                name=f"lpt-vllm-dp{rank}",
+                daemon=False,
+            )
             proc.start()
             child.close()
             self.conns.append(parent)
@@ -549,7 +554,11 @@ class _ReplicaRunner:
             if not any(held):
                 if not any(alive):
                     while (item := take()) is not None:
-                        yield item if isinstance(item, _Raw) else _Raw(index=item.index, error="every data-parallel replica is gone")
+                        yield (
+                            item
+                            if isinstance(item, _Raw)
+                            else _Raw(index=item.index, error="every data-parallel replica is gone")
+                        )
                     return
                 if feed_empty:
                     return
@@ -612,10 +621,21 @@ def _load(key: LLMSettings) -> LoadedLLM:
     t0 = time.perf_counter()
     runner = _ReplicaRunner(key) if key.data_parallel_size > 1 else _LocalRunner(key)
     seconds = time.perf_counter() - t0
-    log.info("loaded %s in vLLM (%s, tp=%d, dp=%d) in %.1fs", key.model, key.dtype,
-             key.tensor_parallel_size, key.data_parallel_size, seconds)
-    return LoadedLLM(key=key, runner=runner, load_seconds=seconds, is_multimodal=runner.is_multimodal,
-                     max_num_seqs=runner.max_num_seqs)
+    log.info(
+        "loaded %s in vLLM (%s, tp=%d, dp=%d) in %.1fs",
+        key.model,
+        key.dtype,
+        key.tensor_parallel_size,
+        key.data_parallel_size,
+        seconds,
+    )
+    return LoadedLLM(
+        key=key,
+        runner=runner,
+        load_seconds=seconds,
+        is_multimodal=runner.is_multimodal,
+        max_num_seqs=runner.max_num_seqs,
+    )
 
 
 def _close(handle: LoadedLLM) -> None:
@@ -822,7 +842,9 @@ class VLLMEngine(UsesSharedModel[LLMSettings, LoadedLLM], Engine):
             structured=self.structured_kwargs(req),
         )
 
-    def _preparer(self, feed: RequestFeed, requests: dict[int, GenerationRequest], lookahead: int) -> tuple[Take, ImagePrefetcher]:
+    def _preparer(
+        self, feed: RequestFeed, requests: dict[int, GenerationRequest], lookahead: int
+    ) -> tuple[Take, ImagePrefetcher]:
         """What the engine takes next: requests from `feed` as work items, the images of the
         next `lookahead` requests loading in a thread pool meanwhile (each image once)."""
         prefetcher = ImagePrefetcher(keep=max(64, lookahead))
@@ -869,13 +891,15 @@ class VLLMEngine(UsesSharedModel[LLMSettings, LoadedLLM], Engine):
 
     def _result(self, req: GenerationRequest, raw: _Raw) -> GenerationResult:
         if raw.error is not None:
-            return GenerationResult(request_id=req.request_id, prompt_tokens=raw.prompt_tokens,
-                                    error=raw.error, error_kind=raw.error_kind)
+            return GenerationResult(
+                request_id=req.request_id, prompt_tokens=raw.prompt_tokens, error=raw.error, error_kind=raw.error_kind
+            )
         if self.record_prompts and raw.prompt is not None:
             self.last_prompts[req.request_id] = raw.prompt
         if req.target is not None:
-            return GenerationResult(request_id=req.request_id, prompt_tokens=raw.prompt_tokens,
-                                    target_logprobs=raw.target_logprobs)
+            return GenerationResult(
+                request_id=req.request_id, prompt_tokens=raw.prompt_tokens, target_logprobs=raw.target_logprobs
+            )
         want_lp = req.sampling.logprobs
         return GenerationResult(
             request_id=req.request_id,

@@ -22,7 +22,11 @@ def small_export(tmp_path_factory) -> dict:
         raise RuntimeError(f"lpt's environment is needed to make the export: {LPT_PYTHON} (make install)")
     done = subprocess.run(
         [str(LPT_PYTHON), "-m", "tests.consumers.build_export", str(out)],
-        cwd=REPO, capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(REPO)},
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
     )
     assert done.returncode == 0, done.stderr[-4000:]
     return json.loads(done.stdout.strip().splitlines()[-1])

@@ -83,17 +83,27 @@ def test_a_misspelt_key_names_the_file_and_the_key_it_means(tmp_path, monkeypatc
     from lpt.config import ConfigError
 
     (tmp_path / "c.toml").write_text('[automation]\nschedule_enbled = false\n[engines.ask]\nmodle = "x"\n')
-    with pytest.raises(ConfigError, match=r"c\.toml: unknown key 'engines\.ask\.modle'; did you mean 'engines\.ask\.model'\? \(and 1 more problem\)"):
+    with pytest.raises(
+        ConfigError,
+        match=r"c\.toml: unknown key 'engines\.ask\.modle'; did you mean 'engines\.ask\.model'\? \(and 1 more problem\)",
+    ):
         load_config(tmp_path / "c.toml")
-    (tmp_path / "c.toml").write_text('[automation]\nschedule_enbled = false\n')
-    with pytest.raises(ConfigError, match=r"c\.toml: unknown key 'automation\.schedule_enbled'; did you mean 'automation\.schedule_enabled'\?$"):
+    (tmp_path / "c.toml").write_text("[automation]\nschedule_enbled = false\n")
+    with pytest.raises(
+        ConfigError,
+        match=r"c\.toml: unknown key 'automation\.schedule_enbled'; did you mean 'automation\.schedule_enabled'\?$",
+    ):
         load_config(tmp_path / "c.toml")
     (tmp_path / "c.toml").write_text('[engines.ask]\nbatch_size = "lots"\n')
-    with pytest.raises(ConfigError, match=r"c\.toml: engines\.ask\.batch_size = 'lots': Input should be a valid integer"):
+    with pytest.raises(
+        ConfigError, match=r"c\.toml: engines\.ask\.batch_size = 'lots': Input should be a valid integer"
+    ):
         load_config(tmp_path / "c.toml")
     (tmp_path / "c.toml").write_text("")
     monkeypatch.setenv("LPT_ASK_KIND", "openia")
-    with pytest.raises(ConfigError, match=r"^\$LPT_ASK_KIND: engines\.ask\.kind = 'openia' is not accepted; did you mean 'openai'\?"):
+    with pytest.raises(
+        ConfigError, match=r"^\$LPT_ASK_KIND: engines\.ask\.kind = 'openia' is not accepted; did you mean 'openai'\?"
+    ):
         load_config(tmp_path / "c.toml")
 
 
@@ -134,7 +144,9 @@ def test_scoring_needs_an_engine_that_scores_and_top_k_needs_scoring():
     served = {"kind": "openai", "model": "m", "base_url": "http://h:8000/v1"}
     assert PipelineConfig.model_validate({"scoring": {"enabled": True}, "engines": {"vlm": served}}).scoring.enabled
     with pytest.raises(ValidationError, match=r"engines\.vlm\.server_kind = vllm \(a sglang server"):
-        PipelineConfig.model_validate({"scoring": {"enabled": True}, "engines": {"vlm": {**served, "server_kind": "sglang"}}})
+        PipelineConfig.model_validate(
+            {"scoring": {"enabled": True}, "engines": {"vlm": {**served, "server_kind": "sglang"}}}
+        )
     with pytest.raises(ValidationError, match=r"expand_top_k_by_reward ranks short CoTs by their rationale scores"):
         PipelineConfig.model_validate({"think_harder": {"expand_top_k_by_reward": 2}})
     on = PipelineConfig.model_validate({"scoring": {"enabled": True}, "think_harder": {"expand_top_k_by_reward": 2}})

@@ -67,7 +67,8 @@ def sft(images: dict[str, str]) -> list[SftSample]:
                 long_id=long_id,
                 image_path=images[image_id],
                 system=system,
-                prompt=f"What colour is the square? [{n}]\n(A) red\n(B) green\n(C) blue\n(D) pink\n\n" + ANSWER_INSTRUCTIONS["paren_letter"],
+                prompt=f"What colour is the square? [{n}]\n(A) red\n(B) green\n(C) blue\n(D) pink\n\n"
+                + ANSWER_INSTRUCTIONS["paren_letter"],
                 response=_response(f"I look at the square {n}.\nWait, check again.", "(B)"),
             )
         )
@@ -78,9 +79,7 @@ def sft(images: dict[str, str]) -> list[SftSample]:
 @pytest.fixture
 def dpo(images: dict[str, str]) -> list[DpoPair]:
     rows = []
-    for n, pair_type in enumerate(
-        [PairType.O_GT_X, PairType.X_O_GT_X_X, PairType.O_GT_O_O, PairType.O_GT_O_O]
-    ):
+    for n, pair_type in enumerate([PairType.O_GT_X, PairType.X_O_GT_X_X, PairType.O_GT_O_O, PairType.O_GT_O_O]):
         image_id = f"img{n % 3}"
         rows.append(
             DpoPair(
@@ -130,7 +129,12 @@ def test_llamafactory_parts_and_dataset_info_naming_the_folders(tmp_path, sft, d
     info = json.loads((folder / "dataset_info.json").read_text())
     assert info["docci_sft"]["file_name"] == "sft" and "ranking" not in info["docci_sft"]
     assert info["docci_dpo"]["file_name"] == "dpo" and info["docci_dpo"]["ranking"] is True
-    assert info["docci_dpo"]["columns"] == {"messages": "messages", "chosen": "chosen", "rejected": "rejected", "images": "images"}
+    assert info["docci_dpo"]["columns"] == {
+        "messages": "messages",
+        "chosen": "chosen",
+        "rejected": "rejected",
+        "images": "images",
+    }
     for entry in info.values():  # every file in the folder is a part LLaMA-Factory will load
         assert sorted(p.name for p in (folder / entry["file_name"]).iterdir()) == ["s-0.jsonl", "s-1.jsonl"]
     sft_rows = [row for part in sorted((folder / "sft").iterdir()) for row in _jsonl(part)]
@@ -196,7 +200,10 @@ def test_hf_card_metadata(tmp_path, sft, dpo):
     card = (tmp_path / "hf" / "README.md").read_text()
     front = yaml.safe_load(card.split("---")[1])
     assert front["license"] == "cc-by-4.0"
-    assert {c["config_name"]: c["data_files"][0]["path"] for c in front["configs"]} == {"sft": "sft/*.parquet", "dpo": "dpo/*.parquet"}
+    assert {c["config_name"]: c["data_files"][0]["path"] for c in front["configs"]} == {
+        "sft": "sft/*.parquet",
+        "dpo": "dpo/*.parquet",
+    }
     assert "image-text-to-text" in front["task_categories"] and front["size_categories"] == ["n<1K"]
     assert {i["config_name"]: i["splits"][0]["num_examples"] for i in front["dataset_info"]} == {"sft": 4, "dpo": 4}
     assert "| `O>O_O` | compactness | 2 |" in card and "| `X_O` | 1 |" in card
@@ -232,7 +239,11 @@ def test_hf_images_are_stored_once_per_part(tmp_path, sft):
 
     noisy = tmp_path / "noisy.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (128, 128, 3), dtype=np.uint8)).save(noisy)
-    rows = [s.model_copy(update={"image_path": str(noisy), "sample_id": f"{s.sample_id}-{k}"}) for s in sft for k in range(5)]
+    rows = [
+        s.model_copy(update={"image_path": str(noisy), "sample_id": f"{s.sample_id}-{k}"})
+        for s in sft
+        for k in range(5)
+    ]
     _export(tmp_path, {"s-0": (rows, [])})
     assert (tmp_path / "hf" / "sft" / "s-0.parquet").stat().st_size < 2 * noisy.stat().st_size  # 20 rows, one image
 
@@ -284,7 +295,12 @@ def test_provenance_matches_rows(tmp_path, sft, dpo):
         if line["kind"] == "sft":
             s = by_sample[line["row_id"]]
             assert (line["image_id"], line["mcq_id"], line["cot_id"], line["long_id"], line["label"]) == (
-                s.image_id, s.mcq_id, s.cot_id, s.long_id, s.label.value)
+                s.image_id,
+                s.mcq_id,
+                s.cot_id,
+                s.long_id,
+                s.label.value,
+            )
     xo = next(line for line in lines if line.get("pair_type") == "X_O>X_X")
     assert (xo["chosen_kind"], xo["rejected_kind"]) == ("long", "long")
     assert provenance_rows(list(reversed(sft)), [], RUN_INFO) == provenance_rows(sft, [], RUN_INFO)
@@ -348,8 +364,16 @@ def test_new_settings_rebuild_and_sweep_what_is_not_a_part(tmp_path, sft, dpo):
     result = batch.commit({"after": 3})
     assert result.dropped == ["s-1"]
     files = {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and ".lpt" not in p.parts}
-    indexes = {"hf/README.md", "lacot/README.md", "provenance/README.md", "llamafactory/LLAMAFACTORY_README.md", "llamafactory/dataset_info.json"}
-    parts = {path for key, path in part_paths("s-0").items() if not key.endswith("_text") and key != "lacot_bin"}  # no scores
+    indexes = {
+        "hf/README.md",
+        "lacot/README.md",
+        "provenance/README.md",
+        "llamafactory/LLAMAFACTORY_README.md",
+        "llamafactory/dataset_info.json",
+    }
+    parts = {
+        path for key, path in part_paths("s-0").items() if not key.endswith("_text") and key != "lacot_bin"
+    }  # no scores
     assert files == indexes | parts
 
 
@@ -386,10 +410,19 @@ def test_lacot_rows_carry_rewards_and_the_bin_log_is_lacots_schema(tmp_path, sft
     from lpt.scoring import McqScores
 
     scored = McqScores(
-        mcq_id="m-1", image_id="img0", cot_ids=[sft[0].cot_id, "other-cot"], rationales=["Red.", "Green."],
-        solutions=["(A)", "(B)", "(C)", "(D)"], likelihoods=[[-1.0, -0.5, -2.0, -3.0], [-1.5, -0.7, -2.0, -3.0]],
-        rewards=[-0.5, -0.7], option_scores=[-1.25, -0.6, -2.0, -3.0], gold_letter="B", bin_letter="B",
-        margin=0.0, best_index=0, suspect=False,
+        mcq_id="m-1",
+        image_id="img0",
+        cot_ids=[sft[0].cot_id, "other-cot"],
+        rationales=["Red.", "Green."],
+        solutions=["(A)", "(B)", "(C)", "(D)"],
+        likelihoods=[[-1.0, -0.5, -2.0, -3.0], [-1.5, -0.7, -2.0, -3.0]],
+        rewards=[-0.5, -0.7],
+        option_scores=[-1.25, -0.6, -2.0, -3.0],
+        gold_letter="B",
+        bin_letter="B",
+        margin=0.0,
+        best_index=0,
+        suspect=False,
     )
     exporter = Exporter(str(tmp_path), ExportConfig(), RUN_INFO)
     batch = exporter.begin()
@@ -400,7 +433,12 @@ def test_lacot_rows_carry_rewards_and_the_bin_log_is_lacots_schema(tmp_path, sft
     assert rows[sft[0].sample_id]["reward"] == -0.5
     assert all("reward" not in r for i, r in rows.items() if i != sft[0].sample_id and sft[0].cot_id not in i)
     [log] = json.loads((tmp_path / "lacot" / "bin" / "s-0.json").read_text())
-    assert log == {"id": "m-1", "rationals": ["Red.", "Green."], "solutions": ["(A)", "(B)", "(C)", "(D)"],
-                   "likelihoods": [[-1.0, -0.5, -2.0, -3.0], [-1.5, -0.7, -2.0, -3.0]], "best_index": 0}
+    assert log == {
+        "id": "m-1",
+        "rationals": ["Red.", "Green."],
+        "solutions": ["(A)", "(B)", "(C)", "(D)"],
+        "likelihoods": [[-1.0, -0.5, -2.0, -3.0], [-1.5, -0.7, -2.0, -3.0]],
+        "best_index": 0,
+    }
     assert not (tmp_path / "lacot" / "bin" / "s-1.json").exists()  # a shard without scores has no log
     assert "bin/" in (tmp_path / "lacot" / "README.md").read_text()

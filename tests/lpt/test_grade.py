@@ -67,9 +67,7 @@ def test_real_outputs_that_name_another_option_are_wrong(
         for output in row["outputs"]:
             answer = parse_cot(output).answer or ""
             for letter, text in zip(LETTERS, presentation.options, strict=True):
-                if letter != presentation.gold_letter and normalise(answer).endswith(
-                    normalise(text)
-                ):
+                if letter != presentation.gold_letter and normalise(answer).endswith(normalise(text)):
                     verdict = grade(answer, presentation)
                     assert not verdict.correct
                     wrong_by_text += 1
@@ -158,9 +156,7 @@ def test_other_option_text_is_wrong_not_accepted() -> None:
 
 def test_format_answer_styles() -> None:
     assert format_answer("C", PRESENTATION) == "(C)"
-    assert (
-        format_answer("C", PRESENTATION.model_copy(update={"answer_style": "dot_letter"})) == "C."
-    )
+    assert format_answer("C", PRESENTATION.model_copy(update={"answer_style": "dot_letter"})) == "C."
     text = PRESENTATION.model_copy(update={"answer_style": "option_text"})
     assert format_answer("C", text) == "A reflection of red lights"
     assert grade(format_answer("D", text), text).letter == "D"
@@ -225,9 +221,7 @@ CYRILLIC_VE = "\u0412"  # looks like Latin B
         ("B\nA.", None, "several_options"),  # a bare letter alone on the first line counts
     ],
 )
-def test_unicode_and_several_option_shapes(
-    answer: str, letter: str | None, reason: str | None
-) -> None:
+def test_unicode_and_several_option_shapes(answer: str, letter: str | None, reason: str | None) -> None:
     verdict = grade(answer, PRESENTATION)
     assert (verdict.letter, verdict.reason) == (letter, reason)
     assert verdict.correct == (letter == "B")

@@ -35,9 +35,22 @@ FINAL = "(B)"
 
 
 def _long(long_id: str = "l1", short_think: str = SHORT) -> LongCot:
-    return LongCot(long_id=long_id, cot_id="c1", mcq_id="m1", image_id="img1", sample_index=0, short_think=short_think,
-                   separator=" ", cue="Wait,", continuation=REFLECTION.removeprefix("Wait,") + "</think><answer>(B)</answer>",
-                   finish_reason="stop", attempts=1, prompt_tokens=80, completion_tokens=30, model="reasoner")
+    return LongCot(
+        long_id=long_id,
+        cot_id="c1",
+        mcq_id="m1",
+        image_id="img1",
+        sample_index=0,
+        short_think=short_think,
+        separator=" ",
+        cue="Wait,",
+        continuation=REFLECTION.removeprefix("Wait,") + "</think><answer>(B)</answer>",
+        finish_reason="stop",
+        attempts=1,
+        prompt_tokens=80,
+        completion_tokens=30,
+        model="reasoner",
+    )
 
 
 def _row(trace_id: str = "l1", **changes):
@@ -71,18 +84,33 @@ def test_the_schema_is_what_the_parser_reads():
     [
         (_reply(True, False), "stop", (True, False)),
         # prose and a fence around it, extra keys, as servers without guided decoding write
-        ('Here is my verdict:\n```json\n{"reason": "It says the user provided a detailed image.", '
-         '"reflection_consistent": true, "refers_to_setup": true, "confidence": 0.9}\n```', "stop", (True, True)),
-        ('{"reason": "' + "long " * 100 + '", "reflection_consistent": false, "refers_to_setup": false}', "stop", (False, False)),
+        (
+            'Here is my verdict:\n```json\n{"reason": "It says the user provided a detailed image.", '
+            '"reflection_consistent": true, "refers_to_setup": true, "confidence": 0.9}\n```',
+            "stop",
+            (True, True),
+        ),
+        (
+            '{"reason": "' + "long " * 100 + '", "reflection_consistent": false, "refers_to_setup": false}',
+            "stop",
+            (False, False),
+        ),
         ('{"reason": "ok", "reflection_consistent": "false", "refers_to_setup": "no"}', "stop", (False, False)),
         ('{"reason": "The reflection argues for (A) but the answer is', "length", "judge_truncated"),
         ("I think the reflection is fine and it never mentions the setup.", "stop", "judge_no_json"),
         ("{{{{[[[" * 200, "stop", "judge_no_json"),
-        ('{"reason": "x", "reflection_consistent": "maybe", "refers_to_setup": false}', "stop",
-         "judge_invalid:reflection_consistent"),
+        (
+            '{"reason": "x", "reflection_consistent": "maybe", "refers_to_setup": false}',
+            "stop",
+            "judge_invalid:reflection_consistent",
+        ),
         ('{"reason": "x", "reflection_consistent": true}', "stop", "judge_invalid:refers_to_setup"),
         ('{"verdict": {"ok": true}}', "stop", "judge_invalid:reason"),
-        ('{"reason": "\ud800", "reflection_consistent": true, "refers_to_setup": false}', "stop", "judge_invalid_unicode"),
+        (
+            '{"reason": "\ud800", "reflection_consistent": true, "refers_to_setup": false}',
+            "stop",
+            "judge_invalid_unicode",
+        ),
     ],
 )
 def test_a_reply_becomes_a_verdict_or_a_reason(text, finish, expected):
@@ -112,7 +140,12 @@ def test_the_knob_decides_what_is_dropped_and_what_is_only_flagged():
 def test_an_unreadable_reply_is_no_verdict_kept_unless_the_knob_drops_it():
     row = _row()
     kept = verdict_from_reply(row, "!!!! garbage ((((", "length", JudgeConfig())
-    assert (kept.findings, kept.error, kept.drop_reason, kept.consistent) == ([NO_VERDICT], "judge_truncated", None, None)
+    assert (kept.findings, kept.error, kept.drop_reason, kept.consistent) == (
+        [NO_VERDICT],
+        "judge_truncated",
+        None,
+        None,
+    )
     assert kept.reason == "!!!! garbage (((("
     strict = JudgeConfig(drop=("judge_inconsistent", "judge_no_verdict"))
     assert verdict_from_reply(row, "no json here", "stop", strict).drop_reason == NO_VERDICT
@@ -139,7 +172,13 @@ def _verdict(trace_id: str, findings: list[str], config: JudgeConfig) -> JudgeVe
 def test_curation_drops_by_the_judges_reason_and_keeps_flagged_traces():
     """X_O traces l1 (inconsistent), l2 (setup reference), l3 (clean) and an X trace for DPO:
     with the default knob only l3 reaches SFT and only l3 > x1 is a pair; flag-only keeps all."""
-    rows = [_row("l1"), _row("l2"), _row("l3"), _row("x1", label=Label.X_X), _row("l9", kept=False, drop_reason="duplicate")]
+    rows = [
+        _row("l1"),
+        _row("l2"),
+        _row("l3"),
+        _row("x1", label=Label.X_X),
+        _row("l9", kept=False, drop_reason="duplicate"),
+    ]
     prompts = {"m1": TrainingPrompt(mcq_id="m1", image_id="img1", image_path="/img1.png", system="s", prompt="p")}
     select = SelectConfig(sft_per_mcq=4, self_correction_share=1.0, max_pairs_per_type_per_mcq=4)
     found = {"l1": [INCONSISTENT], "l2": [SETUP_REFERENCE], "l3": [], "x1": []}
@@ -151,7 +190,10 @@ def test_curation_drops_by_the_judges_reason_and_keeps_flagged_traces():
 
     curated, sft, pairs = curate(JudgeConfig())
     assert {r.trace_id: r.drop_reason for r in curated if not r.kept} == {
-        "l1": "judge_inconsistent", "l2": "judge_setup_reference", "l9": "duplicate"}
+        "l1": "judge_inconsistent",
+        "l2": "judge_setup_reference",
+        "l9": "duplicate",
+    }
     assert [s.trace_id for s in sft] == ["l3"] and {(p.chosen_id, p.rejected_id) for p in pairs} == {("l3", "x1")}
 
     curated, sft, pairs = curate(JudgeConfig(drop=()))
@@ -184,7 +226,9 @@ def test_the_judge_is_off_by_default_and_is_the_reasoner_unless_configured(tmp_p
     config = load_config()
     assert config.judge.enabled is False and "judge_verdicts" not in code_versions(config)
     assert config.engine_roles() == ["ask", "vlm", "reasoner"]
-    (tmp_path / "c.toml").write_text('[judge]\nenabled = true\n[engines.reasoner]\nkind = "vllm"\nmodel = "org/reasoner"\n')
+    (tmp_path / "c.toml").write_text(
+        '[judge]\nenabled = true\n[engines.reasoner]\nkind = "vllm"\nmodel = "org/reasoner"\n'
+    )
     on = load_config(tmp_path / "c.toml")
     assert on.engines.judge == on.engines.reasoner and on.engines.judge.dtype == "bfloat16"
     assert on.engine_roles() == ["ask", "vlm", "reasoner", "judge"]
@@ -201,4 +245,7 @@ def test_the_judge_and_its_knob_version_selection_but_not_what_comes_before():
     flag_only = PipelineConfig.model_validate({"judge": {"enabled": True, "drop": []}})
     versions = [code_versions(c) for c in (off, on, flag_only)]
     assert len({v["verified"] for v in versions}) == 1
-    assert len({v["sft_samples"] for v in versions}) == 3 and versions[1]["judge_verdicts"] != versions[2]["judge_verdicts"]
+    assert (
+        len({v["sft_samples"] for v in versions}) == 3
+        and versions[1]["judge_verdicts"] != versions[2]["judge_verdicts"]
+    )

@@ -60,9 +60,7 @@ from lpt.stages import mcqs_from_response
         ("x <|| not a token |> a < s > b</think><answer>B</answer>", "x <|| not a token |> a < s > b", "B", None),
     ],
 )
-def test_parse_cot_cases(
-    text: str, think: str | None, answer: str | None, error: str | None
-) -> None:
+def test_parse_cot_cases(text: str, think: str | None, answer: str | None, error: str | None) -> None:
     parsed = parse_cot(text)
     assert (parsed.think, parsed.answer, parsed.error) == (think, answer, error)
 
@@ -98,25 +96,18 @@ def test_tagged_matches_reference_parse(
         assert [d.reasoning_type for d in drafts] == [
             canonical_reasoning_type(row["reasoning_type"]) for row in expected
         ]
-        assert [
-            " ".join(f"({letter}) {o}" for letter, o in zip("ABCD", d.options, strict=True))
-            for d in drafts
-        ] == [row["choices"] for row in expected]
+        assert [" ".join(f"({letter}) {o}" for letter, o in zip("ABCD", d.options, strict=True)) for d in drafts] == [
+            row["choices"] for row in expected
+        ]
 
 
-def test_reference_mcqs_all_validate(
-    stage1_raw: list[dict[str, Any]], stage1_parsed: list[dict[str, Any]]
-) -> None:
+def test_reference_mcqs_all_validate(stage1_raw: list[dict[str, Any]], stage1_parsed: list[dict[str, Any]]) -> None:
     kept_total = 0
     for response in stage1_raw:
         drafts, _ = drafts_from_tagged(response["raw_response"])
-        kept, quarantined = validate_drafts(
-            response["image_id"], drafts, near_duplicate_threshold=0.9
-        )
+        kept, quarantined = validate_drafts(response["image_id"], drafts, near_duplicate_threshold=0.9)
         assert quarantined == []
-        again, _ = validate_drafts(
-            response["image_id"], drafts_from_tagged(response["reformatted_response"])[0], 0.9
-        )
+        again, _ = validate_drafts(response["image_id"], drafts_from_tagged(response["reformatted_response"])[0], 0.9)
         assert [m.mcq_id for m in kept] == [m.mcq_id for m in again]  # ids depend on content only
         kept_total += len(kept)
     assert kept_total == len(stage1_parsed) == 40
@@ -228,9 +219,7 @@ def test_schema_pins_question_count_and_forbids_extras() -> None:
         item["properties"]["options"]["maxItems"],
     ) == (4, 4)
     assert set(item["properties"]["answer_letter"]["enum"]) == {"A", "B", "C", "D"}
-    assert MCQSet.model_validate({"questions": [_item(extra=1)]}).questions[
-        0
-    ] == MCQItem.model_validate(_item())
+    assert MCQSet.model_validate({"questions": [_item(extra=1)]}).questions[0] == MCQItem.model_validate(_item())
 
 
 # --------------------------------------------------------------------------- validation
@@ -287,9 +276,7 @@ def test_validation_keeps_fair_questions() -> None:
     kept, quarantined = validate_drafts("img", drafts, 0.9)
     assert quarantined == []
     assert kept[0].options == ["Red", "Blue", "Green", "Black"] and kept[0].answer == "Green"
-    assert kept[0].mcq_id == stable_id(
-        "img", "What colour is the mug?", ["Red", "Blue", "Green", "Black"], "Green"
-    )
+    assert kept[0].mcq_id == stable_id("img", "What colour is the mug?", ["Red", "Blue", "Green", "Black"], "Green")
 
 
 def test_validation_drops_near_duplicates_of_kept_questions_only() -> None:
@@ -430,9 +417,7 @@ def test_json_parser_never_raises_on_arbitrary_json(value: object) -> None:
         ("x\ud800</think><answer>B</answer>", None, None, "invalid_unicode"),
     ],
 )
-def test_trace_bad_shapes(
-    text: str, think: str | None, answer: str | None, error: str | None
-) -> None:
+def test_trace_bad_shapes(text: str, think: str | None, answer: str | None, error: str | None) -> None:
     parsed = parse_cot(text)
     assert (parsed.think, parsed.answer, parsed.error) == (think, answer, error)
     assert error is None or error in TRACE_ERRORS
@@ -635,8 +620,6 @@ def test_ask_truncated_json_keeps_complete_questions() -> None:
         ("x\ud800", "stop", [("unparsable", "invalid_unicode")]),
     ],
 )
-def test_ask_empty_failed_and_unencodable(
-    text: str, finish: FinishReason, reasons: list[tuple[str, str]]
-) -> None:
+def test_ask_empty_failed_and_unencodable(text: str, finish: FinishReason, reasons: list[tuple[str, str]]) -> None:
     items, refused = mcqs_from_response(_CAPTION, text, finish, AskConfig())
     assert items == [] and _reasons(refused) == reasons

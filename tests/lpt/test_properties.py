@@ -295,9 +295,7 @@ def test_grader_properties(case: tuple[Presentation, str | None, str, Any]) -> N
 
 @PROPERTY
 @given(presentations(), st.sampled_from(["({L})", "{L}.", "Option {L}", "{L}"]), st.data())
-def test_grader_never_reads_look_alike_letters(
-    presentation: Presentation, form: str, data: st.DataObject
-) -> None:
+def test_grader_never_reads_look_alike_letters(presentation: Presentation, form: str, data: st.DataObject) -> None:
     """Cyrillic "А", "В", "С" look like A, B, C but are other letters: they designate nothing."""
     look_alike = {"A": "\u0410", "B": "\u0412", "C": "\u0421"}
     letter = data.draw(st.sampled_from(sorted(look_alike)))
@@ -320,9 +318,7 @@ def trace_cases(draw: st.DrawFn) -> tuple[Presentation, str, str | None, str]:
 
 @PROPERTY
 @given(trace_cases(), st.data())
-def test_trace_parser_properties(
-    case: tuple[Presentation, str, str | None, str], data: st.DataObject
-) -> None:
+def test_trace_parser_properties(case: tuple[Presentation, str, str | None, str], data: st.DataObject) -> None:
     _, text, answer, think = case
     for parse in (parse_cot, parse_continuation):
         parsed = parse(text)
@@ -348,12 +344,8 @@ def test_trace_parser_properties(
 # --------------------------------------------------------------------------- MCQ JSON
 
 _VALID_TYPES = ["recognition", "spatial", "counting", "attribute", "text_in_scene"]
-_JSON_ERROR = re.compile(
-    r"invalid_unicode|no_json|no_questions|truncated_json|invalid_item:\d+:[\w.]+"
-)
-_TAGGED_ERROR = re.compile(
-    r"invalid_unicode|no_questions|missing_(?:question|choices|answer):\d+|no_options:\d+"
-)
+_JSON_ERROR = re.compile(r"invalid_unicode|no_json|no_questions|truncated_json|invalid_item:\d+:[\w.]+")
+_TAGGED_ERROR = re.compile(r"invalid_unicode|no_questions|missing_(?:question|choices|answer):\d+|no_options:\d+")
 
 
 @st.composite
@@ -617,14 +609,18 @@ def test_mcqs_from_response_properties(text: str, finish: FinishReason, structur
 
 # --------------------------------------------------------------------------- verify_shard
 
-_FIXED_DROPS = TRACE_ERRORS | GRADE_REASONS | {
-    "truncated",
-    "engine_error",
-    "short_ungraded",
-    "duplicate",
-    "unknown_mcq",
-    "unknown_short",
-}
+_FIXED_DROPS = (
+    TRACE_ERRORS
+    | GRADE_REASONS
+    | {
+        "truncated",
+        "engine_error",
+        "short_ungraded",
+        "duplicate",
+        "unknown_mcq",
+        "unknown_short",
+    }
+)
 _RESPONSE = re.compile(r"<think>\n(.*)\n</think>\n<answer>(.*)</answer>", re.DOTALL)
 
 

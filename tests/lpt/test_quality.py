@@ -54,7 +54,9 @@ def test_parse_rate_leaves_truncated_traces_to_the_truncation_gate(make_item, ma
         ("no answer tags at all", "stop"),
         ("It is", "length"),
     ]
-    rows = [verify_short(make_short(t, index=i, finish_reason=f), item, VerifyConfig()) for i, (t, f) in enumerate(texts)]
+    rows = [
+        verify_short(make_short(t, index=i, finish_reason=f), item, VerifyConfig()) for i, (t, f) in enumerate(texts)
+    ]
     result = parse_rate(rows, JUDGE_ALL)
     assert (result.value, result.rows) == (round(2 / 3, 4), 3)
     assert not parse_rate(rows, ChecksConfig(min_rows=1, min_parse_rate=0.7)).passed
@@ -85,16 +87,29 @@ def test_accuracy_band_catches_too_low_and_too_high() -> None:
 
 def _pair(index: int, pair_type: PairType) -> DpoPair:
     return DpoPair(
-        pair_id=f"p{index}", pair_type=pair_type, mcq_id=f"m{index}", image_id="img1", chosen_id=f"c{index}",
-        rejected_id=f"r{index}", image_path="/images/img1.jpg", system="", prompt="Q", chosen="a", rejected="b",
+        pair_id=f"p{index}",
+        pair_type=pair_type,
+        mcq_id=f"m{index}",
+        image_id="img1",
+        chosen_id=f"c{index}",
+        rejected_id=f"r{index}",
+        image_path="/images/img1.jpg",
+        system="",
+        prompt="Q",
+        chosen="a",
+        rejected="b",
     )
 
 
 def test_pair_balance() -> None:
-    balanced = [_pair(i, t) for i, t in enumerate([PairType.O_GT_X, PairType.O_GT_X, PairType.O_GT_O_O, PairType.X_O_GT_X])]
+    balanced = [
+        _pair(i, t) for i, t in enumerate([PairType.O_GT_X, PairType.O_GT_X, PairType.O_GT_O_O, PairType.X_O_GT_X])
+    ]
     result = pair_balance(balanced, mcqs=4, config=ChecksConfig(min_rows=1, max_pair_type_share=0.6))
     assert result.passed and result.value == 0.5
-    one_sided = pair_balance([_pair(i, PairType.O_GT_X) for i in range(4)], 4, ChecksConfig(min_rows=1, max_pair_type_share=0.6))
+    one_sided = pair_balance(
+        [_pair(i, PairType.O_GT_X) for i in range(4)], 4, ChecksConfig(min_rows=1, max_pair_type_share=0.6)
+    )
     assert not one_sided.passed and "share of O>X pairs 1.0 (4/4)" in one_sided.reason
     none_expected = pair_balance([], mcqs=3, config=ChecksConfig(min_mcqs_for_pairs=5))
     assert none_expected.passed and not none_expected.judged
@@ -106,8 +121,12 @@ def _reference_shorts(reference_items: list[tuple[dict[str, Any], Presentation]]
     rows = []
     for row, presentation in reference_items:
         mcq = MCQ(
-            mcq_id=row["mcq_id"], image_id=row["image_id"], question=row["question"], options=presentation.options,
-            answer=row["gold_answer_text"], reasoning_type=row["reasoning_type"],
+            mcq_id=row["mcq_id"],
+            image_id=row["image_id"],
+            question=row["question"],
+            options=presentation.options,
+            answer=row["gold_answer_text"],
+            reasoning_type=row["reasoning_type"],
         )
         item = PresentedMCQ(mcq=mcq, presentation=presentation)
         for index, text in enumerate(row["outputs"]):

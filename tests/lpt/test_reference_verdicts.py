@@ -65,19 +65,36 @@ def compute_verdicts() -> dict[str, Any]:
             for index, text in enumerate(row["outputs"]):
                 text = change(text.removeprefix("<think>"))
                 cot = SimpleCot(
-                    cot_id=stable_id(row["mcq_id"], variant, index), mcq_id=row["mcq_id"], image_id=row["image_id"],
-                    sample_index=index, text=text, finish_reason="stop", prompt_tokens=1, completion_tokens=1,
-                    model="reference", stand_in=index % 2 == 1,
+                    cot_id=stable_id(row["mcq_id"], variant, index),
+                    mcq_id=row["mcq_id"],
+                    image_id=row["image_id"],
+                    sample_index=index,
+                    text=text,
+                    finish_reason="stop",
+                    prompt_tokens=1,
+                    completion_tokens=1,
+                    model="reference",
+                    stand_in=index % 2 == 1,
                 )
                 shorts.append((cot, verify_short(cot, item, CONFIG)))
             for index, (cot, short) in enumerate(shorts):
                 continuation = shorts[(index + 1) % len(shorts)][0].text.split("</think>", 1)[-1]
                 thought = shorts[(index + 3) % len(shorts)][0].text.split("</think>", 1)[0]
                 long = LongCot(
-                    long_id=stable_id(cot.cot_id, "long"), cot_id=cot.cot_id, mcq_id=cot.mcq_id, image_id=cot.image_id,
-                    sample_index=0, short_think=short.think, separator="\n\n", cue=CUES[index % 3],
-                    continuation=f" {thought}</think>{continuation}", finish_reason="stop", attempts=1,
-                    prompt_tokens=1, completion_tokens=1, model="reference",
+                    long_id=stable_id(cot.cot_id, "long"),
+                    cot_id=cot.cot_id,
+                    mcq_id=cot.mcq_id,
+                    image_id=cot.image_id,
+                    sample_index=0,
+                    short_think=short.think,
+                    separator="\n\n",
+                    cue=CUES[index % 3],
+                    continuation=f" {thought}</think>{continuation}",
+                    finish_reason="stop",
+                    attempts=1,
+                    prompt_tokens=1,
+                    completion_tokens=1,
+                    model="reference",
                 )
                 traces += [_verdict(short), _verdict(verify_long(long, short, item, CONFIG))]
     mcqs: list[dict[str, Any]] = []
@@ -88,12 +105,14 @@ def compute_verdicts() -> dict[str, Any]:
                 for parser in (drafts_from_tagged, drafts_from_json):
                     drafts, errors = parser(text)
                     kept, quarantined = validate_drafts(response["image_id"], drafts, near_duplicate_threshold=0.9)
-                    mcqs.append({
-                        "source": f"{response['image_id']}:{field}:{variant}:{parser.__name__}",
-                        "errors": errors,
-                        "kept": [[m.mcq_id[:16], m.answer, [normalise(o) for o in m.options]] for m in kept],
-                        "quarantined": [[q.item_id[:16], q.reason] for q in quarantined],
-                    })
+                    mcqs.append(
+                        {
+                            "source": f"{response['image_id']}:{field}:{variant}:{parser.__name__}",
+                            "errors": errors,
+                            "kept": [[m.mcq_id[:16], m.answer, [normalise(o) for o in m.options]] for m in kept],
+                            "quarantined": [[q.item_id[:16], q.reason] for q in quarantined],
+                        }
+                    )
     return {"traces": traces, "mcqs": mcqs}
 
 

@@ -61,11 +61,13 @@ def test_matrix_is_length_normalised_and_bin_picks_the_best_mean(make_item: Make
     item = make_item(gold_letter="B")
     scored = rationales(item, _cots(make_short, ["one", "two", "three"]))
     a, b, c = (r.cot_id for r in scored)
-    logprobs = _logprobs({
-        a: [[-1.0, -1.0], [-2.0], [-4.0, -4.0, -4.0], [-3.0]],  # means -1, -2, -4, -3
-        b: [[-1.5], [-1.0, -3.0], [-4.0], [-3.0]],  # -1.5, -2, -4, -3
-        c: [[-3.0], [-0.5], [-4.0], [-3.0]],  # -3, -0.5, -4, -3
-    })
+    logprobs = _logprobs(
+        {
+            a: [[-1.0, -1.0], [-2.0], [-4.0, -4.0, -4.0], [-3.0]],  # means -1, -2, -4, -3
+            b: [[-1.5], [-1.0, -3.0], [-4.0], [-3.0]],  # -1.5, -2, -4, -3
+            c: [[-3.0], [-0.5], [-4.0], [-3.0]],  # -3, -0.5, -4, -3
+        }
+    )
     s = score_mcq(item, scored, logprobs, suspect_margin=0.1)
     assert s.likelihoods == [[-1.0, -2.0, -4.0, -3.0], [-1.5, -2.0, -4.0, -3.0], [-3.0, -0.5, -4.0, -3.0]]
     assert s.rewards == [-2.0, -2.0, -0.5]
@@ -89,22 +91,31 @@ def test_matrix_is_length_normalised_and_bin_picks_the_best_mean(make_item: Make
         score_mcq(item, [], logprobs, 0.1)
 
 
-def test_bin_picks_the_answer_the_tiny_model_prefers(tiny_qwen2_path, make_item: MakeItem, make_short: MakeShort) -> None:
+def test_bin_picks_the_answer_the_tiny_model_prefers(
+    tiny_qwen2_path, make_item: MakeItem, make_short: MakeShort
+) -> None:
     """The tiny random-weight Qwen2 keeps writing "_functions" (greedy, it repeats that token):
     an option written that way is the one its likelihoods support, whatever the key says."""
     from lpt_resources.engines.transformers_engine import TransformersEngine
 
     options = ("zebra crossing", "_functions_functions_functions", "quiet violet harbour", "seven")
     item = make_item(options=options, gold_letter="C", answer_style="option_text")
-    scored = rationales(item, _cots(make_short, ["_functions_functions_functions_functions", "A quiet violet harbour, seven zebras."]))
+    scored = rationales(
+        item, _cots(make_short, ["_functions_functions_functions_functions", "A quiet violet harbour, seven zebras."])
+    )
     engine = TransformersEngine(str(tiny_qwen2_path), batch_size=8)
     try:
         made = targets(item, scored)
-        messages = (ChatMessage(role="system", content=VLM_SYSTEM), ChatMessage(role="user", content=render_question(item)))
-        results = engine.generate([
-            GenerationRequest(request_id=f"{cot}-{letter}", messages=messages, prefill=SCORE_PREFILL, target=text)
-            for cot, letter, text in made
-        ])
+        messages = (
+            ChatMessage(role="system", content=VLM_SYSTEM),
+            ChatMessage(role="user", content=render_question(item)),
+        )
+        results = engine.generate(
+            [
+                GenerationRequest(request_id=f"{cot}-{letter}", messages=messages, prefill=SCORE_PREFILL, target=text)
+                for cot, letter, text in made
+            ]
+        )
     finally:
         engine.close()
     logprobs = {(cot, letter): r.target_logprobs for (cot, letter, _), r in zip(made, results)}
@@ -113,7 +124,9 @@ def test_bin_picks_the_answer_the_tiny_model_prefers(tiny_qwen2_path, make_item:
     assert s.bin_letter == "B" and s.gold_letter == "C"
     assert s.suspect and s.margin > 0.05
     assert s.rationales[s.best_index].startswith("_functions")  # the rationale it prefers too
-    right_key = score_mcq(make_item(options=options, gold_letter="B", answer_style="option_text"), scored, logprobs, 0.05)
+    right_key = score_mcq(
+        make_item(options=options, gold_letter="B", answer_style="option_text"), scored, logprobs, 0.05
+    )
     assert (right_key.suspect, right_key.margin, right_key.rewards) == (False, 0.0, [row[1] for row in s.likelihoods])
 
 
@@ -121,13 +134,18 @@ def _scores(item: PresentedMCQ, cots: list[SimpleCot], rewards: dict[str, float]
     """Scores whose reward (gold-answer likelihood) for each rationale is rewards[its think]."""
     scored = rationales(item, cots)
     gold = item.presentation.gold_letter
-    logprobs = {(r.cot_id, letter): [rewards[r.think] if letter == gold else -9.0] for r in scored for letter in LETTERS}
+    logprobs = {
+        (r.cot_id, letter): [rewards[r.think] if letter == gold else -9.0] for r in scored for letter in LETTERS
+    }
     return score_mcq(item, scored, logprobs, suspect_margin=0.1)
 
 
 def test_top_k_ranks_each_label_apart(make_item: MakeItem, make_short: MakeShort) -> None:
-    s = _scores(make_item(), _cots(make_short, ["one", "two", "three", "four"]),
-                {"one": -1.0, "two": -0.5, "three": -3.0, "four": -2.0})
+    s = _scores(
+        make_item(),
+        _cots(make_short, ["one", "two", "three", "four"]),
+        {"one": -1.0, "two": -0.5, "three": -3.0, "four": -2.0},
+    )
     a, b, c, d = (dict(zip(s.rationales, s.cot_ids))[t] for t in ("one", "two", "three", "four"))
     assert top_k_cots([s], 1) == {b}
     assert top_k_cots([s], 1, {a: "O", b: "O", c: "X", d: "X"}) == {b, d}
@@ -144,13 +162,20 @@ def test_stage_3_expands_the_best_rewarded_short_cots_of_each_label(make_item: M
     from lpt.stages import plan_continuations
 
     items = {m: make_item(mcq_id=m, gold_letter="B") for m in ("m1", "m2")}
-    captions = {"img1": Caption(image_id="img1", source="t", split="train", image_path="/none.png", description="An eye.",
-                                width=8, height=8)}
+    captions = {
+        "img1": Caption(
+            image_id="img1", source="t", split="train", image_path="/none.png", description="An eye.", width=8, height=8
+        )
+    }
     right = [make_short(f"Blue {i}.</think><answer>(B)</answer>", index=i) for i in range(3)]
     wrong = [make_short(f"Green {i}.</think><answer>(C)</answer>", index=3 + i) for i in range(2)]
     unscored = [make_short(f"Blue again {i}.</think><answer>(B)</answer>", mcq_id="m2", index=i) for i in range(2)]
     shorts = right + wrong + unscored
-    s = _scores(items["m1"], right + wrong, {"Blue 0.": -2.0, "Blue 1.": -0.5, "Blue 2.": -1.0, "Green 0.": -3.0, "Green 1.": -2.5})
+    s = _scores(
+        items["m1"],
+        right + wrong,
+        {"Blue 0.": -2.0, "Blue 1.": -0.5, "Blue 2.": -1.0, "Green 0.": -3.0, "Green 1.": -2.5},
+    )
     by_think = dict(zip(s.rationales, s.cot_ids))
     best_right, best_wrong = by_think["Blue 1."], by_think["Green 1."]
 

@@ -37,9 +37,7 @@ def _trace(mcq_id: str, label: Label, index: int, words: int = 20, kept: bool = 
 
 def _prompts(*mcq_ids: str) -> dict[str, TrainingPrompt]:
     return {
-        m: TrainingPrompt(
-            mcq_id=m, image_id="img1", image_path=f"/img/{m}.jpg", system="sys", prompt=f"Q {m}"
-        )
+        m: TrainingPrompt(mcq_id=m, image_id="img1", image_path=f"/img/{m}.jpg", system="sys", prompt=f"Q {m}")
         for m in mcq_ids
     }
 
@@ -92,16 +90,12 @@ def test_sft_skips_mcqs_without_prompt_and_is_deterministic() -> None:
     samples = select_sft(verified, _prompts("m1"), config)
     assert {s.mcq_id for s in samples} == {"m1"}
     assert select_sft(verified[::-1], _prompts("m1"), config) == samples
-    reseeded = [
-        select_sft(verified, _prompts("m1"), SelectConfig(sft_per_mcq=3, seed=s)) for s in range(8)
-    ]
+    reseeded = [select_sft(verified, _prompts("m1"), SelectConfig(sft_per_mcq=3, seed=s)) for s in range(8)]
     assert len({tuple(x.trace_id for x in r) for r in reseeded}) > 1
 
 
 def test_sft_prefers_longer_traces() -> None:
-    verified = [_trace("m1", Label.O, 0, words=400)] + [
-        _trace("m1", Label.O, i, words=4) for i in range(1, 10)
-    ]
+    verified = [_trace("m1", Label.O, 0, words=400)] + [_trace("m1", Label.O, i, words=4) for i in range(1, 10)]
     picks = Counter(
         s.trace_id
         for seed in range(300)
@@ -153,9 +147,7 @@ def test_pairs_are_deterministic_and_skip_dropped_or_promptless() -> None:
 def test_pairs_limited_by_available_combinations() -> None:
     verified = _pool("m1", {Label.O: 1, Label.X: 1, Label.O_O: 2})
     pairs = mine_pairs(verified, _prompts("m1"), SelectConfig(max_pairs_per_type_per_mcq=5))
-    assert Counter(p.pair_type for p in pairs) == Counter(
-        {PairType.O_GT_X: 1, PairType.O_GT_O_O: 2}
-    )
+    assert Counter(p.pair_type for p in pairs) == Counter({PairType.O_GT_X: 1, PairType.O_GT_O_O: 2})
 
 
 def _realistic_pool(stage2_rows: list[dict[str, Any]], reference_items: list[Any]) -> list[Verified]:
@@ -179,9 +171,7 @@ def _realistic_pool(stage2_rows: list[dict[str, Any]], reference_items: list[Any
     return pool
 
 
-def test_sft_balance_over_a_realistic_label_mix(
-    stage2_rows: list[dict[str, Any]], reference_items: list[Any]
-) -> None:
+def test_sft_balance_over_a_realistic_label_mix(stage2_rows: list[dict[str, Any]], reference_items: list[Any]) -> None:
     """Per MCQ alone, X_O stay well under half of the SFT set (they sit on hard MCQs with few
     correct traces); balanced over the shard, they make about half, as in the method."""
     pool = _realistic_pool(stage2_rows, reference_items)

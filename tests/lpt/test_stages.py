@@ -37,12 +37,16 @@ class _Engine:
         raise AssertionError("stage 3 never loads its engine to plan")
 
 
-def _stage_and_work(make_item: Callable[..., PresentedMCQ], make_short: Callable[..., SimpleCot], retry_max_tokens: int):
+def _stage_and_work(
+    make_item: Callable[..., PresentedMCQ], make_short: Callable[..., SimpleCot], retry_max_tokens: int
+):
     config = PipelineConfig.model_validate(
         {"think_harder": {"sampling": {"n": 1, "max_tokens": 16}, "retry_max_tokens": retry_max_tokens}}
     )
     stage = ThinkHarderStage(config)
-    caption = Caption(image_id="img1", source="t", split="train", image_path="/none.png", description="An eye.", width=8, height=8)
+    caption = Caption(
+        image_id="img1", source="t", split="train", image_path="/none.png", description="An eye.", width=8, height=8
+    )
     inputs = {
         CAPTIONS: {"s": [caption]},
         MCQS: {"s": [make_item(mcq_id="m1", gold_letter="B")]},

@@ -128,7 +128,9 @@ def test_long_setup_reference_is_its_own_reason(
     assert follow.drop_reason == "short_setup:the user provided"
     from lpt_assets.summary import leak_split
 
-    leaky = verify_long(make_long(cot, " the description: blue.</think><answer>B</answer>", index=2), short, item, CONFIG)
+    leaky = verify_long(
+        make_long(cot, " the description: blue.</think><answer>B</answer>", index=2), short, item, CONFIG
+    )
     assert leak_split([row, stand_in_row, follow, leaky, short]) == {"setup": 2, "short_setup": 1, "leak": 1}
 
 
@@ -156,17 +158,97 @@ def test_tag_behaviours() -> None:
 # Pieces of text around what the tags and leak families look for, in several cases, with the
 # near misses and the punctuation and spacing that decide word boundaries.
 _FRAGMENTS = [
-    "wait", "Wait", "WAIT", "await", "waiting", "actually", "on second thought", "let me reconsider",
-    "reconsidering", "i was wrong", "I made a mistake", "hold on", "that's not right", "thats not right",
-    "re-evaluate", "reevaluating", "let me check", "Let me verify", "let me confirm", "double-check",
-    "double checking", "verify", "verification", "confirmed", "make sure", "check again", "re-check",
-    "rechecked", "first,", "Next,", "then,", "finally,", "step", "steps", "stepwise", "to answer this, I need",
-    "to answer this i need", "let me start by", "let's break this down", "lets break it down", "option A",
-    "Option (B)", "OPTION c", "optional", "choice D", "Choice(A)", "choices", "(A)", "(b)", "A.", "B)", "C.",
-    "D)", "A.B", "first option", "Second choice", "THIRD option", "fourth choice", "last option", "the text",
-    "texture", "context", "Descriptions", "described", "mentioning", "Mentally", "visualise", "says", "statement",
-    "a", "A", "I", "i", "s", "x", "re", "(", ")", ".", ",", "-", "'", "_", "1", " ", "\n", "\u017fecond option",
-    "\u0130", "\u212a", "caf\u00e9", "\u00e9wait",
+    "wait",
+    "Wait",
+    "WAIT",
+    "await",
+    "waiting",
+    "actually",
+    "on second thought",
+    "let me reconsider",
+    "reconsidering",
+    "i was wrong",
+    "I made a mistake",
+    "hold on",
+    "that's not right",
+    "thats not right",
+    "re-evaluate",
+    "reevaluating",
+    "let me check",
+    "Let me verify",
+    "let me confirm",
+    "double-check",
+    "double checking",
+    "verify",
+    "verification",
+    "confirmed",
+    "make sure",
+    "check again",
+    "re-check",
+    "rechecked",
+    "first,",
+    "Next,",
+    "then,",
+    "finally,",
+    "step",
+    "steps",
+    "stepwise",
+    "to answer this, I need",
+    "to answer this i need",
+    "let me start by",
+    "let's break this down",
+    "lets break it down",
+    "option A",
+    "Option (B)",
+    "OPTION c",
+    "optional",
+    "choice D",
+    "Choice(A)",
+    "choices",
+    "(A)",
+    "(b)",
+    "A.",
+    "B)",
+    "C.",
+    "D)",
+    "A.B",
+    "first option",
+    "Second choice",
+    "THIRD option",
+    "fourth choice",
+    "last option",
+    "the text",
+    "texture",
+    "context",
+    "Descriptions",
+    "described",
+    "mentioning",
+    "Mentally",
+    "visualise",
+    "says",
+    "statement",
+    "a",
+    "A",
+    "I",
+    "i",
+    "s",
+    "x",
+    "re",
+    "(",
+    ")",
+    ".",
+    ",",
+    "-",
+    "'",
+    "_",
+    "1",
+    " ",
+    "\n",
+    "\u017fecond option",
+    "\u0130",
+    "\u212a",
+    "caf\u00e9",
+    "\u00e9wait",
 ]
 
 
@@ -184,10 +266,7 @@ def test_fast_paths_match_the_patterns(pieces: list[tuple[str, str]]) -> None:
 
 
 def test_render_response() -> None:
-    assert (
-        render_response("  I see blue.\n", "(B)")
-        == "<think>\nI see blue.\n</think>\n<answer>(B)</answer>"
-    )
+    assert render_response("  I see blue.\n", "(B)") == "<think>\nI see blue.\n</think>\n<answer>(B)</answer>"
 
 
 # --------------------------------------------------------------------------- short
@@ -209,9 +288,7 @@ def test_short_labels_and_normalises(
     make_item: MakeItem, make_short: MakeShort, style: str, raw: str, label: Label, answer: str
 ) -> None:
     item = make_item(answer_style=style)
-    row = verify_short(
-        make_short(f" The iris is blue.\n</think>\n<answer>{raw}</answer>"), item, CONFIG
-    )
+    row = verify_short(make_short(f" The iris is blue.\n</think>\n<answer>{raw}</answer>"), item, CONFIG)
     assert (row.kept, row.drop_reason, row.label, row.answer, row.answer_raw) == (
         True,
         None,
@@ -235,9 +312,7 @@ def test_short_labels_and_normalises(
         ("x</think><answer>Purple</answer>", "stop", "no_option"),
     ],
 )
-def test_short_drops(
-    make_item: MakeItem, make_short: MakeShort, text: str, finish: str, reason: str
-) -> None:
+def test_short_drops(make_item: MakeItem, make_short: MakeShort, text: str, finish: str, reason: str) -> None:
     row = verify_short(make_short(text, finish_reason=finish), make_item(), CONFIG)
     assert (row.kept, row.drop_reason, row.label, row.answer, row.response) == (
         False,
@@ -258,9 +333,7 @@ def test_stand_in_short_is_leak_filtered(make_item: MakeItem, make_short: MakeSh
 # --------------------------------------------------------------------------- long
 
 
-def test_long_self_correction(
-    make_item: MakeItem, make_short: MakeShort, make_long: MakeLong
-) -> None:
+def test_long_self_correction(make_item: MakeItem, make_short: MakeShort, make_long: MakeLong) -> None:
     item = make_item(answer_style="dot_letter")
     cot = make_short("The iris looks green.</think><answer>(C) Green</answer>")
     short = verify_short(cot, item, CONFIG)
@@ -272,10 +345,7 @@ def test_long_self_correction(
     row = verify_long(long, short, item, CONFIG)
     assert (row.kept, row.label, row.answer, row.kind) == (True, Label.X_O, "B.", "long")
     assert (row.trace_id, row.long_id, row.cot_id) == (long.long_id, long.long_id, cot.cot_id)
-    assert (
-        row.think
-        == "The iris looks green.\n\nWait, looking again, the iris is blue. Let me check: yes."
-    )
+    assert row.think == "The iris looks green.\n\nWait, looking again, the iris is blue. Let me check: yes."
     assert row.response == f"<think>\n{row.think}\n</think>\n<answer>B.</answer>"
     assert row.behaviours == {
         "backtracking": 1,
@@ -285,9 +355,7 @@ def test_long_self_correction(
     }
 
 
-def test_long_joins_cue_without_space(
-    make_item: MakeItem, make_short: MakeShort, make_long: MakeLong
-) -> None:
+def test_long_joins_cue_without_space(make_item: MakeItem, make_short: MakeShort, make_long: MakeLong) -> None:
     cot = make_short("Green.</think><answer>B</answer>")
     short = verify_short(cot, make_item(), CONFIG)
     row = verify_long(
@@ -314,15 +382,11 @@ def test_long_labels(
 ) -> None:
     cot = make_short(f"x</think><answer>{short_answer}</answer>")
     short = verify_short(cot, make_item(), CONFIG)
-    row = verify_long(
-        make_long(cot, f" y</think><answer>{long_answer}</answer>"), short, make_item(), CONFIG
-    )
+    row = verify_long(make_long(cot, f" y</think><answer>{long_answer}</answer>"), short, make_item(), CONFIG)
     assert (row.kept, row.label) == (True, label)
 
 
-def test_long_leak_only_in_added_text(
-    make_item: MakeItem, make_short: MakeShort, make_long: MakeLong
-) -> None:
+def test_long_leak_only_in_added_text(make_item: MakeItem, make_short: MakeShort, make_long: MakeLong) -> None:
     cot = make_short("The text on the cap is blue.</think><answer>B</answer>")
     short = verify_short(cot, make_item(), CONFIG)
     clean = make_long(
@@ -345,13 +409,9 @@ def test_long_drops(make_item: MakeItem, make_short: MakeShort, make_long: MakeL
     ungraded = verify_short(make_short("x</think><answer>Purple</answer>", index=1), item, CONFIG)
     row = verify_long(make_long(cot, " y</think><answer>B</answer>"), ungraded, item, CONFIG)
     assert (row.kept, row.drop_reason, row.label) == (False, "short_ungraded", None)
-    leaky_cot = make_short(
-        "The description says blue.</think><answer>B</answer>", index=2, stand_in=True
-    )
+    leaky_cot = make_short("The description says blue.</think><answer>B</answer>", index=2, stand_in=True)
     leaky_short = verify_short(leaky_cot, item, CONFIG)
-    row = verify_long(
-        make_long(leaky_cot, " y</think><answer>B</answer>"), leaky_short, item, CONFIG
-    )
+    row = verify_long(make_long(leaky_cot, " y</think><answer>B</answer>"), leaky_short, item, CONFIG)
     assert row.drop_reason == "short_leak:description"
 
 
@@ -370,22 +430,14 @@ def test_shard_one_row_per_trace_dedup_and_unknowns(
     ]
     longs = [
         make_long(shorts[2], " no, blue.</think><answer>B</answer>", short_think="Green.", index=0),
-        make_long(
-            shorts[2], " no, blue.</think><answer>Blue</answer>", short_think="Green.", index=1
-        ),
-        make_long(
-            shorts[2], " truly green.</think><answer>C</answer>", short_think="Green.", index=2
-        ),
+        make_long(shorts[2], " no, blue.</think><answer>Blue</answer>", short_think="Green.", index=1),
+        make_long(shorts[2], " truly green.</think><answer>C</answer>", short_think="Green.", index=2),
         make_long(shorts[3], " blue.</think><answer>B</answer>", index=0),
-        make_long(shorts[0], " blue.</think><answer>B</answer>", index=0).model_copy(
-            update={"cot_id": "ghost"}
-        ),
+        make_long(shorts[0], " blue.</think><answer>B</answer>", index=0).model_copy(update={"cot_id": "ghost"}),
     ]
     rows = verify_shard([item], shorts, longs, CONFIG)
     assert len(rows) == len(shorts) + len(longs)
-    assert sorted(r.trace_id for r in rows) == sorted(
-        [s.cot_id for s in shorts] + [long.long_id for long in longs]
-    )
+    assert sorted(r.trace_id for r in rows) == sorted([s.cot_id for s in shorts] + [long.long_id for long in longs])
     reasons = Counter(r.drop_reason for r in rows)
     assert reasons == Counter({None: 4, "duplicate": 2, "unknown_mcq": 2, "unknown_short": 1})
     duplicates = sorted(
@@ -393,9 +445,7 @@ def test_shard_one_row_per_trace_dedup_and_unknowns(
         key=lambda r: r.trace_id,
     )
     assert [r.drop_reason for r in duplicates] == [None, "duplicate"]
-    assert Counter(r.label for r in rows if r.kept) == Counter(
-        {Label.O: 1, Label.X: 1, Label.X_O: 1, Label.X_X: 1}
-    )
+    assert Counter(r.label for r in rows if r.kept) == Counter({Label.O: 1, Label.X: 1, Label.X_O: 1, Label.X_X: 1})
     assert verify_shard([item], shorts[::-1], longs[::-1], CONFIG) == rows
 
 
@@ -422,11 +472,7 @@ def test_shard_over_real_outputs(
     assert len(rows) == 400
     labels = Counter(r.label for r in rows)
     assert labels[Label.O] == 234
-    assert all(
-        r.answer is not None and r.response.endswith(f"<answer>{r.answer}</answer>")
-        for r in rows
-        if r.kept
-    )
+    assert all(r.answer is not None and r.response.endswith(f"<answer>{r.answer}</answer>") for r in rows if r.kept)
     styles = {item.mcq.mcq_id: item.presentation.answer_style for item in items}
     for r in rows:
         if r.kept and styles[r.mcq_id] == "paren_letter":
@@ -454,9 +500,7 @@ def test_shard_over_real_outputs(
         ("Blue\ud800.</think><answer>B</answer>", "stop", "invalid_unicode"),
     ],
 )
-def test_shard_bad_shapes(
-    make_item: MakeItem, make_short: MakeShort, text: str, finish: str, reason: str
-) -> None:
+def test_shard_bad_shapes(make_item: MakeItem, make_short: MakeShort, text: str, finish: str, reason: str) -> None:
     # Ids hash the text in these factories: give odd texts a clean one's id.
     short = make_short("placeholder", finish_reason=finish).model_copy(update={"text": text})
     (row,) = verify_shard([make_item()], [short], [], CONFIG)
@@ -526,15 +570,8 @@ def test_every_row_can_be_written(
         "\udfff",
         "x</think><answer>\ud800</answer>",
     ]
-    shorts = [
-        make_short(str(i), index=i).model_copy(update={"text": text})
-        for i, text in enumerate(texts)
-    ]
-    longs = [
-        make_long(shorts[1], "y").model_copy(
-            update={"continuation": " y\ud800</think><answer>B</answer>"}
-        )
-    ]
+    shorts = [make_short(str(i), index=i).model_copy(update={"text": text}) for i, text in enumerate(texts)]
+    longs = [make_long(shorts[1], "y").model_copy(update={"continuation": " y\ud800</think><answer>B</answer>"})]
     rows = verify_shard([make_item()], shorts, longs, CONFIG)
     path = tmp_path / "verified.parquet"
     to_frame(rows, Verified).write_parquet(path)

@@ -16,7 +16,11 @@ from lpt_resources.captions.sources import SAMPLE_CAPTIONS
 # stage runs and records its code version is.
 SMALL = {
     "ask": {"questions_per_image": 1, "sampling": {"n": 1, "temperature": 0.7, "top_p": 0.95, "max_tokens": 160}},
-    "think": {"caption_stand_in": True, "constrain_format": True, "sampling": {"n": 1, "temperature": 0.8, "top_p": 0.9, "max_tokens": 32}},
+    "think": {
+        "caption_stand_in": True,
+        "constrain_format": True,
+        "sampling": {"n": 1, "temperature": 0.8, "top_p": 0.9, "max_tokens": 32},
+    },
     "think_harder": {
         "constrain_format": True,
         "retry_max_tokens": 40,
@@ -41,7 +45,10 @@ def drop_manifest(folder: Path, name: str, rows: list[dict]) -> Path:
     for row in rows:
         shutil.copy(SKIMAGE_DATA / row["file_name"], folder / "images" / row["file_name"])
     path = folder / name
-    lines = [json.dumps({"image": f"images/{r['file_name']}", "description": r["description"], "image_id": r["image_id"]}) for r in rows]
+    lines = [
+        json.dumps({"image": f"images/{r['file_name']}", "description": r["description"], "image_id": r["image_id"]})
+        for r in rows
+    ]
     path.write_text("\n".join(lines) + "\n")
     return path
 

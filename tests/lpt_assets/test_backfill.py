@@ -46,7 +46,9 @@ STALE = [*KEYS[3:9], *KEYS[12:19], *KEYS[22:29]]
 ASSETS = ["captions", "mcqs", "simple_cots"]
 
 
-def toy_definitions(mcqs_version: str = "m1", bad: frozenset[str] = frozenset(), empty: frozenset[str] = frozenset()) -> Definitions:
+def toy_definitions(
+    mcqs_version: str = "m1", bad: frozenset[str] = frozenset(), empty: frozenset[str] = frozenset()
+) -> Definitions:
     common = dict(partitions_def=shards, backfill_policy=BackfillPolicy.single_run())
 
     @asset(code_version="c1", **common)
@@ -67,8 +69,12 @@ def toy_definitions(mcqs_version: str = "m1", bad: frozenset[str] = frozenset(),
     def mcqs_quality(context):
         for key in context.partition_keys:
             yield AssetCheckEvaluation(
-                asset_key=AssetKey("mcqs"), check_name="mcq_validity", passed=key not in bad,
-                severity=AssetCheckSeverity.ERROR, blocking=True, partition=key,
+                asset_key=AssetKey("mcqs"),
+                check_name="mcq_validity",
+                passed=key not in bad,
+                severity=AssetCheckSeverity.ERROR,
+                blocking=True,
+                partition=key,
             )
         yield Output(None, output_name=spec.get_python_identifier())
 
@@ -82,7 +88,9 @@ def toy_definitions(mcqs_version: str = "m1", bad: frozenset[str] = frozenset(),
 
 
 def tick(defs: Definitions, instance):
-    with build_schedule_context(instance=instance, instance_ref=instance.get_ref(), repository_def=defs.get_repository_def()) as context:
+    with build_schedule_context(
+        instance=instance, instance_ref=instance.get_ref(), repository_def=defs.get_repository_def()
+    ) as context:
         return defs.resolve_schedule_def(SCHEDULE_NAME).evaluate_tick(context)
 
 
@@ -95,7 +103,10 @@ def launch(defs: Definitions, instance, requests) -> list[bool]:
             continue
         tags = {**request.tags, RUN_KEY_TAG: request.run_key, SCHEDULE_NAME_TAG: SCHEDULE_NAME}
         result = defs.resolve_job_def(JOB).execute_in_process(
-            instance=instance, tags=tags, partition_key=request.partition_key, asset_selection=request.asset_selection,
+            instance=instance,
+            tags=tags,
+            partition_key=request.partition_key,
+            asset_selection=request.asset_selection,
             raise_on_error=False,
         )
         outcomes.append(result.success)
@@ -138,7 +149,12 @@ def test_twenty_stale_shards_in_three_ranges_are_each_materialized_once(instance
     first = tick(defs, instance)
     # one run per contiguous range, cut at max_shards_per_run = 4, every stale shard once
     assert [(covered(r)[0], covered(r)[-1]) for r in first.run_requests] == [
-        ("s03", "s06"), ("s07", "s08"), ("s12", "s15"), ("s16", "s18"), ("s22", "s25"), ("s26", "s28"),
+        ("s03", "s06"),
+        ("s07", "s08"),
+        ("s12", "s15"),
+        ("s16", "s18"),
+        ("s22", "s25"),
+        ("s26", "s28"),
     ]
     assert sorted(k for r in first.run_requests for k in covered(r)) == STALE
     keys = [r.run_key for r in first.run_requests]
@@ -175,7 +191,9 @@ def test_empty_shards_are_skipped_and_a_failed_run_is_retried_once(instance):
     defs = toy_definitions(empty=frozenset({"s01"}))
     job = defs.resolve_job_def(JOB)
     assert job.execute_in_process(instance=instance, partition_key="s01").success
-    assert job.execute_in_process(instance=instance, tags={ASSET_PARTITION_RANGE_START_TAG: "s02", ASSET_PARTITION_RANGE_END_TAG: "s29"}).success
+    assert job.execute_in_process(
+        instance=instance, tags={ASSET_PARTITION_RANGE_START_TAG: "s02", ASSET_PARTITION_RANGE_END_TAG: "s29"}
+    ).success
     changed = toy_definitions(mcqs_version="m2", empty=frozenset({"s01"}))
     result = tick(changed, instance)
     assert "s01" not in {k for r in result.run_requests for k in covered(r)}  # empty: nothing to generate
@@ -183,7 +201,8 @@ def test_empty_shards_are_skipped_and_a_failed_run_is_retried_once(instance):
     # the first run fails without materializing anything: the next tick retries it once
     request = result.run_requests[0]
     instance.create_run_for_job(
-        changed.resolve_job_def(JOB), status=DagsterRunStatus.FAILURE,
+        changed.resolve_job_def(JOB),
+        status=DagsterRunStatus.FAILURE,
         tags={**request.tags, RUN_KEY_TAG: request.run_key, SCHEDULE_NAME_TAG: SCHEDULE_NAME},
     )
     retried = tick(changed, instance).run_requests

@@ -36,9 +36,18 @@ def postgres_instance(tmp_path) -> Iterator[DagsterInstance]:
     name = f"lpt_bulk_{uuid.uuid4().hex[:10]}"
     with admin.cursor() as cur:
         cur.execute(f'CREATE DATABASE "{name}"')
-    db = {"hostname": PG["host"], "port": PG["port"], "username": PG["user"], "password": "", "db_name": name, "scheme": "postgresql+psycopg2"}
+    db = {
+        "hostname": PG["host"],
+        "port": PG["port"],
+        "username": PG["user"],
+        "password": "",
+        "db_name": name,
+        "scheme": "postgresql+psycopg2",
+    }
     try:
-        with instance_for_test(temp_dir=str(tmp_path), overrides={"storage": {"postgres": {"postgres_db": db}}}) as instance:
+        with instance_for_test(
+            temp_dir=str(tmp_path), overrides={"storage": {"postgres": {"postgres_db": db}}}
+        ) as instance:
             yield instance
     finally:
         with admin.cursor() as cur:
@@ -63,7 +72,9 @@ def test_bulk_reads_agree_with_the_public_per_partition_reads(instance):
     job = defs.resolve_job_def(JOB)
     assert job.execute_in_process(instance=instance, partition_key="s00").success
     range_run = job.execute_in_process(
-        instance=instance, tags={ASSET_PARTITION_RANGE_START_TAG: "s01", ASSET_PARTITION_RANGE_END_TAG: "s03"}, raise_on_error=False
+        instance=instance,
+        tags={ASSET_PARTITION_RANGE_START_TAG: "s01", ASSET_PARTITION_RANGE_END_TAG: "s03"},
+        raise_on_error=False,
     )
     assert not range_run.success  # s03's blocking check failed: simple_cots stopped for s01..s03
     assert job.execute_in_process(
@@ -81,18 +92,25 @@ def test_bulk_reads_agree_with_the_public_per_partition_reads(instance):
         versions = code_versions_of(instance, asset, latest.values())
         assert set(versions.values()) == {defs.resolve_assets_def(name).code_versions_by_key[asset]}
     captions = latest_materializations(instance, AssetKey("captions"))
-    metadata = materialization_metadata(instance, AssetKey("captions"), [captions[k].storage_id for k in ("s00", "s04")])
+    metadata = materialization_metadata(
+        instance, AssetKey("captions"), [captions[k].storage_id for k in ("s00", "s04")]
+    )
     assert {storage_id: values["rows_out"].value for storage_id, values in metadata.items()} == {
         captions["s00"].storage_id: 1,
         captions["s04"].storage_id: 0,
     }
 
     failures = latest_check_failures(instance, list(defs.get_repository_def().asset_graph.asset_check_keys))
-    assert {key: [(c.name, run) for c, run in found] for key, found in failures.items()} == {"s03": [("mcq_validity", range_run.run_id)]}
+    assert {key: [(c.name, run) for c, run in found] for key, found in failures.items()} == {
+        "s03": [("mcq_validity", range_run.run_id)]
+    }
     assert failed_checks(instance, KEYS[:6]) == {"s03": ["mcqs:mcq_validity"]}
     assert failed_checks(instance, ["s03"], run_id=range_run.run_id) == {"s03": ["mcqs:mcq_validity"]}
     assert failed_checks(instance, ["s03"], run_id="another-run") == {}
 
     # and the schedule on top of them: s01, s02 need simple_cots; s03 is held back
     (request,) = tick(defs, instance).run_requests
-    assert (request.tags[ASSET_PARTITION_RANGE_START_TAG], request.tags[ASSET_PARTITION_RANGE_END_TAG]) == ("s01", "s02")
+    assert (request.tags[ASSET_PARTITION_RANGE_START_TAG], request.tags[ASSET_PARTITION_RANGE_END_TAG]) == (
+        "s01",
+        "s02",
+    )

@@ -27,6 +27,7 @@ DOWNSTREAM_OF_MCQS = ["simple_cots", "long_cots", "verified", "sft_samples", "dp
 
 def test_contiguous_ranges_skip_blocked_shards() -> None:
     keys = ["s0", "s1", "s2", "s3", "s4"]
+
     def passing_ranges(blocked):  # as the unblocking sensor asks: the shards that were not blocked
         return [(run[0], run[-1]) for run in contiguous(keys, set(keys) - blocked)]
 

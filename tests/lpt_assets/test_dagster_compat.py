@@ -44,9 +44,18 @@ def test_the_tag_names_are_dagsters_own():
     from dagster._core.definitions import data_version
     from dagster._core.storage import tags
 
-    for name in ("PARTITION_NAME_TAG", "ASSET_PARTITION_RANGE_START_TAG", "ASSET_PARTITION_RANGE_END_TAG", "RUN_KEY_TAG", "SCHEDULE_NAME_TAG"):
+    for name in (
+        "PARTITION_NAME_TAG",
+        "ASSET_PARTITION_RANGE_START_TAG",
+        "ASSET_PARTITION_RANGE_END_TAG",
+        "RUN_KEY_TAG",
+        "SCHEDULE_NAME_TAG",
+    ):
         assert getattr(compat, name) == getattr(tags, name), name
-    assert (compat.DATA_VERSION_TAG, compat.CODE_VERSION_TAG) == (data_version.DATA_VERSION_TAG, data_version.CODE_VERSION_TAG)
+    assert (compat.DATA_VERSION_TAG, compat.CODE_VERSION_TAG) == (
+        data_version.DATA_VERSION_TAG,
+        data_version.CODE_VERSION_TAG,
+    )
 
 
 def test_the_types_are_what_the_public_api_hands_out():
@@ -89,10 +98,16 @@ def test_a_partitioned_check_evaluation_links_its_materialization_and_reads_back
         )
         instance.report_runless_asset_event(
             AssetCheckEvaluation(
-                asset_key=table.key, check_name="table_ok", passed=False, partition="a", target_materialization_data=target
+                asset_key=table.key,
+                check_name="table_ok",
+                passed=False,
+                partition="a",
+                target_materialization_data=target,
             )
         )
-        [info] = instance.event_log_storage.get_asset_check_partition_info([AssetCheckKey(table.key, "table_ok")], partition_keys=["a"])
+        [info] = instance.event_log_storage.get_asset_check_partition_info(
+            [AssetCheckKey(table.key, "table_ok")], partition_keys=["a"]
+        )
         assert info.partition_key == "a"
         assert info.latest_execution_status == compat.AssetCheckExecutionRecordStatus.FAILED
         assert info.latest_target_materialization_storage_id == record.storage_id

@@ -35,7 +35,11 @@ def test_a_run_of_empty_shards_skips_generation_without_the_gpu_pool(tmp_path) -
 
         [record] = instance.get_run_records(limit=1, filters=None, order_by="create_timestamp", ascending=True)
         events = instance.all_logs(record.dagster_run.run_id)
-        skipped = {event.step_key for event in events if event.dagster_event and event.dagster_event.event_type == DagsterEventType.STEP_SKIPPED}
+        skipped = {
+            event.step_key
+            for event in events
+            if event.dagster_event and event.dagster_event.event_type == DagsterEventType.STEP_SKIPPED
+        }
         assert {"mcqs", "simple_cots", "long_cots", "verified"} <= skipped
         assert record.dagster_run.is_success
         for key in keys:

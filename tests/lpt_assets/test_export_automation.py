@@ -37,7 +37,9 @@ def _config(root: Path, server: PipelineModelServer, **checks) -> PipelineConfig
 
 
 def _tick(defs, instance, cursor):
-    with build_sensor_context(instance=instance, instance_ref=instance.get_ref(), cursor=cursor, definitions=defs, resources=defs.resources) as context:
+    with build_sensor_context(
+        instance=instance, instance_ref=instance.get_ref(), cursor=cursor, definitions=defs, resources=defs.resources
+    ) as context:
         return defs.resolve_sensor_def(EXPORTS_SENSOR).evaluate_tick(context)
 
 
@@ -100,7 +102,9 @@ def test_sensor_and_schedule_runs_lead_to_current_exports(tmp_path):
         # the backfill schedule's run (a stage-3 change) leads to exports of exactly its shards
         harder = config.think_harder.model_copy(update={"cues": ("Hmm,",), "cue_weights": (1.0,)})
         changed = build_definitions(config.model_copy(update={"think_harder": harder}))
-        with build_schedule_context(instance=instance, instance_ref=instance.get_ref(), repository_def=changed.get_repository_def()) as context:
+        with build_schedule_context(
+            instance=instance, instance_ref=instance.get_ref(), repository_def=changed.get_repository_def()
+        ) as context:
             (backfill,) = changed.resolve_schedule_def(SCHEDULE_NAME).evaluate_tick(context).run_requests
         assert _run(changed, PIPELINE_JOB, instance, backfill).success
         tick = _tick(changed, instance, quiet.cursor)
@@ -108,17 +112,24 @@ def test_sensor_and_schedule_runs_lead_to_current_exports(tmp_path):
         assert _run(changed, EXPORT_JOB, instance, request).success
         metadata = _metadata(instance)
         assert (metadata["mode"], metadata["shards_written"], metadata["shards"]) == ("incremental", 2, 2)
-        sft = [json.loads(line) for line in (tmp_path / "exports" / "llamafactory" / "sft" / f"{first}.jsonl").read_text().splitlines()]
+        sft = [
+            json.loads(line)
+            for line in (tmp_path / "exports" / "llamafactory" / "sft" / f"{first}.jsonl").read_text().splitlines()
+        ]
         stored_sft = store.read(SFT_SAMPLES, first)
         assert sorted(row["messages"][-1]["content"] for row in sft) == sorted(s.response for s in stored_sft)
         assert any("Hmm," in s.response for s in stored_sft if s.long_id)  # the rerun's long CoTs
 
         # a rerun of one shard with thresholds it cannot meet: the run stops at a check, and the
         # exports drop that shard's parts although its old files are still in storage
-        strict = build_definitions(_config(tmp_path, server, short_accuracy=(0.99, 1.0), max_pair_type_share=0.0, min_rows=0).model_copy(
-            update={"think_harder": harder}
-        ))
-        failed = strict.resolve_job_def(PIPELINE_JOB).execute_in_process(instance=instance, partition_key=second, raise_on_error=False)
+        strict = build_definitions(
+            _config(tmp_path, server, short_accuracy=(0.99, 1.0), max_pair_type_share=0.0, min_rows=0).model_copy(
+                update={"think_harder": harder}
+            )
+        )
+        failed = strict.resolve_job_def(PIPELINE_JOB).execute_in_process(
+            instance=instance, partition_key=second, raise_on_error=False
+        )
         assert not failed.success
         tick = _tick(strict, instance, tick.cursor)
         (request,) = tick.run_requests
@@ -153,7 +164,11 @@ def _materialize(instance, run_id: str, asset: str, shard: str) -> None:
         job_name="lpt_pipeline",
         event_specific_data=StepMaterializationData(AssetMaterialization(asset_key=asset, partition=shard)),
     )
-    instance.store_event(EventLogEntry(error_info=None, level=20, user_message="", run_id=run_id, timestamp=time.time(), dagster_event=event))
+    instance.store_event(
+        EventLogEntry(
+            error_info=None, level=20, user_message="", run_id=run_id, timestamp=time.time(), dagster_event=event
+        )
+    )
 
 
 @pytest.mark.parametrize("outcome", ["success", "failure"])
@@ -162,7 +177,9 @@ def test_shards_of_a_run_in_flight_wait_for_its_end(tmp_path, outcome):
     way) its shards are, although the cursor has moved past their events meanwhile."""
     (tmp_path / "home").mkdir()
     with instance_for_test(temp_dir=str(tmp_path / "home")) as instance:
-        running = instance.create_run_for_job(build_definitions(PipelineConfig()).resolve_job_def(PIPELINE_JOB), status=DagsterRunStatus.STARTED)
+        running = instance.create_run_for_job(
+            build_definitions(PipelineConfig()).resolve_job_def(PIPELINE_JOB), status=DagsterRunStatus.STARTED
+        )
         _materialize(instance, running.run_id, "sft_samples", "s-1")
         instance.report_runless_asset_event(AssetMaterialization(asset_key="dpo_pairs", partition="s-2"))
         first = pending_changes(instance, ChangeCursor())
@@ -172,7 +189,9 @@ def test_shards_of_a_run_in_flight_wait_for_its_end(tmp_path, outcome):
         from dagster._core.events import DagsterEvent
 
         ended = DagsterEventType.RUN_SUCCESS if outcome == "success" else DagsterEventType.RUN_FAILURE
-        instance.run_storage.handle_run_event(running.run_id, DagsterEvent(event_type_value=ended.value, job_name=PIPELINE_JOB))
+        instance.run_storage.handle_run_event(
+            running.run_id, DagsterEvent(event_type_value=ended.value, job_name=PIPELINE_JOB)
+        )
         after = pending_changes(instance, first.cursor)
         assert after.shards == ["s-1"] and after.cursor.waiting == ()
         assert pending_changes(instance, after.cursor).shards == []

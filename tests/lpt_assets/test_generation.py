@@ -48,9 +48,16 @@ def test_run_streams_follow_ups_and_marks_each_shard_done_after_its_last_answer(
 
         def retry_cut(answer):
             if answer.context[0] == "first" and answer.result.completions[0].finish_reason == "length":
-                yield _request(f"retry {answer.request.messages[-1].content}", max_tokens=20), ("retry", answer.context[1])
+                yield (
+                    _request(f"retry {answer.request.messages[-1].content}", max_tokens=20),
+                    ("retry", answer.context[1]),
+                )
 
-        events = list(GenerationRun(engine, iter(work), stage="stage", cache_base=str(tmp_path), total=len(work), follow_up=retry_cut))
+        events = list(
+            GenerationRun(
+                engine, iter(work), stage="stage", cache_base=str(tmp_path), total=len(work), follow_up=retry_cut
+            )
+        )
     answers = [e for e in events if isinstance(e, Answer)]
     done = [e for e in events if isinstance(e, ShardDone)]
     assert [d.shard for d in sorted(done, key=lambda d: d.shard)] == ["s0", "s1"] and not any(d.failed for d in done)
@@ -64,7 +71,9 @@ def test_run_streams_follow_ups_and_marks_each_shard_done_after_its_last_answer(
     # each shard counts its own requests (s0: four, and their four retries) and tokens
     stats = {d.shard: d.stats for d in done}
     assert (stats["s0"].requests_sent, stats["s1"].requests_sent) == (8, 3)
-    assert stats["s0"].completion_tokens == sum(c.completion_tokens for a in answers if a.shard == "s0" for c in a.result.completions)
+    assert stats["s0"].completion_tokens == sum(
+        c.completion_tokens for a in answers if a.shard == "s0" for c in a.result.completions
+    )
     assert stats["s0"].completion_tokens + stats["s1"].completion_tokens > stats["s1"].completion_tokens > 0
     # a rerun answers everything from the cache (follow-ups included) and sends nothing
     with FakeOpenAIServer() as server:
@@ -73,7 +82,10 @@ def test_run_streams_follow_ups_and_marks_each_shard_done_after_its_last_answer(
         events = list(run)
         again = [e for e in events if isinstance(e, Answer)]
         assert (run.stats.cache_hits, run.stats.requests_sent, len(server.requests)) == (11, 0, 0)
-        assert {e.shard: (e.stats.cache_hits, e.stats.requests_sent) for e in events if isinstance(e, ShardDone)} == {"s0": (8, 0), "s1": (3, 0)}
+        assert {e.shard: (e.stats.cache_hits, e.stats.requests_sent) for e in events if isinstance(e, ShardDone)} == {
+            "s0": (8, 0),
+            "s1": (3, 0),
+        }
     assert sorted((a.shard, a.context) for a in again) == sorted((a.shard, a.context) for a in answers)
 
 
@@ -81,8 +93,9 @@ def test_results_reach_the_cache_in_small_groups_while_the_stage_streams(tmp_pat
     """A crash mid-stage loses at most the answers not yet flushed and those in flight."""
     with FakeOpenAIServer(delay_s=0.02) as server:
         engine = OpenAIEngineResource(model="m", base_url=server.base_url, max_concurrency=2, flush_every=3)
-        run = GenerationRun(engine, (("s", _request(f"q{i}"), i) for i in range(20)), stage="stage",
-                            cache_base=str(tmp_path), total=20)
+        run = GenerationRun(
+            engine, (("s", _request(f"q{i}"), i) for i in range(20)), stage="stage", cache_base=str(tmp_path), total=20
+        )
         seen = 0
         for event in run:
             if isinstance(event, Answer):
@@ -116,11 +129,20 @@ def test_progress_reports_done_total_speed_and_time_left(tmp_path):
     lines: list[str] = []
     with FakeOpenAIServer(delay_s=0.05) as server:
         engine = OpenAIEngineResource(model="m", base_url=server.base_url, max_concurrency=2, progress_seconds=0.1)
-        run = GenerationRun(engine, (("s", _request(f"q{i}"), i) for i in range(12)), stage="simple_cots",
-                            cache_base=str(tmp_path), total=12, report=lines.append)
+        run = GenerationRun(
+            engine,
+            (("s", _request(f"q{i}"), i) for i in range(12)),
+            stage="simple_cots",
+            cache_base=str(tmp_path),
+            total=12,
+            report=lines.append,
+        )
         list(run)
     assert len(lines) >= 3, lines
-    assert any("simple_cots:" in line and "/12 requests answered" in line and "tokens/s" in line and "left" in line for line in lines)
+    assert any(
+        "simple_cots:" in line and "/12 requests answered" in line and "tokens/s" in line and "left" in line
+        for line in lines
+    )
     assert lines[-1].startswith("simple_cots: 12/12 requests answered") and lines[-1].endswith("(done)")
 
 

@@ -44,30 +44,75 @@ LONGS = {  # long id -> (short CoT, continuation after the cue, answer)
 
 
 def _stored_shard(store: ParquetStore) -> None:
-    store.write(CAPTIONS, "s1", [Caption(image_id="img1", source="t", split="train", image_path="/img1.png",
-                                           description="A bottle with a green cap.", width=8, height=8)])
+    store.write(
+        CAPTIONS,
+        "s1",
+        [
+            Caption(
+                image_id="img1",
+                source="t",
+                split="train",
+                image_path="/img1.png",
+                description="A bottle with a green cap.",
+                width=8,
+                height=8,
+            )
+        ],
+    )
     store.write(MCQS, "s1", [presented_mcq()])
-    store.write(SIMPLE_COTS, "s1", [
-        SimpleCot(cot_id=cot_id, mcq_id="m1", image_id="img1", sample_index=i, text=f"\n{think}\n</think>\n<answer>{answer}</answer>",
-                  finish_reason="stop", prompt_tokens=40, completion_tokens=20, model="vlm", stand_in=False)
-        for i, (cot_id, (think, answer)) in enumerate(SHORTS.items())
-    ])
-    store.write(LONG_COTS, "s1", [
-        LongCot(long_id=long_id, cot_id=cot_id, mcq_id="m1", image_id="img1", sample_index=0,
-                short_think=SHORTS[cot_id][0].rstrip(".") + ".", separator=" ", cue="Wait,",
-                continuation=f" {text}\n</think>\n<answer>{answer}</answer>", finish_reason="stop", attempts=1,
-                prompt_tokens=90, completion_tokens=30, model="reasoner")
-        for long_id, (cot_id, text, answer) in LONGS.items()
-    ])
+    store.write(
+        SIMPLE_COTS,
+        "s1",
+        [
+            SimpleCot(
+                cot_id=cot_id,
+                mcq_id="m1",
+                image_id="img1",
+                sample_index=i,
+                text=f"\n{think}\n</think>\n<answer>{answer}</answer>",
+                finish_reason="stop",
+                prompt_tokens=40,
+                completion_tokens=20,
+                model="vlm",
+                stand_in=False,
+            )
+            for i, (cot_id, (think, answer)) in enumerate(SHORTS.items())
+        ],
+    )
+    store.write(
+        LONG_COTS,
+        "s1",
+        [
+            LongCot(
+                long_id=long_id,
+                cot_id=cot_id,
+                mcq_id="m1",
+                image_id="img1",
+                sample_index=0,
+                short_think=SHORTS[cot_id][0].rstrip(".") + ".",
+                separator=" ",
+                cue="Wait,",
+                continuation=f" {text}\n</think>\n<answer>{answer}</answer>",
+                finish_reason="stop",
+                attempts=1,
+                prompt_tokens=90,
+                completion_tokens=30,
+                model="reasoner",
+            )
+            for long_id, (cot_id, text, answer) in LONGS.items()
+        ],
+    )
 
 
 def _config(tmp_path, model, **judge) -> PipelineConfig:
-    return PipelineConfig.model_validate({
-        "storage": str(tmp_path / "data"),
-        "judge": {"enabled": True, "sampling": {"n": 1, "temperature": 0.0, "max_tokens": 512}, **judge},
-        "select": {"sft_per_mcq": 8, "self_correction_share": 1.0, "max_pairs_per_type_per_mcq": 8},
-        "engines": {"reasoner": {"model": str(model), "batch_size": 8}},
-    })
+    return PipelineConfig.model_validate(
+        {
+            "storage": str(tmp_path / "data"),
+            "judge": {"enabled": True, "sampling": {"n": 1, "temperature": 0.0, "max_tokens": 512}, **judge},
+            "select": {"sft_per_mcq": 8, "self_correction_share": 1.0, "max_pairs_per_type_per_mcq": 8},
+            "engines": {"reasoner": {"model": str(model), "batch_size": 8}},
+        }
+    )
 
 
 def _run(config: PipelineConfig, store: ParquetStore, instance) -> dict:
@@ -88,7 +133,10 @@ def _selected(store: ParquetStore) -> tuple[set[str], set[str]]:
 def test_judge_verdicts_drop_by_reason_cache_and_flag_only(tmp_path, tiny_qwen2_path):
     config = _config(tmp_path, tiny_qwen2_path)
     assert config.engines.judge == config.engines.reasoner  # one loaded model serves both roles
-    assert build_judge_assets(config.model_copy(update={"judge": config.judge.model_copy(update={"enabled": False})})) == []
+    assert (
+        build_judge_assets(config.model_copy(update={"judge": config.judge.model_copy(update={"enabled": False})}))
+        == []
+    )
     store = ParquetStore(base=config.storage)
     _stored_shard(store)
     (tmp_path / "home").mkdir()
@@ -100,14 +148,24 @@ def test_judge_verdicts_drop_by_reason_cache_and_flag_only(tmp_path, tiny_qwen2_
             sent.append((metadata["requests_sent"], metadata["cache_hits"]))
         verified = {r.trace_id: r for r in store.read(VERIFIED, "s1")}
         assert {t: r.label.value for t, r in verified.items() if r.kept} == {
-            "c1": "X", "c2": "O", "l1": "X_O", "l2": "X_O", "l3": "X_O", "l4": "X_X", "l5": "O_O"}
+            "c1": "X",
+            "c2": "O",
+            "l1": "X_O",
+            "l2": "X_O",
+            "l3": "X_O",
+            "l4": "X_X",
+            "l5": "O_O",
+        }
         verdicts = {v.trace_id: v for v in store.read(JUDGE_VERDICTS, "s1")}
         assert sorted(verdicts) == ["l1", "l2", "l3", "l4", "l5"]  # every kept long trace, no short one
         # guided decoding: even random weights write a verdict the parser reads
         assert all(v.error is None and v.consistent is not None for v in verdicts.values())
         assert store.read(JUDGE_VERDICTS_QUARANTINE, "s1") == []
         for v in verdicts.values():
-            assert v.findings == ["judge_inconsistent"] * (not v.consistent) + ["judge_setup_reference"] * v.setup_reference
+            assert (
+                v.findings
+                == ["judge_inconsistent"] * (not v.consistent) + ["judge_setup_reference"] * v.setup_reference
+            )
             assert v.drop_reason == (v.findings[0] if v.findings else None)
         dropped = {t for t, v in verdicts.items() if v.drop_reason}
         assert dropped, "the tiny judge found nothing: the drop path is not exercised"
@@ -133,7 +191,8 @@ def test_judge_verdicts_drop_by_reason_cache_and_flag_only(tmp_path, tiny_qwen2_
         assert sft == {t for t in kept if verified[t].label.value in ("O", "O_O", "X_O")}
         assert dropped <= sft | paired  # flagged, still selected
         assert summarize(store, instance, ["s1"], flag_only)["judge"]["flagged"] == dict(
-            Counter(f for v in verdicts.values() for f in v.findings))
+            Counter(f for v in verdicts.values() for f in v.findings)
+        )
     assert sent == [(5, 0), (0, 5)]
 
 
@@ -160,7 +219,9 @@ def test_garbage_replies_are_quarantined_and_kept_unless_the_knob_drops_them(tmp
         store.write(LONG_COTS, "s1", [c for c in store.read(LONG_COTS, "s1") if c.long_id != "l5"])
         config = _config(tmp_path, tiny_qwen2_path, drop=["judge_no_verdict"], **free)
         resources = {"store": store, "judge_engine": engine_resource(config.engines.judge)}
-        assert materialize(build_judge_assets(config), partition_key="s1", instance=instance, resources=resources).success
+        assert materialize(
+            build_judge_assets(config), partition_key="s1", instance=instance, resources=resources
+        ).success
         verdicts = {v.trace_id: v for v in store.read(JUDGE_VERDICTS, "s1")}
         assert len(verdicts) == 5 and verdicts["l5"].error == "judge_missing_input"
         assert verdicts["l5"].drop_reason == "judge_no_verdict"
@@ -180,23 +241,31 @@ def test_the_pipeline_with_the_judge_on_loads_one_model_and_reruns_for_free(tmp_
     from lpt_resources.engines import transformers_engine
     from tests.small_config import SMALL
 
-    config = PipelineConfig.model_validate({
-        **SMALL, "storage": str(tmp_path / "data"), "exports": str(tmp_path / "exports"),
-        "judge": {"enabled": True, "sampling": {"n": 1, "temperature": 0.0, "max_tokens": 96}},
-    })
+    config = PipelineConfig.model_validate(
+        {
+            **SMALL,
+            "storage": str(tmp_path / "data"),
+            "exports": str(tmp_path / "exports"),
+            "judge": {"enabled": True, "sampling": {"n": 1, "temperature": 0.0, "max_tokens": 96}},
+        }
+    )
     store = ParquetStore(base=config.storage)
     (tmp_path / "home").mkdir()
     with instance_for_test(temp_dir=str(tmp_path / "home")) as instance:
         keys = register_source("sample?limit=1&shard_size=1", store, instance).shards
         caplog.set_level(logging.INFO, logger=transformers_engine.__name__)
         run_pipeline(instance, config, keys)
-        loads = [r for r in caplog.records if r.name == transformers_engine.__name__ and r.getMessage().startswith("loaded ")]
+        loads = [
+            r for r in caplog.records if r.name == transformers_engine.__name__ and r.getMessage().startswith("loaded ")
+        ]
         assert len(loads) == 1, [r.getMessage() for r in loads]
         judged = {r.trace_id for key in keys for r in judged_traces(store.read(VERIFIED, key))}
         verdicts = [v for key in keys for v in store.read(JUDGE_VERDICTS, key)]
         assert judged and {v.trace_id for v in verdicts} == judged
         summary = summarize(store, instance, keys, config)
-        assert summary["judge"]["judged"] == len(judged) and summary["engines"]["judge_verdicts"]["requests_sent"] == len(judged)
+        assert summary["judge"]["judged"] == len(judged) and summary["engines"]["judge_verdicts"][
+            "requests_sent"
+        ] == len(judged)
         assert f"judge verdicts: {len(judged)} long traces judged" in render(summary)
         run_pipeline(instance, config, keys)
         assert summarize(store, instance, keys, config)["engines"]["judge_verdicts"]["requests_sent"] == 0

@@ -52,7 +52,17 @@ def test_registration_is_idempotent(pipeline_run):
 
 def test_every_asset_materialized_for_every_shard(pipeline_run):
     config, _, instance, keys = pipeline_run
-    partitioned = ["captions", "usable_captions", "mcqs", "simple_cots", "rationale_scores", "long_cots", "verified", "sft_samples", "dpo_pairs"]
+    partitioned = [
+        "captions",
+        "usable_captions",
+        "mcqs",
+        "simple_cots",
+        "rationale_scores",
+        "long_cots",
+        "verified",
+        "sft_samples",
+        "dpo_pairs",
+    ]
     for name in partitioned:
         done = instance.get_materialized_partitions(AssetKey(name))
         assert done == set(keys), name
@@ -108,7 +118,9 @@ def test_exports_name_existing_images(pipeline_run):
         exported += len(rows)
         for row in rows:
             assert all((folder / image).exists() for image in row["images"])
-    provenance = [line for part in (Path(config.exports) / "provenance").glob("*.jsonl") for line in part.read_text().splitlines()]
+    provenance = [
+        line for part in (Path(config.exports) / "provenance").glob("*.jsonl") for line in part.read_text().splitlines()
+    ]
     assert len(provenance) == exported
 
 
@@ -131,10 +143,13 @@ def test_rerun_sends_nothing_and_writes_the_same_rows(pipeline_run):
 def test_changing_stage3_sampling_only_resends_stage3(pipeline_run):
     config, _, instance, keys = pipeline_run
     changed = config.model_copy(
-        update={"think_harder": config.think_harder.model_copy(update={"sampling": config.think_harder.sampling.model_copy(update={"temperature": 0.5})})}
+        update={
+            "think_harder": config.think_harder.model_copy(
+                update={"sampling": config.think_harder.sampling.model_copy(update={"temperature": 0.5})}
+            )
+        }
     )
     run_pipeline(instance, changed, keys)
     assert _engine_metadata(instance, "mcqs")["requests_sent"] == 0
     assert _engine_metadata(instance, "simple_cots")["requests_sent"] == 0
     assert _engine_metadata(instance, "long_cots")["requests_sent"] > 0
-

@@ -37,7 +37,10 @@ def test_a_missing_reasoner_path_fails_the_first_generation_step(tmp_path):
     (failure,) = [e for e in result.all_events if e.is_step_failure]
     assert failure.step_key == "mcqs"
     message = failure.step_failure_data.user_failure_data.description
-    assert message == f"engine preflight: engines.reasoner.model = '{tmp_path / 'no-such-model'}': no such local model folder (a hub id looks like org/name)"
+    assert (
+        message
+        == f"engine preflight: engines.reasoner.model = '{tmp_path / 'no-such-model'}': no such local model folder (a hub id looks like org/name)"
+    )
 
 
 def test_a_run_checks_only_the_roles_it_uses_and_each_once(tmp_path):

@@ -21,7 +21,10 @@ def _refuse_short_cots_of_one_image(body):
 
 def test_refused_requests_are_quarantined_and_the_shard_goes_on(tmp_path):
     (tmp_path / "home").mkdir()
-    with PipelineModelServer(rule=_refuse_short_cots_of_one_image) as server, instance_for_test(temp_dir=str(tmp_path / "home")) as instance:
+    with (
+        PipelineModelServer(rule=_refuse_short_cots_of_one_image) as server,
+        instance_for_test(temp_dir=str(tmp_path / "home")) as instance,
+    ):
         config = pipeline_config(tmp_path, server)
         store = ParquetStore(base=config.storage)
         [key] = register_source("sample?limit=2&shard_size=2", store, instance).shards

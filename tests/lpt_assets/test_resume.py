@@ -66,7 +66,9 @@ def test_kill_during_streamed_stage2_then_rerun(tmp_path):
         env = {**os.environ, "DAGSTER_HOME": str(tmp_path / "home")}
         command = [str(BIN / "lpt"), "demo", "--json", "--config", str(tmp_path / "lpt.toml"), "--source", SOURCE]
         data = tmp_path / "data"
-        process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        process = subprocess.Popen(
+            command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        )
         try:
             _wait(lambda: _cached(data, "simple_cots") >= 2 * FLUSH_EVERY, process)
             os.killpg(process.pid, signal.SIGKILL)

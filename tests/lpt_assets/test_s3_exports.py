@@ -30,7 +30,11 @@ def s3(monkeypatch):
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
-    for name, value in {"AWS_ACCESS_KEY_ID": "lpt-test", "AWS_SECRET_ACCESS_KEY": "lpt-test", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "lpt-test",
+        "AWS_SECRET_ACCESS_KEY": "lpt-test",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
         monkeypatch.setenv(name, value)
     monkeypatch.setitem(fsspec.config.conf, "s3", {"endpoint_url": f"http://{host}:{port}"})
     s3fs.S3FileSystem.clear_instance_cache()
@@ -71,7 +75,9 @@ def test_pipeline_and_exports_on_s3_load_back_from_the_bucket(s3, tmp_path, monk
     loaded = {}
     for name in ("sft", "dpo"):
         pattern = configs[name]["data_files"][0]["path"]
-        loaded[name] = load_dataset("parquet", data_files={"train": f"s3://{BUCKET}/exports/hf/{pattern}"}, split="train")
+        loaded[name] = load_dataset(
+            "parquet", data_files={"train": f"s3://{BUCKET}/exports/hf/{pattern}"}, split="train"
+        )
     assert sorted(loaded["sft"]["sample_id"]) == sorted(s.sample_id for s in sft)
     assert sorted(loaded["dpo"]["pair_id"]) == sorted(p.pair_id for p in dpo)
     assert all(row["images"][0].size[0] > 0 for row in loaded["dpo"])  # bytes in the Parquet
@@ -93,5 +99,9 @@ def test_pipeline_and_exports_on_s3_load_back_from_the_bucket(s3, tmp_path, monk
     # LaCoT and provenance: one part per shard
     lacot = [row for key in keys for row in json.loads(s3.cat_file(f"{BUCKET}/exports/lacot/{key}.json"))]
     assert sorted(r["id"] for r in lacot) == sorted(s.sample_id for s in sft)
-    provenance = [json.loads(line) for key in keys for line in s3.cat_file(f"{BUCKET}/exports/provenance/{key}.jsonl").decode().splitlines()]
+    provenance = [
+        json.loads(line)
+        for key in keys
+        for line in s3.cat_file(f"{BUCKET}/exports/provenance/{key}.jsonl").decode().splitlines()
+    ]
     assert len(provenance) == len(sft) + len(dpo)

@@ -16,33 +16,73 @@ OPTIONS = ["zebra crossing", "_functions_functions_functions", "quiet violet har
 
 
 def _stored_shard(store: ParquetStore) -> None:
-    store.write(CAPTIONS, "s1", [Caption(image_id="img1", source="t", split="train", image_path="/none.png",
-                                           description="A sign.", width=8, height=8)])
+    store.write(
+        CAPTIONS,
+        "s1",
+        [
+            Caption(
+                image_id="img1",
+                source="t",
+                split="train",
+                image_path="/none.png",
+                description="A sign.",
+                width=8,
+                height=8,
+            )
+        ],
+    )
     item = PresentedMCQ(
-        mcq=MCQ(mcq_id="m1", image_id="img1", question="What does the sign say?", options=OPTIONS,
-                answer=OPTIONS[2], reasoning_type="recognition"),
+        mcq=MCQ(
+            mcq_id="m1",
+            image_id="img1",
+            question="What does the sign say?",
+            options=OPTIONS,
+            answer=OPTIONS[2],
+            reasoning_type="recognition",
+        ),
         presentation=Presentation(option_style="paren", answer_style="option_text", options=OPTIONS, gold_letter="C"),
     )
     store.write(MCQS, "s1", [item])
     thinks = ["_functions_functions_functions_functions", "A quiet violet harbour, seven zebras."]
-    store.write(SIMPLE_COTS, "s1", [
-        SimpleCot(cot_id=f"c{i}", mcq_id="m1", image_id="img1", sample_index=i, text=f"\n{t}\n</think>\n<answer>{OPTIONS[2]}</answer>",
-                  finish_reason="stop", prompt_tokens=10, completion_tokens=5, model="vlm", stand_in=True)
-        for i, t in enumerate(thinks)
-    ])
+    store.write(
+        SIMPLE_COTS,
+        "s1",
+        [
+            SimpleCot(
+                cot_id=f"c{i}",
+                mcq_id="m1",
+                image_id="img1",
+                sample_index=i,
+                text=f"\n{t}\n</think>\n<answer>{OPTIONS[2]}</answer>",
+                finish_reason="stop",
+                prompt_tokens=10,
+                completion_tokens=5,
+                model="vlm",
+                stand_in=True,
+            )
+            for i, t in enumerate(thinks)
+        ],
+    )
 
 
 def test_rationale_scores_asset_scores_streams_and_caches(tmp_path, tiny_qwen2_path):
-    config = PipelineConfig.model_validate({
-        "storage": str(tmp_path / "data"),
-        "think": {"caption_stand_in": True},
-        "scoring": {"enabled": True, "suspect_margin": 0.05},
-        "engines": {"vlm": {"model": str(tiny_qwen2_path), "batch_size": 8}},
-    })
+    config = PipelineConfig.model_validate(
+        {
+            "storage": str(tmp_path / "data"),
+            "think": {"caption_stand_in": True},
+            "scoring": {"enabled": True, "suspect_margin": 0.05},
+            "engines": {"vlm": {"model": str(tiny_qwen2_path), "batch_size": 8}},
+        }
+    )
     store = ParquetStore(base=config.storage)
     _stored_shard(store)
     [asset] = build_scoring_assets(config)
-    assert build_scoring_assets(config.model_copy(update={"scoring": config.scoring.model_copy(update={"enabled": False})})) == []
+    assert (
+        build_scoring_assets(
+            config.model_copy(update={"scoring": config.scoring.model_copy(update={"enabled": False})})
+        )
+        == []
+    )
     resources = {"store": store, "vlm_engine": engine_resource(config.engines.vlm)}
     (tmp_path / "home").mkdir()
     with instance_for_test(temp_dir=str(tmp_path / "home")) as instance:
@@ -83,7 +123,9 @@ def test_curation_ranks_by_reward_and_holds_out_suspect_keys(tmp_path, tiny_qwen
     (tmp_path / "home").mkdir()
     with instance_for_test(temp_dir=str(tmp_path / "home")) as instance:
         instance.add_dynamic_partitions("shards", ["s1"])
-        assert materialize(build_scoring_assets(scoring_config), partition_key="s1", instance=instance, resources=resources).success
+        assert materialize(
+            build_scoring_assets(scoring_config), partition_key="s1", instance=instance, resources=resources
+        ).success
         [scores] = store.read(RATIONALE_SCORES, "s1")
         chosen = {}
         for hold_out in (True, False):
@@ -91,7 +133,9 @@ def test_curation_ranks_by_reward_and_holds_out_suspect_keys(tmp_path, tiny_qwen
                 {**base, "select": {"sft_per_mcq": 1, "rank_by_reward": True, "hold_out_suspect_keys": hold_out}}
             )
             curation = build_curation_assets(config)
-            assert materialize(curation, partition_key="s1", instance=instance, resources={"store": store}, selection=curation).success
+            assert materialize(
+                curation, partition_key="s1", instance=instance, resources={"store": store}, selection=curation
+            ).success
             chosen[hold_out] = [s.cot_id for s in store.read(SFT_SAMPLES, "s1")]
     best = max(zip(scores.rewards, scores.cot_ids))[1]
     assert chosen == {True: [], False: [best]}
@@ -114,24 +158,43 @@ def test_stage_3_expands_only_the_best_rewarded_short_cots(tmp_path, tiny_qwen2_
             "think": {"caption_stand_in": True},
             "think_harder": {"sampling": {"n": 1, "max_tokens": 8}, "retry_max_tokens": 8},
             "scoring": {"enabled": True},
-            "engines": {"vlm": {"model": str(tiny_qwen2_path), "batch_size": 8},
-                        "reasoner": {"kind": "openai", "model": "fake-reasoner", "base_url": server.base_url}},
+            "engines": {
+                "vlm": {"model": str(tiny_qwen2_path), "batch_size": 8},
+                "reasoner": {"kind": "openai", "model": "fake-reasoner", "base_url": server.base_url},
+            },
         }
         store = ParquetStore(base=base["storage"])
         _stored_shard(store)  # two short CoTs answering the gold option
         wrong = [
-            SimpleCot(cot_id=f"w{i}", mcq_id="m1", image_id="img1", sample_index=2 + i, text=f"\n{t}\n</think>\n<answer>{a}</answer>",
-                      finish_reason="stop", prompt_tokens=10, completion_tokens=5, model="vlm", stand_in=True)
+            SimpleCot(
+                cot_id=f"w{i}",
+                mcq_id="m1",
+                image_id="img1",
+                sample_index=2 + i,
+                text=f"\n{t}\n</think>\n<answer>{a}</answer>",
+                finish_reason="stop",
+                prompt_tokens=10,
+                completion_tokens=5,
+                model="vlm",
+                stand_in=True,
+            )
             for i, (t, a) in enumerate([("Seven, I count.", OPTIONS[3]), ("A zebra crossing, clearly.", OPTIONS[0])])
         ]
         store.write(SIMPLE_COTS, "s1", store.read(SIMPLE_COTS, "s1") + wrong)
-        top_1 = PipelineConfig.model_validate({**base, "think_harder": {**base["think_harder"], "expand_top_k_by_reward": 1}})
-        resources = {"store": store, "vlm_engine": engine_resource(top_1.engines.vlm),
-                     "reasoner_engine": engine_resource(top_1.engines.reasoner)}
+        top_1 = PipelineConfig.model_validate(
+            {**base, "think_harder": {**base["think_harder"], "expand_top_k_by_reward": 1}}
+        )
+        resources = {
+            "store": store,
+            "vlm_engine": engine_resource(top_1.engines.vlm),
+            "reasoner_engine": engine_resource(top_1.engines.reasoner),
+        }
         (tmp_path / "home").mkdir()
         with instance_for_test(temp_dir=str(tmp_path / "home")) as instance:
             instance.add_dynamic_partitions("shards", ["s1"])
-            assert materialize(build_scoring_assets(top_1), partition_key="s1", instance=instance, resources=resources).success
+            assert materialize(
+                build_scoring_assets(top_1), partition_key="s1", instance=instance, resources=resources
+            ).success
             [scores] = store.read(RATIONALE_SCORES, "s1")
             reward = dict(zip(scores.cot_ids, scores.rewards))
             best = {max(["c0", "c1"], key=reward.get), max(["w0", "w1"], key=reward.get)}
@@ -143,14 +206,18 @@ def test_stage_3_expands_only_the_best_rewarded_short_cots(tmp_path, tiny_qwen2_
                 stage_3 = [a for a in build_generation_assets(config) if a.key == AssetKey("long_cots")]
                 assert materialize(stage_3, partition_key="s1", instance=instance, resources=resources).success
                 shown = [json.dumps(body["messages"]) for body in server.requests[before:]]
-                sent.append(sorted(cot for cot, think in thinks.items() for text in shown if json.dumps(think)[1:-1] in text))
+                sent.append(
+                    sorted(cot for cot, think in thinks.items() for text in shown if json.dumps(think)[1:-1] in text)
+                )
                 extended.append({r.cot_id for r in store.read(LONG_COTS, "s1")})
     # k = 1: two requests, the best of each label; all: the other two (the first two from the cache)
     assert sent == [sorted(best), sorted({"c0", "c1", "w0", "w1"} - best)]
     assert extended == [best, {"c0", "c1", "w0", "w1"}]
 
     def versions(config: PipelineConfig, margin: float) -> str:
-        return code_versions(config.model_copy(update={"scoring": config.scoring.model_copy(update={"suspect_margin": margin})}))["long_cots"]
+        return code_versions(
+            config.model_copy(update={"scoring": config.scoring.model_copy(update={"suspect_margin": margin})})
+        )["long_cots"]
 
     assert versions(top_1, 0.1) != versions(top_1, 0.3)
     all_k = PipelineConfig.model_validate(base)
@@ -164,12 +231,16 @@ def test_rationale_scores_over_a_vllm_server_stream_and_cache(tmp_path):
     from tests.fake_openai_server import FakeOpenAIServer
 
     with FakeOpenAIServer() as server:
-        config = PipelineConfig.model_validate({
-            "storage": str(tmp_path / "data"),
-            "think": {"caption_stand_in": True},
-            "scoring": {"enabled": True},
-            "engines": {"vlm": {"kind": "openai", "server_kind": "vllm", "model": "fake-vlm", "base_url": server.base_url}},
-        })
+        config = PipelineConfig.model_validate(
+            {
+                "storage": str(tmp_path / "data"),
+                "think": {"caption_stand_in": True},
+                "scoring": {"enabled": True},
+                "engines": {
+                    "vlm": {"kind": "openai", "server_kind": "vllm", "model": "fake-vlm", "base_url": server.base_url}
+                },
+            }
+        )
         store = ParquetStore(base=config.storage)
         _stored_shard(store)
         resources = {"store": store, "vlm_engine": engine_resource(config.engines.vlm)}
@@ -179,8 +250,12 @@ def test_rationale_scores_over_a_vllm_server_stream_and_cache(tmp_path):
             sent, calls = [], []
             for _ in range(2):
                 before = len(server.requests)
-                assert materialize(build_scoring_assets(config), partition_key="s1", instance=instance, resources=resources).success
-                metadata = instance.get_latest_materialization_event(AssetKey("rationale_scores")).asset_materialization.metadata
+                assert materialize(
+                    build_scoring_assets(config), partition_key="s1", instance=instance, resources=resources
+                ).success
+                metadata = instance.get_latest_materialization_event(
+                    AssetKey("rationale_scores")
+                ).asset_materialization.metadata
                 sent.append((metadata["requests_sent"].value, metadata["cache_hits"].value))
                 calls.append(server.paths[before:].count("/v1/chat/completions"))
             [scores] = store.read(RATIONALE_SCORES, "s1")

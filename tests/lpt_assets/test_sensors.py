@@ -21,7 +21,9 @@ PER_SHARD = ["captions", "usable_captions", "mcqs", "simple_cots", "long_cots", 
 def evaluate_schedule(defs, instance):
     # Entered and left, as the daemon does: the instance the context opens from the ref must be
     # closed again, or it stays Dagster's current one for later definitions loads.
-    with build_schedule_context(instance=instance, instance_ref=instance.get_ref(), repository_def=defs.get_repository_def()) as context:
+    with build_schedule_context(
+        instance=instance, instance_ref=instance.get_ref(), repository_def=defs.get_repository_def()
+    ) as context:
         return defs.resolve_schedule_def(SCHEDULE_NAME).evaluate_tick(context)
 
 
@@ -123,7 +125,14 @@ def test_a_docci_folder_drop_registers_its_train_split(tmp_path, instance):
     for index, row in enumerate(SAMPLE_ROWS[:3]):
         shutil.copy(SKIMAGE_DATA / row["file_name"], folder / "images" / row["file_name"])
         split = "test" if index == 2 else "train"
-        rows.append({"example_id": row["image_id"], "split": split, "image_file": row["file_name"], "description": row["description"]})
+        rows.append(
+            {
+                "example_id": row["image_id"],
+                "split": split,
+                "image_file": row["file_name"],
+                "description": row["description"],
+            }
+        )
     (folder / "docci_descriptions.jsonlines").write_text("".join(json.dumps(r) + "\n" for r in rows))
     result = evaluate_sensor(defs, instance)
     assert instance.get_dynamic_partitions("shards") == ["docci-2026-train-00000"]

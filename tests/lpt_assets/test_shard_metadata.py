@@ -30,7 +30,9 @@ def three_shards(tmp_path_factory):
     manifest = drop_manifest(folder, "trio.jsonl", [{**row, "image_id": image_id} for image_id, row in GOOD.items()])
     with manifest.open("a") as lines:
         for image_id in MISSING:
-            lines.write(json.dumps({"image": f"images/{image_id}.png", "description": "a photo", "image_id": image_id}) + "\n")
+            lines.write(
+                json.dumps({"image": f"images/{image_id}.png", "description": "a photo", "image_id": image_id}) + "\n"
+            )
     (root / "home").mkdir()
     with PipelineModelServer() as server, instance_for_test(temp_dir=str(root / "home")) as instance:
         config = pipeline_config(root, server)
@@ -42,7 +44,9 @@ def three_shards(tmp_path_factory):
 
 
 def _metadata(instance, asset: str, key: str) -> dict:
-    [record] = instance.fetch_materializations(AssetRecordsFilter(asset_key=AssetKey(asset), asset_partitions=[key]), limit=1).records
+    [record] = instance.fetch_materializations(
+        AssetRecordsFilter(asset_key=AssetKey(asset), asset_partitions=[key]), limit=1
+    ).records
     return {name: value for name, value in record.asset_materialization.metadata.items()}
 
 
@@ -60,7 +64,10 @@ def test_each_shard_counts_only_its_own_rows(three_shards) -> None:
         longs = store.read(LONG_COTS, key)
         verified = store.read(VERIFIED, key)
         quarantined = store.read(CAPTIONS_QUARANTINE, key)
-        meta = {asset: _metadata(instance, asset, key) for asset in ("captions", "mcqs", "simple_cots", "long_cots", "verified")}
+        meta = {
+            asset: _metadata(instance, asset, key)
+            for asset in ("captions", "mcqs", "simple_cots", "long_cots", "verified")
+        }
 
         assert meta["captions"]["rows_in"].value == len(captions) + len(quarantined)
         assert meta["captions"]["rows_out"].value == len(captions)
@@ -109,9 +116,21 @@ def test_what_the_ui_shows_inline(three_shards) -> None:
     labels = verified["labels_kept"].value
     assert labels.startswith("![labels of kept traces](") and len(labels) < INLINE_MARKDOWN_LIMIT
     sample = verified["sample_rows"]
-    assert [c.name for c in sample.schema.columns] == ["question", "options", "gold", "answer", "label", "kind", "kept", "reasoning"]
+    assert [c.name for c in sample.schema.columns] == [
+        "question",
+        "options",
+        "gold",
+        "answer",
+        "label",
+        "kind",
+        "kept",
+        "reasoning",
+    ]
     assert all(record.data["gold"] in "ABCD" and record.data["options"].startswith("A. ") for record in sample.records)
-    runs = {stage: {_metadata(instance, stage, key)["run_engine_seconds"].value for key in keys} for stage in ("mcqs", "long_cots")}
+    runs = {
+        stage: {_metadata(instance, stage, key)["run_engine_seconds"].value for key in keys}
+        for stage in ("mcqs", "long_cots")
+    }
     assert all(len(seconds) == 1 for seconds in runs.values()), runs
 
 

@@ -40,11 +40,15 @@ def test_quarantines_and_the_manifest_are_listed_but_not_executable():
 
 def test_captions_records_its_quarantine_per_shard(tmp_path):
     store = ParquetStore(base=str(tmp_path / "data"))
-    bad = ShardItem(image_id="a", source="t", split="all", image_ref="/none.png", description="x", error="unreadable_row: no")
+    bad = ShardItem(
+        image_id="a", source="t", split="all", image_ref="/none.png", description="x", error="unreadable_row: no"
+    )
     store.write(SHARD_MANIFEST, "t-all-00000", [bad])
     with instance_for_test() as instance:
         instance.add_dynamic_partitions(shards.name, ["t-all-00000"])
-        assert materialize([captions], partition_key="t-all-00000", instance=instance, resources={"store": store}).success
+        assert materialize(
+            [captions], partition_key="t-all-00000", instance=instance, resources={"store": store}
+        ).success
         [record] = instance.fetch_materializations(AssetKey("captions_quarantine"), limit=10).records
         assert record.partition_key == "t-all-00000"
         assert record.asset_materialization.metadata["dagster/row_count"].value == 1

@@ -64,7 +64,9 @@ def test_vlm_reads_the_image(tmp_path, tiny_qwen2_5_vl_path):
     assert all(not c.stand_in and c.image_id == caption.image_id for c in cots)
     # the image tokens count toward the prompt: far more than the text alone
     assert all(c.prompt_tokens > 64 for c in cots)
-    [materialization] = [m for m in result.asset_materializations_for_node("simple_cots") if m.asset_key.path == ["simple_cots"]]
+    [materialization] = [
+        m for m in result.asset_materializations_for_node("simple_cots") if m.asset_key.path == ["simple_cots"]
+    ]
     metadata = materialization.metadata
     assert metadata["perception"].value == "image"
 

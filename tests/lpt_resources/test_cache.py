@@ -50,7 +50,10 @@ def test_errors_are_not_cached_and_groups_are_separate_parts_until_compacted(tmp
     assert reopened.get(b, PART) is None and reopened.get(c, PART) is not None
     reopened.compact(PART)
     (merged,) = [p for p in tmp_path.rglob("*") if p.is_file()]
-    assert sorted(json.loads(line)["result"]["completions"][0]["text"] for line in merged.read_text().splitlines()) == ["A", "C"]
+    assert sorted(json.loads(line)["result"]["completions"][0]["text"] for line in merged.read_text().splitlines()) == [
+        "A",
+        "C",
+    ]
     assert ResponseCache(str(tmp_path), IDENTITY).get(a, PART).completions[0].text == "A"
 
 

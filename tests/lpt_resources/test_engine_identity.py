@@ -17,24 +17,35 @@ SNAPSHOT = Path(__file__).with_name("engine_identity_snapshot.json")
 # Settings of every kind beyond the repo's configs: a revision on a server, vLLM's own keys.
 EXTRA = {
     "openai-revision": {"kind": "openai", "model": "m", "base_url": "http://a:8000/v1", "revision": "abc"},
-    "vllm-kwargs": {"kind": "vllm", "model": "org/m", "engine_kwargs": {"quantization": "awq", "x": 1.5},
-                    "limit_mm_per_prompt": {"image": 1}},
+    "vllm-kwargs": {
+        "kind": "vllm",
+        "model": "org/m",
+        "engine_kwargs": {"quantization": "awq", "x": 1.5},
+        "limit_mm_per_prompt": {"image": 1},
+    },
     "vllm-fp16": {"kind": "vllm", "model": "org/m", "dtype": "float16", "revision": "r1"},
     "transformers-gguf": {"model": "org/m", "gguf_file": "m.gguf", "dtype": "bf16"},
 }
 
 
 def identities() -> dict:
-    configs = {p.relative_to(ROOT).as_posix(): load_config(p) for p in [ROOT / "lpt.toml", *sorted((ROOT / "configs").glob("*.toml"))]}
+    configs = {
+        p.relative_to(ROOT).as_posix(): load_config(p)
+        for p in [ROOT / "lpt.toml", *sorted((ROOT / "configs").glob("*.toml"))]
+    }
     for name, engine in EXTRA.items():
         configs[name] = PipelineConfig.model_validate(
-            {"engines": {"ask": engine, "vlm": engine, "reasoner": engine}, "judge": {"enabled": True}})
+            {"engines": {"ask": engine, "vlm": engine, "reasoner": engine}, "judge": {"enabled": True}}
+        )
     out = {}
     for name, config in configs.items():
         roles = {}
         for role in ("ask", "vlm", "reasoner", "judge"):
             settings = getattr(config.engines, role)
-            roles[role] = [settings.output_identity(), ResponseCache("b", engine_resource(settings).cache_identity()).folder]
+            roles[role] = [
+                settings.output_identity(),
+                ResponseCache("b", engine_resource(settings).cache_identity()).folder,
+            ]
         out[name] = {"code_versions": code_versions(config), "engines": roles}
     return out
 

@@ -43,8 +43,13 @@ def serve():
 
 def make_engine(server: FakeOpenAIServer, **kw) -> OpenAIEngine:
     defaults = dict(
-        model="fake-model", base_url=server.base_url, api_key_env=KEY_ENV, timeout_s=0.5,
-        backoff_initial_s=0.01, backoff_max_s=0.05, max_concurrency=8,
+        model="fake-model",
+        base_url=server.base_url,
+        api_key_env=KEY_ENV,
+        timeout_s=0.5,
+        backoff_initial_s=0.01,
+        backoff_max_s=0.05,
+        max_concurrency=8,
     )
     defaults.update(kw)
     return OpenAIEngine(**defaults)
@@ -54,7 +59,10 @@ def request(i: int, text: str | None = None, **kw) -> GenerationRequest:
     sampling = kw.pop("sampling", SamplingParams(seed=100 + i))
     return GenerationRequest(
         request_id=f"r{i}",
-        messages=(ChatMessage(role="system", content="be brief"), ChatMessage(role="user", content=text or f"question {i}")),
+        messages=(
+            ChatMessage(role="system", content="be brief"),
+            ChatMessage(role="user", content=text or f"question {i}"),
+        ),
         sampling=sampling,
         **kw,
     )
@@ -239,16 +247,25 @@ def test_scoring_reads_the_targets_prompt_logprobs_from_a_vllm_server(serve, tmp
     assert [r.error for r in results] == [None, None, None]
     for r, target in ((results[0], "(A) red"), (results[2], "(B) blue and more")):
         assert r.completions == [] and r.target_logprobs == [fake_logprob(fake_token(w)) for w in target.split()]
-    prompt = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "question 0"},
-              {"role": "assistant", "content": "<think>\n"}]
+    prompt = [
+        {"role": "system", "content": "be brief"},
+        {"role": "user", "content": "question 0"},
+        {"role": "assistant", "content": "<think>\n"},
+    ]
     assert results[0].prompt_tokens == len(token_ids(prompt, True, False))
     assert results[2].prompt_tokens == results[0].prompt_tokens + 10  # the image's placeholders
-    chats = [b for b, path in zip(server.requests, server.paths) if path == "/v1/chat/completions" and "prompt_logprobs" in b]
+    chats = [
+        b for b, path in zip(server.requests, server.paths) if path == "/v1/chat/completions" and "prompt_logprobs" in b
+    ]
     tokenized = [b for b, path in zip(server.requests, server.paths) if path == "/tokenize"]
     assert len(chats) == 2 and len(tokenized) == 4
     with_image = next(b for b in chats if isinstance(b["messages"][1]["content"], list))
     assert with_image["messages"][-1] == {"role": "assistant", "content": "<think>\n(B) blue and more"}
-    assert (with_image["continue_final_message"], with_image["add_generation_prompt"], with_image["max_tokens"]) == (True, False, 1)
+    assert (with_image["continue_final_message"], with_image["add_generation_prompt"], with_image["max_tokens"]) == (
+        True,
+        False,
+        1,
+    )
     assert with_image["messages"][1]["content"][0]["type"] == "image_url"
     assert all(isinstance(m["content"], str) for b in tokenized for m in b["messages"])
     assert engine.stats.requests == 3 and engine.stats.completion_tokens == len(results[1].completions[0].text.split())
@@ -301,10 +318,12 @@ def test_image_sent_as_data_url_with_longest_side_capped(serve, tmp_path):
     big = _png(tmp_path / "big.png", (300, 200))
     jpg = tmp_path / "small.jpg"
     Image.new("RGB", (64, 48), (10, 120, 30)).save(jpg, format="JPEG")
-    results = engine.generate([
-        request(0, image=big, image_max_side=100),
-        request(1, image=str(jpg), image_max_side=100),
-    ])
+    results = engine.generate(
+        [
+            request(0, image=big, image_max_side=100),
+            request(1, image=str(jpg), image_max_side=100),
+        ]
+    )
     assert all(r.error is None for r in results)
     by_text = {json.dumps(b["messages"][-1]["content"][1]): b for b in server.requests}
     body0 = by_text[json.dumps({"type": "text", "text": "question 0"})]
@@ -381,7 +400,8 @@ def test_structured_outputs_legacy_vllm_sglang_and_openai_forms(serve):
     results = engine.generate([request(0, json_schema=SCHEMA), request(1, regex="x+")])
     (body,) = server.requests
     assert body["response_format"] == {
-        "type": "json_schema", "json_schema": {"name": "MCQ", "schema": SCHEMA, "strict": True},
+        "type": "json_schema",
+        "json_schema": {"name": "MCQ", "schema": SCHEMA, "strict": True},
     }
     assert json.loads(results[0].completions[0].text)["answer"].startswith("answer-")
     assert results[1].error == "openai server cannot constrain output to a regex"
@@ -389,8 +409,9 @@ def test_structured_outputs_legacy_vllm_sglang_and_openai_forms(serve):
 
 def test_sampling_fields_per_dialect(serve, caplog):
     server = serve()
-    sampling = SamplingParams(temperature=0.3, top_p=0.8, top_k=20, repetition_penalty=1.05, max_tokens=64,
-                              stop=("</answer>",), seed=11)
+    sampling = SamplingParams(
+        temperature=0.3, top_p=0.8, top_k=20, repetition_penalty=1.05, max_tokens=64, stop=("</answer>",), seed=11
+    )
     req = request(0, sampling=sampling, banned_words=("wait", "hmm"))
     for kind in ("vllm", "sglang", "llamacpp", "openai"):
         make_engine(server, server_kind=kind).generate([req])

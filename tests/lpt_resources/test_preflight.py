@@ -28,7 +28,9 @@ def _fails(role: str, settings: EngineSettingsBase) -> EngineCheckError:
 def test_a_server_where_nothing_listens_fails_in_seconds_naming_role_and_url():
     url = f"http://127.0.0.1:{_dead_port()}/v1"
     error = _fails("reasoner", engine_settings(kind="openai", model="fake", base_url=url))
-    assert str(error).startswith(f"engines.reasoner.base_url = '{url}': no OpenAI-compatible server answers GET {url}/models")
+    assert str(error).startswith(
+        f"engines.reasoner.base_url = '{url}': no OpenAI-compatible server answers GET {url}/models"
+    )
     assert (error.role, error.setting, error.value) == ("reasoner", "base_url", url)
 
 
@@ -43,7 +45,9 @@ def test_a_server_that_hangs_fails_within_the_timeout():
 
 def test_a_server_that_does_not_serve_the_model_says_what_it_serves():
     with FakeOpenAIServer(served_models=("Qwen/Qwen2.5-VL-7B-Instruct",)) as server:
-        assert check_engine("vlm", engine_settings(kind="openai", model="Qwen/Qwen2.5-VL-7B-Instruct", base_url=server.base_url))
+        assert check_engine(
+            "vlm", engine_settings(kind="openai", model="Qwen/Qwen2.5-VL-7B-Instruct", base_url=server.base_url)
+        )
         url = server.base_url
         error = _fails("vlm", engine_settings(kind="openai", model="qwen2.5-vl", base_url=url))
     assert str(error) == f"engines.vlm.model = 'qwen2.5-vl': the server at {url} serves Qwen/Qwen2.5-VL-7B-Instruct"
@@ -62,12 +66,16 @@ def test_a_missing_local_model_path_fails_at_once(tmp_path):
 
 def test_hub_ids_must_be_well_formed_and_cached_when_offline(monkeypatch, tmp_path):
     for bad in ("Qwen2.5-7B", "org/na me", "-org/name", "org/name--x"):
-        assert "neither an existing local folder nor a Hugging Face hub id" in str(_fails("ask", engine_settings(model=bad)))
+        assert "neither an existing local folder nor a Hugging Face hub id" in str(
+            _fails("ask", engine_settings(model=bad))
+        )
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     error = _fails("reasoner", engine_settings(kind="vllm", model="someone/not-downloaded-7b"))
     assert "not in the local Hugging Face cache, and HF_HUB_OFFLINE is set" in str(error)
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
-    assert check_engine("reasoner", engine_settings(kind="vllm", model="someone/not-downloaded-7b")).endswith("hub model someone/not-downloaded-7b")
+    assert check_engine("reasoner", engine_settings(kind="vllm", model="someone/not-downloaded-7b")).endswith(
+        "hub model someone/not-downloaded-7b"
+    )
     (tmp_path / "config.json").write_text("{}")  # what the check looks for; loading is the engine's business
     assert "local model" in check_engine("vlm", engine_settings(model=str(tmp_path)))
 

@@ -46,7 +46,14 @@ def test_docci_layout_and_paper_selection(tmp_path):
     rows = []
     for index in range(10):
         _photo(tmp_path / "images" / f"train_{index:05d}.jpg")
-        rows.append({"example_id": f"train_{index:05d}", "split": "train", "image_file": f"train_{index:05d}.jpg", "description": DESCRIPTION})
+        rows.append(
+            {
+                "example_id": f"train_{index:05d}",
+                "split": "train",
+                "image_file": f"train_{index:05d}.jpg",
+                "description": DESCRIPTION,
+            }
+        )
     rows.append({"example_id": "test_00000", "split": "test", "image_file": "x.jpg", "description": DESCRIPTION})
     (tmp_path / "docci_descriptions.jsonlines").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     spec = parse_spec(f"docci:{tmp_path}?split=train&limit=4&seed=3")
@@ -82,8 +89,16 @@ def test_manifest_bad_rows_are_quarantined_with_reasons(tmp_path):
     assert [c.image_id for c in captions] == ["good"]
     reasons = sorted(q.reason for q in quarantined)
     assert reasons == sorted(
-        ["duplicate_image_id", "missing_image", "empty_image", "corrupt_image", "tiny_image",
-         "blank_description", "unreadable_row", "unreadable_row"]
+        [
+            "duplicate_image_id",
+            "missing_image",
+            "empty_image",
+            "corrupt_image",
+            "tiny_image",
+            "blank_description",
+            "unreadable_row",
+            "unreadable_row",
+        ]
     )
     assert all(q.detail for q in quarantined)
 
@@ -102,7 +117,9 @@ def test_hf_dataset_with_image_column(tmp_path):
     images = [Image.new("RGB", (40, 40), (i * 40, 0, 0)) for i in range(3)]
     dataset = datasets.Dataset.from_dict(
         {"img": images, "caption": [DESCRIPTION] * 3, "key": ["a", "b", "c"]},
-        features=datasets.Features({"img": datasets.Image(), "caption": datasets.Value("string"), "key": datasets.Value("string")}),
+        features=datasets.Features(
+            {"img": datasets.Image(), "caption": datasets.Value("string"), "key": datasets.Value("string")}
+        ),
     )
     datasets.DatasetDict({"train": dataset}).save_to_disk(str(tmp_path / "ds"))
     spec = parse_spec(f"hf:{tmp_path}/ds?split=train&image=img&description=caption&id=key&name=mine")
@@ -121,16 +138,37 @@ def test_unknown_source_is_a_clear_error():
 @pytest.mark.parametrize(
     ("spec", "expected"),
     [
-        ("sample?shardsize=3", "sample source: unknown option 'shardsize'; did you mean 'shard_size'? accepted options: limit, name, seed, shard_size, split"),
-        ("sample?colour=red", "sample source: unknown option 'colour'; accepted options: limit, name, seed, shard_size, split"),
-        ("sample?shard_size=0", "sample source: shard_size='0' is not valid; shard_size takes a whole number of images >= 1"),
-        ("sample?shard_size=abc", "sample source: shard_size='abc' is not valid; shard_size takes a whole number of images >= 1"),
+        (
+            "sample?shardsize=3",
+            "sample source: unknown option 'shardsize'; did you mean 'shard_size'? accepted options: limit, name, seed, shard_size, split",
+        ),
+        (
+            "sample?colour=red",
+            "sample source: unknown option 'colour'; accepted options: limit, name, seed, shard_size, split",
+        ),
+        (
+            "sample?shard_size=0",
+            "sample source: shard_size='0' is not valid; shard_size takes a whole number of images >= 1",
+        ),
+        (
+            "sample?shard_size=abc",
+            "sample source: shard_size='abc' is not valid; shard_size takes a whole number of images >= 1",
+        ),
         ("sample?limit=-1", "sample source: limit='-1' is not valid; limit takes a whole number of images >= 1"),
         ("sample?limit", "sample source: limit='' is not valid; limit takes a whole number of images >= 1"),
         ("sample?limit=2&limit=3", "sample source: option 'limit' is given twice"),
-        ("manifest:m.jsonl?allow_urls=maybe", "manifest source: allow_urls='maybe' is not valid; allow_urls takes true or false"),
-        ("docci:/d?root=/x", "docci source: unknown option 'root'; accepted options: limit, name, seed, shard_size, split"),
-        ("hf:org/name?name=--", "hf source: name='--' is not valid; name takes a name with at least one letter or digit"),
+        (
+            "manifest:m.jsonl?allow_urls=maybe",
+            "manifest source: allow_urls='maybe' is not valid; allow_urls takes true or false",
+        ),
+        (
+            "docci:/d?root=/x",
+            "docci source: unknown option 'root'; accepted options: limit, name, seed, shard_size, split",
+        ),
+        (
+            "hf:org/name?name=--",
+            "hf source: name='--' is not valid; name takes a name with at least one letter or digit",
+        ),
     ],
 )
 def test_a_spec_is_checked_against_its_sources_options(spec, expected):
@@ -142,7 +180,12 @@ def test_a_spec_is_checked_against_its_sources_options(spec, expected):
 
 
 def test_every_documented_option_is_accepted():
-    assert parse_spec("manifest:m.jsonl?root=/r&allow_urls=true&allow_symlinks=no&image=i&description=d&id=k&split=s&name=n&shard_size=2&limit=3&seed=0").options["limit"] == "3"
+    assert (
+        parse_spec(
+            "manifest:m.jsonl?root=/r&allow_urls=true&allow_symlinks=no&image=i&description=d&id=k&split=s&name=n&shard_size=2&limit=3&seed=0"
+        ).options["limit"]
+        == "3"
+    )
     assert parse_spec("hf:org/name?split=train&image=img&description=caption&id=key&name=mine").name == "mine"
 
 

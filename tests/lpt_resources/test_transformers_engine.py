@@ -25,9 +25,7 @@ def user(text: str) -> ChatMessage:
 
 def request(rid: str, text: str, *, system=SYSTEM, **kw) -> GenerationRequest:
     sampling = {k: kw.pop(k) for k in list(kw) if k in SamplingParams.model_fields}
-    return GenerationRequest(
-        request_id=rid, messages=(system, user(text)), sampling=SamplingParams(**sampling), **kw
-    )
+    return GenerationRequest(request_id=rid, messages=(system, user(text)), sampling=SamplingParams(**sampling), **kw)
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +69,10 @@ def test_shared_prefill_for_n_samples_matches_separate_prompts(smol):
     [shared] = smol.generate([request("n3", prompt, temperature=0, max_tokens=12, n=3)])
     [single] = smol.generate([request("n1", prompt, temperature=0, max_tokens=12)])
     mixed = smol.generate(
-        [request("a", prompt, temperature=0, max_tokens=12, n=2), request("b", "Say hello.", temperature=0, max_tokens=12)]
+        [
+            request("a", prompt, temperature=0, max_tokens=12, n=2),
+            request("b", "Say hello.", temperature=0, max_tokens=12),
+        ]
     )
     [alone] = smol.generate([request("b1", "Say hello.", temperature=0, max_tokens=12)])
     assert single.completions[0].text.strip()
@@ -123,8 +124,9 @@ def test_n_samples_length_and_logprobs(smol):
 
 @pytest.mark.slow
 def test_stop_strings_and_banned_words(smol):
-    stop_req = request("s", "Count from 1 to 20, separated by commas.", prefill="1, 2,", temperature=0, max_tokens=40,
-                       stop=("6",))
+    stop_req = request(
+        "s", "Count from 1 to 20, separated by commas.", prefill="1, 2,", temperature=0, max_tokens=40, stop=("6",)
+    )
     ban_req = request("b", "What is the capital of France?", temperature=0, max_tokens=12, banned_words=("Paris",))
     free_req = request("f", "What is the capital of France?", temperature=0, max_tokens=12)
     stop, banned, free = smol.generate([stop_req, ban_req, free_req])
@@ -137,13 +139,22 @@ def test_stop_strings_and_banned_words(smol):
 
 @pytest.mark.slow
 def test_seeded_runs_reproduce(smol):
-    reqs = [request(f"r{i}", f"Name an animal that starts with {ch}.", temperature=1.0, max_tokens=8, seed=i)
-            for i, ch in enumerate("ABC")]
+    reqs = [
+        request(f"r{i}", f"Name an animal that starts with {ch}.", temperature=1.0, max_tokens=8, seed=i)
+        for i, ch in enumerate("ABC")
+    ]
     first = [r.completions[0].text for r in smol.generate(reqs)]
     second = [r.completions[0].text for r in smol.generate(reqs)]
     assert first == second
-    other = [r.completions[0].text for r in smol.generate([r.model_copy(update={
-        "sampling": r.sampling.model_copy(update={"seed": 100 + i})}) for i, r in enumerate(reqs)])]
+    other = [
+        r.completions[0].text
+        for r in smol.generate(
+            [
+                r.model_copy(update={"sampling": r.sampling.model_copy(update={"seed": 100 + i})})
+                for i, r in enumerate(reqs)
+            ]
+        )
+    ]
     assert other != first
 
 
@@ -158,9 +169,15 @@ def test_structured_output_batch_is_valid_json(smol):
     schema = QuizItem.model_json_schema()
     topics = ["a red bicycle leaning on a wall", "two cats on a sofa", "a bowl of oranges", "a lighthouse at dusk"]
     reqs = [
-        request(f"j{i}", f"Write one multiple-choice question with four options about this image: {t}.",
-                system=ChatMessage(role="system", content="You write quiz questions as JSON."),
-                temperature=0.7, max_tokens=220, seed=i, json_schema=schema)
+        request(
+            f"j{i}",
+            f"Write one multiple-choice question with four options about this image: {t}.",
+            system=ChatMessage(role="system", content="You write quiz questions as JSON."),
+            temperature=0.7,
+            max_tokens=220,
+            seed=i,
+            json_schema=schema,
+        )
         for i, t in enumerate(topics)
     ]
     results = smol.generate(reqs)
@@ -196,10 +213,12 @@ def test_text_model_refuses_images_but_serves_the_rest(tiny_qwen2_path, astronau
     engine = TransformersEngine(str(tiny_qwen2_path))
     try:
         assert not engine.supports_images
-        img, txt = engine.generate([
-            request("img", "What is this?", image=str(astronaut), max_tokens=3),
-            request("txt", "What is this?", max_tokens=3),
-        ])
+        img, txt = engine.generate(
+            [
+                request("img", "What is this?", image=str(astronaut), max_tokens=3),
+                request("txt", "What is this?", max_tokens=3),
+            ]
+        )
         assert img.error == "model does not take images" and img.completions == []
         assert img.error_kind == "engine"  # the deployment's choice of model: fail, don't quarantine
         assert txt.error is None and txt.completions[0].completion_tokens == 3
@@ -232,9 +251,9 @@ def test_tiny_qwen2_uses_qwen25_special_tokens(tiny_qwen2_path):
     engine = TransformersEngine(str(tiny_qwen2_path))
     try:
         tok = engine.handle().tokenizer
-        assert tok.convert_tokens_to_ids(["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>",
-                                          "<|vision_end|>", "<|image_pad|>"]) == [151643, 151644, 151645, 151652,
-                                                                                   151653, 151655]
+        assert tok.convert_tokens_to_ids(
+            ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>"]
+        ) == [151643, 151644, 151645, 151652, 151653, 151655]
         assert tok("Hello world", add_special_tokens=False)["input_ids"] == [9707, 1879]
         assert engine.handle().model.config.head_dim == 64
         req = request("p", "Hi", prefill="<think>")
@@ -249,8 +268,16 @@ def test_tiny_qwen2_5_vl_takes_an_image(tiny_qwen2_5_vl_path, astronaut, tmp_pat
     engine = TransformersEngine(str(tiny_qwen2_5_vl_path))
     try:
         assert engine.supports_images
-        req = request("img", "What is in the image?", image=str(astronaut), image_max_side=256, prefill="<think>",
-                      max_tokens=4, n=2, seed=3)
+        req = request(
+            "img",
+            "What is in the image?",
+            image=str(astronaut),
+            image_max_side=256,
+            prefill="<think>",
+            max_tokens=4,
+            n=2,
+            seed=3,
+        )
         prepared = engine._prepare(0, req)
         merge = engine.handle().image_processor.merge_size
         t, h, w = prepared.image_grid_thw[0].tolist()
@@ -260,13 +287,15 @@ def test_tiny_qwen2_5_vl_takes_an_image(tiny_qwen2_5_vl_path, astronaut, tmp_pat
         text = engine.handle().tokenizer.decode(prepared.input_ids)
         assert text.count("<|vision_start|>") == 1 and text.endswith("<|im_start|>assistant\n<think>")
 
-        results = engine.generate([
-            req,
-            request("missing", "What is in the image?", image=str(tmp_path / "nope.png"), max_tokens=4),
-            request("broken", "What is in the image?", image=str(bad), max_tokens=4),
-            request("text", "Say hi.", max_tokens=4),
-            request("url", "What is in the image?", image=f"file://{astronaut}", max_tokens=4, logprobs=True),
-        ])
+        results = engine.generate(
+            [
+                req,
+                request("missing", "What is in the image?", image=str(tmp_path / "nope.png"), max_tokens=4),
+                request("broken", "What is in the image?", image=str(bad), max_tokens=4),
+                request("text", "Say hi.", max_tokens=4),
+                request("url", "What is in the image?", image=f"file://{astronaut}", max_tokens=4, logprobs=True),
+            ]
+        )
         by_id = {r.request_id: r for r in results}
         assert [r.request_id for r in results] == ["img", "missing", "broken", "text", "url"]
         assert by_id["img"].error is None and len(by_id["img"].completions) == 2
@@ -310,8 +339,10 @@ def test_scoring_a_greedy_answer_gives_back_its_own_logprobs(tiny_qwen2_path):
 def test_scoring_batches_like_single_requests_and_mixes_with_generation(tiny_qwen2_path):
     engine = TransformersEngine(str(tiny_qwen2_path), batch_size=3)
     try:
-        reqs = [request(f"r{i}", "Which option is right?" + " really" * i, target=t)
-                for i, t in enumerate(["(A) red", "The answer is (B) blue, clearly.", "C", "(D) a long green leaf"])]
+        reqs = [
+            request(f"r{i}", "Which option is right?" + " really" * i, target=t)
+            for i, t in enumerate(["(A) red", "The answer is (B) blue, clearly.", "C", "(D) a long green leaf"])
+        ]
         mixed = engine.generate([*reqs[:2], request("g", "Hi", temperature=0, max_tokens=3), *reqs[2:]])
         alone = [engine.generate([r])[0] for r in reqs]
         scores = [r for r in mixed if r.request_id != "g"]
@@ -352,4 +383,6 @@ def test_an_unset_target_keeps_the_request_fingerprint():
     before = json.dumps(plain.model_dump(mode="json", exclude={"request_id", "target"}), sort_keys=True)
     assert plain.fingerprint() == hashlib.sha256(before.encode()).hexdigest()
     scored = plain.model_copy(update={"target": "(A)"})
-    assert len({plain.fingerprint(), scored.fingerprint(), scored.model_copy(update={"target": "(B)"}).fingerprint()}) == 3
+    assert (
+        len({plain.fingerprint(), scored.fingerprint(), scored.model_copy(update={"target": "(B)"}).fingerprint()}) == 3
+    )

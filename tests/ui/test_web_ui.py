@@ -48,12 +48,15 @@ ASSETS = ["captions", "mcqs", "simple_cots", "long_cots", "verified", "sft_sampl
 SERVER_TIMEOUT_S = 240
 RUN_TIMEOUT_S = 1200
 # SmolLM2 with tiny budgets, one image; automation off so only the UI starts runs.
-CONFIG = SMALL_TOML + """
+CONFIG = (
+    SMALL_TOML
+    + """
 [automation]
 sensor_enabled = false
 schedule_enabled = false
 watch = []
 """
+)
 LOCATION_QUERY = "{ workspaceOrError { ... on Workspace { locationEntries { name loadStatus locationOrLoadError { __typename ... on PythonError { message } } } } } }"
 
 pytestmark = pytest.mark.slow

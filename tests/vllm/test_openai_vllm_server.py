@@ -56,23 +56,37 @@ def server(tiny_qwen2_path, tmp_path_factory):
     port = _free_port()
     log_path = tmp_path_factory.mktemp("vllm-server") / "server.log"
     cmd = [
-        sys.executable, "-m", "vllm.entrypoints.openai.api_server",
-        "--model", str(tiny_qwen2_path),
-        "--served-model-name", "tiny",
-        "--host", "127.0.0.1", "--port", str(port),
-        "--dtype", "float32",
-        "--max-model-len", "512",
-        "--max-num-seqs", "8",
+        sys.executable,
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        str(tiny_qwen2_path),
+        "--served-model-name",
+        "tiny",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--dtype",
+        "float32",
+        "--max-model-len",
+        "512",
+        "--max-num-seqs",
+        "8",
         "--enforce-eager",
-        "--seed", "0",
+        "--seed",
+        "0",
         # On CPU a seeded request whose prefill is chunked kills the engine core.
         "--no-enable-chunked-prefill",
         # vLLM's own sampling defaults, not a generation_config.json's, as VLLMEngine gets them.
-        "--generation-config", "vllm",
+        "--generation-config",
+        "vllm",
         # As VLLMEngine configures it: a random-weight model otherwise fills JSON with whitespace.
-        "--structured-outputs-config", json.dumps({"backend": "xgrammar", "disable_any_whitespace": True}),
+        "--structured-outputs-config",
+        json.dumps({"backend": "xgrammar", "disable_any_whitespace": True}),
         "--disable-log-stats",
-        "--uvicorn-log-level", "warning",
+        "--uvicorn-log-level",
+        "warning",
     ]
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", VLLM_CPU_KVCACHE_SPACE="1")
     log_file = open(log_path, "wb")
@@ -106,8 +120,9 @@ def server(tiny_qwen2_path, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def engine(server):
-    eng = OpenAIEngine(model="tiny", base_url=server, server_kind="vllm", max_concurrency=8,
-                       timeout_s=60, max_retries=0)
+    eng = OpenAIEngine(
+        model="tiny", base_url=server, server_kind="vllm", max_concurrency=8, timeout_s=60, max_retries=0
+    )
     yield eng
     eng.close()
 
@@ -152,7 +167,9 @@ def test_prefill_is_continued(engine, hf_engine):
     # A fresh assistant turn after the pre-fill is a different, longer prompt.
     [plain] = engine.generate([request("p0", "Is the sky blue?", temperature=0, max_tokens=1)])
     tok = hf_engine.handle().tokenizer
-    assert ours.prompt_tokens == plain.prompt_tokens + len(tok("<think>\nThe sky", add_special_tokens=False)["input_ids"])
+    assert ours.prompt_tokens == plain.prompt_tokens + len(
+        tok("<think>\nThe sky", add_special_tokens=False)["input_ids"]
+    )
 
 
 def test_n_samples(engine):
@@ -177,8 +194,9 @@ def test_json_schema_output_parses_and_validates(engine):
         "required": ["answer", "confident"],
         "additionalProperties": False,
     }
-    [r] = engine.generate([request("j", "Answer as JSON.", n=2, temperature=0.8, seed=3, max_tokens=40,
-                                   json_schema=schema)])
+    [r] = engine.generate(
+        [request("j", "Answer as JSON.", n=2, temperature=0.8, seed=3, max_tokens=40, json_schema=schema)]
+    )
     assert r.error is None, r.error
     for c in r.completions:
         assert c.finish_reason == "stop", c.text

@@ -62,8 +62,12 @@ def test_build_messages_is_vllms_chat_format_for_images(tiny_qwen2_path, tiny_qw
     img = Image.new("RGB", (40, 30), "red")
     req = GenerationRequest(
         request_id="mm",
-        messages=(SYSTEM, ChatMessage(role="user", content="first"), ChatMessage(role="assistant", content="ok"),
-                  ChatMessage(role="user", content="What colour is it?")),
+        messages=(
+            SYSTEM,
+            ChatMessage(role="user", content="first"),
+            ChatMessage(role="assistant", content="ok"),
+            ChatMessage(role="user", content="What colour is it?"),
+        ),
         image="unused.png",
         prefill="It is",
     )
@@ -72,15 +76,18 @@ def test_build_messages_is_vllms_chat_format_for_images(tiny_qwen2_path, tiny_qw
         {"role": "system", "content": "You are a helpful assistant."},
         {"role": "user", "content": "first"},
         {"role": "assistant", "content": "ok"},
-        {"role": "user", "content": [
-            {"type": "image_pil", "image_pil": img},
-            {"type": "text", "text": "What colour is it?"},
-        ]},
+        {
+            "role": "user",
+            "content": [
+                {"type": "image_pil", "image_pil": img},
+                {"type": "text", "text": "What colour is it?"},
+            ],
+        },
         {"role": "assistant", "content": "It is"},
     ]
-    assert VLLMEngine.build_messages(req) == [
-        {"role": m.role, "content": m.content} for m in req.messages
-    ] + [{"role": "assistant", "content": "It is"}]
+    assert VLLMEngine.build_messages(req) == [{"role": m.role, "content": m.content} for m in req.messages] + [
+        {"role": "assistant", "content": "It is"}
+    ]
 
     placeholder = "<|vision_start|><|image_pad|><|vision_end|>"
 
@@ -122,13 +129,34 @@ def test_sampling_and_structured_kwargs_map_onto_vllm():
     from vllm import SamplingParams as VSP
     from vllm.sampling_params import StructuredOutputsParams
 
-    req = request("r", "hi", n=3, temperature=0.7, top_p=0.8, top_k=-1, repetition_penalty=1.05, max_tokens=64,
-                  stop=("</answer>",), seed=5, logprobs=True, banned_words=("caption", " text "),
-                  json_schema={"type": "object"})
+    req = request(
+        "r",
+        "hi",
+        n=3,
+        temperature=0.7,
+        top_p=0.8,
+        top_k=-1,
+        repetition_penalty=1.05,
+        max_tokens=64,
+        stop=("</answer>",),
+        seed=5,
+        logprobs=True,
+        banned_words=("caption", " text "),
+        json_schema={"type": "object"},
+    )
     kw = VLLMEngine.sampling_kwargs(req)
-    assert kw == {"n": 3, "temperature": 0.7, "top_p": 0.8, "top_k": -1, "repetition_penalty": 1.05,
-                  "max_tokens": 64, "stop": ["</answer>"], "seed": 5, "logprobs": 0,
-                  "bad_words": ["caption", "Caption", "text", "Text"]}
+    assert kw == {
+        "n": 3,
+        "temperature": 0.7,
+        "top_p": 0.8,
+        "top_k": -1,
+        "repetition_penalty": 1.05,
+        "max_tokens": 64,
+        "stop": ["</answer>"],
+        "seed": 5,
+        "logprobs": 0,
+        "bad_words": ["caption", "Caption", "text", "Text"],
+    }
     sp = VSP(**kw, structured_outputs=StructuredOutputsParams(**VLLMEngine.structured_kwargs(req)))
     assert sp.structured_outputs.json == {"type": "object"}
     assert VLLMEngine.structured_kwargs(req.model_copy(update={"regex": "a+"})) == {"regex": "a+"}
@@ -146,9 +174,14 @@ def test_engine_resource_and_settings_build_the_vllm_engine(tiny_qwen2_path):
     from lpt.config import engine_settings
     from lpt_resources.engines.resource import VLLMEngineResource, engine_resource
 
-    settings = engine_settings(kind="vllm", model=str(tiny_qwen2_path), tensor_parallel_size=2,
-                              max_model_len=4096, limit_mm_per_prompt={"image": 1},
-                              engine_kwargs={"kv_cache_dtype": "fp8"})
+    settings = engine_settings(
+        kind="vllm",
+        model=str(tiny_qwen2_path),
+        tensor_parallel_size=2,
+        max_model_len=4096,
+        limit_mm_per_prompt={"image": 1},
+        engine_kwargs={"kv_cache_dtype": "fp8"},
+    )
     assert settings.dtype == "bfloat16"  # the vLLM default when the config names none
     assert engine_settings(kind="vllm", dtype="float16").dtype == "float16"
     assert engine_settings().dtype == "float32"  # the transformers default is unchanged
@@ -296,8 +329,9 @@ def test_json_schema_output_parses_and_validates(engine):
         "required": ["answer", "confident"],
         "additionalProperties": False,
     }
-    [r] = engine.generate([request("j", "Answer as JSON.", n=2, temperature=0.8, seed=3, max_tokens=40,
-                                   json_schema=schema)])
+    [r] = engine.generate(
+        [request("j", "Answer as JSON.", n=2, temperature=0.8, seed=3, max_tokens=40, json_schema=schema)]
+    )
     assert r.error is None
     for c in r.completions:
         assert c.finish_reason == "stop"
@@ -313,9 +347,11 @@ def test_regex_output_matches(engine):
 
 
 def test_logprobs_one_per_completion_token(engine):
-    [r] = engine.generate([
-        request("l", "Hello there", temperature=0.9, seed=2, max_tokens=7, logprobs=True, n=2),
-    ])
+    [r] = engine.generate(
+        [
+            request("l", "Hello there", temperature=0.9, seed=2, max_tokens=7, logprobs=True, n=2),
+        ]
+    )
     for c in r.completions:
         assert len(c.logprobs) == c.completion_tokens == 7
         assert all(x <= 0.0 for x in c.logprobs)
@@ -357,8 +393,15 @@ def test_data_parallel_replicas_match_one_engine(engine, tiny_qwen2_path):
     """data_parallel_size=2: two replica processes, each with its own vLLM, share the batch; with
     per-request seeds the results are the single engine's, in order, errors included."""
     reqs = [
-        request(f"d{i}", f"Say {i}", n=2, temperature=0.9, seed=100 + 7 * i, max_tokens=4 + i,
-                prefill="Ok," if i % 2 else None)
+        request(
+            f"d{i}",
+            f"Say {i}",
+            n=2,
+            temperature=0.9,
+            seed=100 + 7 * i,
+            max_tokens=4 + i,
+            prefill="Ok," if i % 2 else None,
+        )
         for i in range(5)
     ] + [request("d-too-long", "word " * 600, max_tokens=3)]
     single = engine.generate(reqs)

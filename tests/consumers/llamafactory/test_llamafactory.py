@@ -54,7 +54,9 @@ def test_data_pipeline_matches_image_tokens_to_images_in_every_row(small_export,
     tokenizer_module = load_tokenizer(model_args)
     assert tokenizer_module["processor"] is not None
     template = get_template_and_fix_tokenizer(tokenizer_module["tokenizer"], data_args)
-    dataset = get_dataset(template, model_args, data_args, training_args, stage="rm" if stage == "dpo" else stage, **tokenizer_module)["train_dataset"]
+    dataset = get_dataset(
+        template, model_args, data_args, training_args, stage="rm" if stage == "dpo" else stage, **tokenizer_module
+    )["train_dataset"]
     assert len(dataset) == small_export[f"{stage}_rows"]  # every exported row, none cut or dropped
 
     image_processor = image_only_processor(tiny_vl).image_processor

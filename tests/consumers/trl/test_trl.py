@@ -40,7 +40,15 @@ def _model(path: Path):
 
 
 def _common(out: Path) -> dict:
-    return {"output_dir": str(out), "max_steps": 1, "per_device_train_batch_size": 2, "report_to": [], "save_strategy": "no", "use_cpu": True, "bf16": False}
+    return {
+        "output_dir": str(out),
+        "max_steps": 1,
+        "per_device_train_batch_size": 2,
+        "report_to": [],
+        "save_strategy": "no",
+        "use_cpu": True,
+        "bf16": False,
+    }
 
 
 @pytest.mark.parametrize("trainer", ["dpo", "sft"])
@@ -51,9 +59,19 @@ def test_one_step_on_a_tiny_qwen2_5_vl(small_export, tiny_vl, tmp_path, trainer)
 
     processor = image_only_processor(tiny_vl)
     if trainer == "dpo":
-        run = DPOTrainer(model=_model(tiny_vl), args=DPOConfig(**_common(tmp_path), max_length=4096), train_dataset=_load(small_export, "dpo"), processing_class=processor)
+        run = DPOTrainer(
+            model=_model(tiny_vl),
+            args=DPOConfig(**_common(tmp_path), max_length=4096),
+            train_dataset=_load(small_export, "dpo"),
+            processing_class=processor,
+        )
     else:
-        run = SFTTrainer(model=_model(tiny_vl), args=SFTConfig(**_common(tmp_path), max_length=4096), train_dataset=_load(small_export, "sft"), processing_class=processor)
+        run = SFTTrainer(
+            model=_model(tiny_vl),
+            args=SFTConfig(**_common(tmp_path), max_length=4096),
+            train_dataset=_load(small_export, "sft"),
+            processing_class=processor,
+        )
     result = run.train()
     assert run.state.global_step == 1
     assert result.training_loss == result.training_loss  # finite
