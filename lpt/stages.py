@@ -645,3 +645,13 @@ class JudgeStage(Stage[Judged, JudgeVerdict]):
                 )
             ),
         }
+
+
+# Every engine stage, in pipeline order; scoring and the judge run where their config turns them on.
+STAGES: tuple[type[Stage[Any, Any]], ...] = (AskStage, ThinkStage, ScoringStage, ThinkHarderStage, JudgeStage)
+
+
+def stages_on(config: PipelineConfig) -> list[type[Stage[Any, Any]]]:
+    """The engine stages this config runs."""
+    off = {ScoringStage: not config.scoring.enabled, JudgeStage: not config.judge.enabled}
+    return [stage for stage in STAGES if not off.get(stage)]

@@ -7,17 +7,11 @@ from __future__ import annotations
 from dagster import AssetExecutionContext, AssetKey, Failure
 
 from lpt.config import Engines
-from lpt.tables import JUDGE_VERDICTS, LONG_COTS, MCQS, RATIONALE_SCORES, SIMPLE_COTS
+from lpt.stages import STAGES
 from lpt_resources.engines.preflight import EngineCheckError, check_engine
 
-# Which engine role each generation asset uses.
-ROLE_OF_ASSET = {
-    MCQS.name: "ask",
-    SIMPLE_COTS.name: "vlm",
-    RATIONALE_SCORES.name: "vlm",
-    LONG_COTS.name: "reasoner",
-    JUDGE_VERDICTS.name: "judge",
-}
+# Which engine role each engine stage's asset uses.
+ROLE_OF_ASSET = {stage.table.name: stage.role for stage in STAGES}
 _checked: set[tuple[str, str]] = set()  # (run id, role) already checked in this process
 
 

@@ -11,6 +11,7 @@ from lpt.config import PipelineConfig
 from lpt.judge import summary as judge_summary
 from lpt.records import Verified
 from lpt.scoring import summary as scoring_summary
+from lpt.stages import stages_on
 from lpt.tables import (
     CAPTIONS,
     DPO_PAIRS,
@@ -29,13 +30,10 @@ from lpt_assets.assets.curate import accuracy
 from lpt_assets.metadata import ENGINE_COUNTS
 from lpt_resources.storage import ParquetStore
 
-GENERATION_STAGES = tuple(t.name for t in (MCQS, SIMPLE_COTS, RATIONALE_SCORES, LONG_COTS, JUDGE_VERDICTS))
-
 
 def generation_stages(config: PipelineConfig) -> list[str]:
-    """The generation stages this config runs: scoring's and the judge's only when they are on."""
-    off = {RATIONALE_SCORES.name: not config.scoring.enabled, JUDGE_VERDICTS.name: not config.judge.enabled}
-    return [stage for stage in GENERATION_STAGES if not off.get(stage)]
+    """The engine stages this config runs, by asset name."""
+    return [stage.table.name for stage in stages_on(config)]
 
 
 def _rows(store: ParquetStore, table: Table[M], keys: list[str]) -> list[M]:
