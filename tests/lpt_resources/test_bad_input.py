@@ -17,7 +17,7 @@ from PIL import Image
 from lpt.tables import CAPTIONS, CAPTIONS_QUARANTINE, DPO_PAIRS, MCQS, SFT_SAMPLES, SIMPLE_COTS
 from lpt_assets.cli import run_pipeline
 from lpt_assets.registry import SHARD_MANIFEST, register_source
-from lpt_resources.captions.sources import ShardItem, parse_spec, read_items, shard
+from lpt_resources.captions.sources import parse_spec, read_items, shard
 from lpt_resources.captions.validate import (
     CaptionLimits,
     check_shard,
@@ -252,7 +252,7 @@ def test_symlink_swapped_after_registration_is_still_caught(tmp_path):
     (tmp_path / "in" / "m.jsonl").write_text(json.dumps({"image": "a.png", "description": TEXT}) + "\n")
     items = read_items(parse_spec(f"manifest:{tmp_path}/in/m.jsonl"), str(tmp_path))
     store = ParquetStore(base=str(tmp_path / "data"))
-    store.write(SHARD_MANIFEST, "k", items, ShardItem)
+    store.write(SHARD_MANIFEST, "k", items)
     (tmp_path / "in" / "a.png").unlink()
     (tmp_path / "in" / "a.png").symlink_to(tmp_path / "other.png")
     _, refused = check_shard(store.read(SHARD_MANIFEST, "k"))
