@@ -56,13 +56,11 @@ from lpt.quality import (
 from lpt.tables import DPO_PAIRS, LONG_COTS, MCQS, MCQS_QUARANTINE, SIMPLE_COTS, VERIFIED
 from lpt.verify import verify_short
 from lpt_assets._dagster_compat import (
-    ASSET_PARTITION_RANGE_END_TAG,
-    ASSET_PARTITION_RANGE_START_TAG,
     AssetCheckEvaluationTargetMaterializationData,
     UnresolvedAssetJobDefinition,
 )
 from lpt_assets.bulk_reads import latest_check_failures
-from lpt_assets.partitions import contiguous, shards, shards_of_run
+from lpt_assets.partitions import contiguous, range_tags, shards, shards_of_run
 from lpt_resources.storage import ParquetStore
 
 UNBLOCK_SENSOR = "unblock_passing_shards"
@@ -219,11 +217,7 @@ def build_check_sensors(config: PipelineConfig, jobs: Sequence[UnresolvedAssetJo
             yield RunRequest(
                 run_key=f"{run.run_id}:{first}...{last}",
                 job_name=run.job_name,
-                tags={
-                    ASSET_PARTITION_RANGE_START_TAG: first,
-                    ASSET_PARTITION_RANGE_END_TAG: last,
-                    UNBLOCKED_FROM_TAG: run.run_id,
-                },
+                tags={**range_tags(first, last), UNBLOCKED_FROM_TAG: run.run_id},
             )
 
     return [unblock_passing_shards]

@@ -231,8 +231,8 @@ def check(config: ConfigOption = None) -> None:
 def run_pipeline(instance: DagsterInstance, config: PipelineConfig, keys: list[str], log_level: str = "INFO") -> None:
     """One run for all the shards (a single engine load), then the exports; Dagster's console
     log shows `log_level` and above (its own default, DEBUG, buries the summary)."""
-    from lpt_assets._dagster_compat import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
     from lpt_assets.location import EXPORT_JOB, PIPELINE_JOB, build_definitions
+    from lpt_assets.partitions import range_tags
 
     defs = build_definitions(config)
     console = {"loggers": {"console": {"config": {"log_level": log_level.upper()}}}}
@@ -240,7 +240,7 @@ def run_pipeline(instance: DagsterInstance, config: PipelineConfig, keys: list[s
     # would hand typer's pretty-printer a chain of Dagster frames that takes minutes to render.
     result = defs.resolve_job_def(PIPELINE_JOB).execute_in_process(
         instance=instance,
-        tags={ASSET_PARTITION_RANGE_START_TAG: keys[0], ASSET_PARTITION_RANGE_END_TAG: keys[-1]},
+        tags=range_tags(keys[0], keys[-1]),
         run_config=console,
         raise_on_error=False,
     )
@@ -352,11 +352,8 @@ def _shards_named(instance: DagsterInstance, partition: str | None, partition_ra
 
 def _run_tags(tags: str | None, keys: list[str], invocation: str) -> dict[str, str]:
     """--tags, then Dagster's partition tags for `keys`, then the tag this command finds its run by."""
-    from lpt_assets._dagster_compat import (
-        ASSET_PARTITION_RANGE_END_TAG,
-        ASSET_PARTITION_RANGE_START_TAG,
-        PARTITION_NAME_TAG,
-    )
+    from lpt_assets._dagster_compat import PARTITION_NAME_TAG
+    from lpt_assets.partitions import range_tags
 
     try:
         extra = json.loads(tags) if tags else {}
@@ -367,7 +364,7 @@ def _run_tags(tags: str | None, keys: list[str], invocation: str) -> dict[str, s
     if len(keys) == 1:
         extra[PARTITION_NAME_TAG] = keys[0]
     elif keys:
-        extra.update({ASSET_PARTITION_RANGE_START_TAG: keys[0], ASSET_PARTITION_RANGE_END_TAG: keys[-1]})
+        extra.update(range_tags(keys[0], keys[-1]))
     return {**extra, INVOCATION_TAG: invocation}
 
 

@@ -49,6 +49,12 @@ def shards_of_run(tags: Mapping[str, str], ordered_keys: Sequence[str]) -> list[
     return _shards_of_run(tags, ordered_keys, {})
 
 
+def range_tags(first: str, last: str) -> dict[str, str]:
+    """Dagster's partition-range tags for a run over the contiguous shards `first` to `last`
+    (what `_shards_of_run` reads back)."""
+    return {ASSET_PARTITION_RANGE_START_TAG: first, ASSET_PARTITION_RANGE_END_TAG: last}
+
+
 def shards_of_runs(runs_tags: Iterable[Mapping[str, str]], ordered_keys: Sequence[str]) -> set[str]:
     """The shards any of these runs covers; the keys' positions are found once for all runs."""
     position: dict[str, int] = {}

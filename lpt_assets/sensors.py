@@ -25,8 +25,7 @@ from dagster import (
 from pydantic import BaseModel
 
 from lpt.config import AutomationConfig
-from lpt_assets._dagster_compat import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
-from lpt_assets.partitions import chunks
+from lpt_assets.partitions import chunks, range_tags
 from lpt_assets.registry import register_source
 from lpt_resources.storage import ParquetStore
 
@@ -81,7 +80,7 @@ def shard_run_request(
     partition for one shard."""
     if len(keys) == 1:
         return RunRequest(run_key=run_key, partition_key=keys[0], tags=tags, asset_selection=asset_selection)
-    tags = {**tags, ASSET_PARTITION_RANGE_START_TAG: keys[0], ASSET_PARTITION_RANGE_END_TAG: keys[-1]}
+    tags = {**tags, **range_tags(keys[0], keys[-1])}
     return RunRequest(run_key=run_key, tags=tags, asset_selection=asset_selection)
 
 
