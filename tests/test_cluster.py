@@ -191,6 +191,12 @@ def _run(args, env, cwd):
     return done.stdout
 
 
+def _create_schema(env: dict, cwd: Path) -> None:
+    """Dagster's tables made once, as a deployment does before its nodes start: processes
+    opening an empty database together race to create them (DuplicateObject)."""
+    _run([BIN / "dagster", "instance", "migrate"], env, cwd)
+
+
 def _instance(env: dict, monkeypatch) -> DagsterInstance:
     """The Postgres-backed instance the workers wrote to, opened from the same DAGSTER_HOME."""
     for key in ["DAGSTER_PG_HOST", "DAGSTER_PG_PORT", "DAGSTER_PG_USER", "DAGSTER_PG_PASSWORD", "DAGSTER_PG_DB"]:
@@ -290,6 +296,7 @@ def test_pipeline_two_shards_on_postgres_with_celery_workers(tmp_path, database,
     workers = Workers(env, tmp_path)
     cpu, gpu = f"cpu-{tag}", f"gpu-{tag}"
     try:
+        _create_schema(env, tmp_path)
         workers.start(cpu, env["LPT_CELERY_QUEUE"])
         workers.start(gpu, env["LPT_CELERY_GPU_QUEUE"])
         out = _run([BIN / "lpt", "register", f"sample?limit=2&shard_size=1&name=c{tag}"], env, tmp_path)
@@ -356,6 +363,7 @@ def test_rabbitmq_broker_runs_steps_on_a_worker(tmp_path, database, monkeypatch)
     workers = Workers(env, tmp_path)
     cpu = f"cpu-{tag}"
     try:
+        _create_schema(env, tmp_path)
         workers.start(cpu, env["LPT_CELERY_QUEUE"])
         out = _run([BIN / "lpt", "register", f"sample?limit=2&shard_size=1&name=r{tag}"], env, tmp_path)
         keys = [f"r{tag}-train-00000", f"r{tag}-train-00001"]
