@@ -1,6 +1,36 @@
 """Small record builders for tests (real records, readable defaults)."""
 
-from lpt.records import MCQ, Label, Presentation, PresentedMCQ, Verified
+from lpt.records import MCQ, Caption, Label, Presentation, PresentedMCQ, SimpleCot, Verified
+
+
+def caption(description: str, image_id: str = "img1", image_path: str = "/img1.png") -> Caption:
+    return Caption(
+        image_id=image_id,
+        source="t",
+        split="train",
+        image_path=image_path,
+        description=description,
+        width=8,
+        height=8,
+    )
+
+
+def simple_cot(cot_id: str, think: str, answer: str, sample_index: int = 0, **changes) -> SimpleCot:
+    """A short CoT as the VLM writes it after the prompt's opening <think>."""
+    fields = dict(
+        cot_id=cot_id,
+        mcq_id="m1",
+        image_id="img1",
+        sample_index=sample_index,
+        text=f"\n{think}\n</think>\n<answer>{answer}</answer>",
+        finish_reason="stop",
+        prompt_tokens=40,
+        completion_tokens=20,
+        model="vlm",
+        stand_in=False,
+    )
+    fields.update(changes)
+    return SimpleCot(**fields)
 
 
 def presented_mcq(mcq_id: str = "m1", image_id: str = "img1") -> PresentedMCQ:

@@ -11,7 +11,7 @@ from dagster import AssetKey, instance_for_test, materialize
 
 from lpt.config import PipelineConfig
 from lpt.judge import NO_VERDICT
-from lpt.records import Caption, LongCot, SimpleCot
+from lpt.records import LongCot
 from lpt.tables import (
     CAPTIONS,
     DPO_PAIRS,
@@ -28,7 +28,7 @@ from lpt_assets.assets.judge import build_judge_assets
 from lpt_assets.summary import render, summarize
 from lpt_resources.engines.resource import engine_resource
 from lpt_resources.storage import ParquetStore
-from tests.builders import presented_mcq
+from tests.builders import caption, presented_mcq, simple_cot
 
 SHORTS = {  # the MCQ: "What colour is the cap?" (A) Blue (B) Green (C) White (D) Red; gold B
     "c1": ("The cap on the bottle looks blue under the shop lights", "(A)"),
@@ -44,41 +44,10 @@ LONGS = {  # long id -> (short CoT, continuation after the cue, answer)
 
 
 def _stored_shard(store: ParquetStore) -> None:
-    store.write(
-        CAPTIONS,
-        "s1",
-        [
-            Caption(
-                image_id="img1",
-                source="t",
-                split="train",
-                image_path="/img1.png",
-                description="A bottle with a green cap.",
-                width=8,
-                height=8,
-            )
-        ],
-    )
+    store.write(CAPTIONS, "s1", [caption("A bottle with a green cap.")])
     store.write(MCQS, "s1", [presented_mcq()])
-    store.write(
-        SIMPLE_COTS,
-        "s1",
-        [
-            SimpleCot(
-                cot_id=cot_id,
-                mcq_id="m1",
-                image_id="img1",
-                sample_index=i,
-                text=f"\n{think}\n</think>\n<answer>{answer}</answer>",
-                finish_reason="stop",
-                prompt_tokens=40,
-                completion_tokens=20,
-                model="vlm",
-                stand_in=False,
-            )
-            for i, (cot_id, (think, answer)) in enumerate(SHORTS.items())
-        ],
-    )
+    shorts = [simple_cot(cot_id, think, answer, i) for i, (cot_id, (think, answer)) in enumerate(SHORTS.items())]
+    store.write(SIMPLE_COTS, "s1", shorts)
     store.write(
         LONG_COTS,
         "s1",

@@ -5,32 +5,19 @@ answer is known; a rerun answers every scoring request from the response cache."
 from dagster import AssetKey, instance_for_test, materialize
 
 from lpt.config import PipelineConfig
-from lpt.records import MCQ, Caption, Presentation, PresentedMCQ, SimpleCot
+from lpt.records import MCQ, Presentation, PresentedMCQ
 from lpt.tables import CAPTIONS, LONG_COTS, MCQS, RATIONALE_SCORES, SFT_SAMPLES, SIMPLE_COTS
 from lpt_assets.assets.scoring import build_scoring_assets
 from lpt_assets.summary import render, summarize
 from lpt_resources.engines.resource import engine_resource
 from lpt_resources.storage import ParquetStore
+from tests.builders import caption, simple_cot
 
 OPTIONS = ["zebra crossing", "_functions_functions_functions", "quiet violet harbour", "seven"]
 
 
 def _stored_shard(store: ParquetStore) -> None:
-    store.write(
-        CAPTIONS,
-        "s1",
-        [
-            Caption(
-                image_id="img1",
-                source="t",
-                split="train",
-                image_path="/none.png",
-                description="A sign.",
-                width=8,
-                height=8,
-            )
-        ],
-    )
+    store.write(CAPTIONS, "s1", [caption("A sign.", image_path="/none.png")])
     item = PresentedMCQ(
         mcq=MCQ(
             mcq_id="m1",
@@ -44,25 +31,11 @@ def _stored_shard(store: ParquetStore) -> None:
     )
     store.write(MCQS, "s1", [item])
     thinks = ["_functions_functions_functions_functions", "A quiet violet harbour, seven zebras."]
-    store.write(
-        SIMPLE_COTS,
-        "s1",
-        [
-            SimpleCot(
-                cot_id=f"c{i}",
-                mcq_id="m1",
-                image_id="img1",
-                sample_index=i,
-                text=f"\n{t}\n</think>\n<answer>{OPTIONS[2]}</answer>",
-                finish_reason="stop",
-                prompt_tokens=10,
-                completion_tokens=5,
-                model="vlm",
-                stand_in=True,
-            )
-            for i, t in enumerate(thinks)
-        ],
-    )
+    shorts = [
+        simple_cot(f"c{i}", think, OPTIONS[2], i, prompt_tokens=10, completion_tokens=5, stand_in=True)
+        for i, think in enumerate(thinks)
+    ]
+    store.write(SIMPLE_COTS, "s1", shorts)
 
 
 def test_rationale_scores_asset_scores_streams_and_caches(tmp_path, tiny_qwen2_path):
@@ -166,18 +139,7 @@ def test_stage_3_expands_only_the_best_rewarded_short_cots(tmp_path, tiny_qwen2_
         store = ParquetStore(base=base["storage"])
         _stored_shard(store)  # two short CoTs answering the gold option
         wrong = [
-            SimpleCot(
-                cot_id=f"w{i}",
-                mcq_id="m1",
-                image_id="img1",
-                sample_index=2 + i,
-                text=f"\n{t}\n</think>\n<answer>{a}</answer>",
-                finish_reason="stop",
-                prompt_tokens=10,
-                completion_tokens=5,
-                model="vlm",
-                stand_in=True,
-            )
+            simple_cot(f"w{i}", t, a, 2 + i, prompt_tokens=10, completion_tokens=5, stand_in=True)
             for i, (t, a) in enumerate([("Seven, I count.", OPTIONS[3]), ("A zebra crossing, clearly.", OPTIONS[0])])
         ]
         store.write(SIMPLE_COTS, "s1", store.read(SIMPLE_COTS, "s1") + wrong)
