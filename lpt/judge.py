@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from lpt.config import JudgeConfig
 from lpt.parse import encodable
 from lpt.prompts import ChatPrompt
-from lpt.records import LETTERS, LongCot, PresentedMCQ, Record, Verified
+from lpt.records import LETTERS, JudgeVerdict, LongCot, PresentedMCQ, Verified
 
 INCONSISTENT = "judge_inconsistent"
 SETUP_REFERENCE = "judge_setup_reference"
@@ -70,21 +70,6 @@ class JudgeReply(BaseModel):
 def judge_json_schema() -> dict[str, Any]:
     """JudgeReply's JSON schema, for the engine's guided decoding."""
     return JudgeReply.model_json_schema()
-
-
-class JudgeVerdict(Record):
-    """The judge's verdict on one kept long trace, and what curation does with it."""
-
-    trace_id: str  # the long trace's id
-    mcq_id: str
-    image_id: str
-    label: str | None  # the trace's label, for reading the table
-    consistent: bool | None  # None: no verdict
-    setup_reference: bool | None
-    reason: str  # the judge's own words, or why its reply could not be read
-    findings: list[str]  # judge_inconsistent, judge_setup_reference, judge_no_verdict
-    error: str | None  # why there is no verdict: judge_no_json, judge_truncated, judge_invalid:<field>, …
-    drop_reason: str | None  # the first finding the config drops; None: kept (flagged when findings)
 
 
 def judged_traces(verified: Sequence[Verified]) -> list[Verified]:

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 
 from lpt.markup import chat_markup
 from lpt.records import LETTERS, MCQ, MCQDraft, Quarantined, Record, stable_id
+from lpt.tables import MCQS
 
 # Bump when a rule below changes what is kept, so the assets built with the old rules show stale:
 # MCQ_RULES for MCQ parsing and validation (stage 1), TRACE_RULES for trace parsing and grading
@@ -457,13 +458,13 @@ def validate_drafts(
         if not all(encodable(field) for field in fields):
             item_id = stable_id(image_id, *(ascii(field) for field in fields))
             detail = "a field holds lone surrogates, which cannot be stored as UTF-8"
-            quarantined.append(Quarantined(stage="mcqs", item_id=item_id, reason="invalid_unicode", detail=detail))
+            quarantined.append(Quarantined(stage=MCQS.name, item_id=item_id, reason="invalid_unicode", detail=detail))
             continue
         markup = sorted({token for field in fields for token in chat_markup(field)})
         if markup:
             item_id = stable_id(image_id, *fields)
             detail = f"control-token text {', '.join(markup[:5])}: a server would parse it as chat markup"
-            quarantined.append(Quarantined(stage="mcqs", item_id=item_id, reason="chat_markup", detail=detail))
+            quarantined.append(Quarantined(stage=MCQS.name, item_id=item_id, reason="chat_markup", detail=detail))
             continue
         question = " ".join(draft.question.split())
         options = strip_option_letters(draft.options)
@@ -495,7 +496,7 @@ def validate_drafts(
                     f"too close to {earlier.mcq_id}: {earlier.question!r}",
                 )
         if reason is not None:
-            quarantined.append(Quarantined(stage="mcqs", item_id=mcq_id, reason=reason, detail=detail))
+            quarantined.append(Quarantined(stage=MCQS.name, item_id=mcq_id, reason=reason, detail=detail))
             continue
         kept.append(
             MCQ(

@@ -203,3 +203,36 @@ class DpoPair(Record):
     prompt: str
     chosen: str
     rejected: str
+
+
+class McqScores(Record):
+    """The scores of one MCQ; rows of `likelihoods` follow `cot_ids`, columns the letters."""
+
+    mcq_id: str
+    image_id: str
+    cot_ids: list[str]
+    rationales: list[str]
+    solutions: list[str]  # the four answers as written in the requested style, A..D
+    likelihoods: list[list[float]]  # [rationale][option]: mean log-probability per token
+    rewards: list[float]  # per rationale, its likelihood with the gold answer
+    option_scores: list[float] = Field(min_length=4, max_length=4)  # mean over rationales
+    gold_letter: str
+    bin_letter: str
+    margin: float  # option_scores[BiN] - option_scores[gold]: 0 when BiN is gold
+    best_index: int  # the rationale with the highest likelihood for the BiN answer
+    suspect: bool
+
+
+class JudgeVerdict(Record):
+    """The judge's verdict on one kept long trace, and what curation does with it."""
+
+    trace_id: str  # the long trace's id
+    mcq_id: str
+    image_id: str
+    label: str | None  # the trace's label, for reading the table
+    consistent: bool | None  # None: no verdict
+    setup_reference: bool | None
+    reason: str  # the judge's own words, or why its reply could not be read
+    findings: list[str]  # judge_inconsistent, judge_setup_reference, judge_no_verdict
+    error: str | None  # why there is no verdict: judge_no_json, judge_truncated, judge_invalid:<field>, …
+    drop_reason: str | None  # the first finding the config drops; None: kept (flagged when findings)

@@ -16,11 +16,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TypeVar
 
-from pydantic import Field
-
 from lpt.grade import format_answer
 from lpt.parse import parse_cot
-from lpt.records import LETTERS, PresentedMCQ, Record, SimpleCot
+from lpt.records import LETTERS, McqScores, PresentedMCQ, Record, SimpleCot
 from lpt.verify import render_response
 
 T = TypeVar("T")
@@ -33,24 +31,6 @@ class Rationale(Record):
     cot_id: str
     mcq_id: str
     think: str
-
-
-class McqScores(Record):
-    """The scores of one MCQ; rows of `likelihoods` follow `cot_ids`, columns the letters."""
-
-    mcq_id: str
-    image_id: str
-    cot_ids: list[str]
-    rationales: list[str]
-    solutions: list[str]  # the four answers as written in the requested style, A..D
-    likelihoods: list[list[float]]  # [rationale][option]: mean log-probability per token
-    rewards: list[float]  # per rationale, its likelihood with the gold answer
-    option_scores: list[float] = Field(min_length=4, max_length=4)  # mean over rationales
-    gold_letter: str
-    bin_letter: str
-    margin: float  # option_scores[BiN] - option_scores[gold]: 0 when BiN is gold
-    best_index: int  # the rationale with the highest likelihood for the BiN answer
-    suspect: bool
 
 
 def rationales(item: PresentedMCQ, cots: Sequence[SimpleCot]) -> list[Rationale]:

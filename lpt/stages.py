@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lpt.config import AskConfig, PipelineConfig, ThinkHarderConfig, VerifyConfig
-from lpt.judge import JudgeVerdict, judge_json_schema, judge_prompt, judged_traces, no_verdict, verdict_from_reply
+from lpt.judge import judge_json_schema, judge_prompt, judged_traces, no_verdict, verdict_from_reply
 from lpt.judge import summary as judge_summary
 from lpt.parse import drafts_from_json, drafts_from_tagged, mcq_json_schema, validate_drafts
 from lpt.prompts import (
@@ -26,7 +26,9 @@ from lpt.prompts import (
 from lpt.records import (
     Caption,
     FinishReason,
+    JudgeVerdict,
     LongCot,
+    McqScores,
     PresentedMCQ,
     Quarantined,
     Record,
@@ -34,7 +36,7 @@ from lpt.records import (
     Verified,
     stable_id,
 )
-from lpt.scoring import McqScores, Rationale, rationales, score_mcq, targets, top_k_cots
+from lpt.scoring import Rationale, rationales, score_mcq, targets, top_k_cots
 from lpt.scoring import summary as scoring_summary
 from lpt.stage import (
     Ask,

@@ -9,9 +9,18 @@ from typing import Generic, TypeVar
 
 from pydantic import BaseModel
 
-from lpt.judge import JudgeVerdict
-from lpt.records import Caption, DpoPair, LongCot, PresentedMCQ, Quarantined, SftSample, SimpleCot, Verified
-from lpt.scoring import McqScores
+from lpt.records import (
+    Caption,
+    DpoPair,
+    JudgeVerdict,
+    LongCot,
+    McqScores,
+    PresentedMCQ,
+    Quarantined,
+    SftSample,
+    SimpleCot,
+    Verified,
+)
 
 M = TypeVar("M", bound=BaseModel)
 

@@ -32,8 +32,8 @@ from lpt.config import ExportConfig
 from lpt.export import hf, lacot, llamafactory, provenance
 from lpt.export.common import STATE_DIR, Folder, dump_json, filter_pairs, jsonl, sorted_unique
 from lpt.export.stats import Funnel, Stats, shard_stats
-from lpt.records import DpoPair, SftSample
-from lpt.scoring import McqScores, bin_log_row, rewards_by_cot
+from lpt.records import DpoPair, McqScores, SftSample
+from lpt.scoring import bin_log_row, rewards_by_cot
 
 LAYOUT = 2  # bump when the layout changes: an export in an older layout is rebuilt once
 STATE_FILE = f"{STATE_DIR}/state.json"

@@ -15,8 +15,8 @@ from dagster import (
 from lpt.config import PipelineConfig
 from lpt.judge import apply_verdicts
 from lpt.prompts import VLM_SYSTEM, render_question
-from lpt.records import LETTERS, Caption, Label, PresentedMCQ, TrainingPrompt, Verified
-from lpt.scoring import McqScores, rewards_by_cot, without_suspects
+from lpt.records import LETTERS, Caption, Label, McqScores, PresentedMCQ, TrainingPrompt, Verified
+from lpt.scoring import rewards_by_cot, without_suspects
 from lpt.select import mine_pairs, select_sft
 from lpt.tables import (
     CAPTIONS,

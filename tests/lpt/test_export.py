@@ -407,7 +407,7 @@ def test_a_batch_another_batch_committed_over_binds_nothing(tmp_path, sft, dpo):
 
 
 def test_lacot_rows_carry_rewards_and_the_bin_log_is_lacots_schema(tmp_path, sft, dpo):
-    from lpt.scoring import McqScores
+    from lpt.records import McqScores
 
     scored = McqScores(
         mcq_id="m-1",

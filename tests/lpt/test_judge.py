@@ -14,7 +14,6 @@ from lpt.judge import (
     NO_VERDICT,
     SETUP_REFERENCE,
     JudgeReply,
-    JudgeVerdict,
     apply_verdicts,
     judge_json_schema,
     judge_prompt,
@@ -24,7 +23,7 @@ from lpt.judge import (
     summary,
     verdict_from_reply,
 )
-from lpt.records import Label, LongCot, TrainingPrompt
+from lpt.records import JudgeVerdict, Label, LongCot, TrainingPrompt
 from lpt.select import mine_pairs, select_sft
 from lpt_assets.versions import code_versions
 from tests.builders import presented_mcq, verified_row
