@@ -168,7 +168,8 @@ def render(summary: dict[str, Any]) -> str:
     lines += ["labels kept: " + ", ".join(f"{k}={v}" for k, v in sorted(summary["labels"].items()))]
     lines += ["DPO pairs by type: " + ", ".join(f"{k}={v}" for k, v in sorted(summary["pairs_by_type"].items()))]
     lines += ["", "engines:"]
+    width = max([12, *(len(stage) + 1 for stage in summary["engines"])])  # rationale_scores is 16 long
     for stage, stats in summary["engines"].items():
-        lines.append(f"  {stage:<12}" + ", ".join(f"{k}={v}" for k, v in stats.items()))
+        lines.append(f"  {stage:<{width}}" + ", ".join(f"{k}={v}" for k, v in stats.items()))
     lines += ["", "exports:"] + [f"  {k:<13}{v}" for k, v in summary["exports"].items()]
     return "\n".join(lines)

@@ -74,6 +74,7 @@ def test_rationale_scores_asset_scores_streams_and_caches(tmp_path, tiny_qwen2_p
         assert summary["scoring"]["suspect_keys"] == ["m1"] and summary["scoring"]["bin_accuracy"] == 0.0
         assert summary["engines"]["rationale_scores"]["requests_sent"] == 0
         assert "BiN accuracy vs gold 0.0; suspect keys 1 (m1)" in render(summary)
+        assert "\n  rationale_scores requests_sent=0, cache_hits=8" in render(summary)  # its own column
     assert sent == [(8, 0), (0, 8)]  # 2 rationales x 4 options, then all from the cache
 
 
