@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
-from lpt.config import Sampling
+from lpt.config import PipelineConfig, Sampling
 from lpt.prompts import ChatPrompt
 from lpt.records import FinishReason, Quarantined, Record
 from lpt.tables import QUARANTINES, Table
@@ -197,6 +197,10 @@ class Stage(abc.ABC, Generic[W, R]):
     # (table, role) that may run next in the same run on the loaded engine, if of the same settings
     hands_over_to: tuple[Table[Any], str] | None = None
     retry: RetryPolicy | None = None  # applied by the runner to every first reply
+
+    @abc.abstractmethod
+    def __init__(self, config: PipelineConfig) -> None:
+        """Every stage is built from the pipeline config alone, keeping the parts it reads."""
 
     @property
     def name(self) -> str:

@@ -22,10 +22,8 @@ from lpt.tables import (
 )
 from lpt_assets.assets.curate import build_curation_assets
 from lpt_assets.assets.exports import build_export_assets
-from lpt_assets.assets.generate import build_generation_assets
+from lpt_assets.assets.generate import build_engine_stage_assets
 from lpt_assets.assets.ingest import captions, usable_captions
-from lpt_assets.assets.judge import build_judge_assets
-from lpt_assets.assets.scoring import build_scoring_assets
 from lpt_assets.checks import build_check_sensors, build_checks
 from lpt_assets.executors import executor_from_env
 from lpt_assets.export_automation import build_exports_sensor
@@ -103,10 +101,8 @@ def build_definitions(config: PipelineConfig) -> Definitions:
     partitioned = [
         captions,
         usable_captions,
-        *build_generation_assets(config),
-        *build_scoring_assets(config),
+        *build_engine_stage_assets(config),
         *build_curation_assets(config),
-        *build_judge_assets(config),
     ]
     exports = build_export_assets(config)
     pipeline = define_asset_job(

@@ -19,10 +19,10 @@ from dagster import (
     asset,
 )
 
-from lpt.config import EngineSettings, PipelineConfig
+from lpt.config import Engines, PipelineConfig
 from lpt.records import Quarantined
 from lpt.stage import Counts, Figure, Histogram, Json, Parsed, Rows, ShardOutcome, Stage
-from lpt.stages import AskStage, ThinkHarderStage, ThinkStage
+from lpt.stages import stages_on
 from lpt.tables import Table
 from lpt_assets.assets.ingest import quarantine_written
 from lpt_assets.executors import gpu_op_tags
@@ -41,16 +41,14 @@ def _read_all(store: ParquetStore, table: Table[Any], keys: Sequence[str]) -> di
     return {key: store.read(table, key) for key in keys}
 
 
-def _release(
-    context: AssetExecutionContext,
-    engine: EngineResource,
-    settings: EngineSettings,
-    next_stage: tuple[Table[Any], EngineSettings] | None,
-) -> None:
-    """Give the stage's engine back: parked when the next stage runs in this run with the same
-    settings (it picks the loaded model up), freed otherwise."""
+def _release(context: AssetExecutionContext, engine: EngineResource, stage: Stage[Any, Any], engines: Engines) -> None:
+    """Give the stage's engine back: parked when the stage it hands over to runs in this run
+    with the same settings (it picks the loaded model up), freed otherwise."""
+    after = stage.hands_over_to
     park = (
-        next_stage is not None and next_stage[1] == settings and AssetKey(next_stage[0].name) in assets_in_run(context)
+        after is not None
+        and getattr(engines, after[1]) == getattr(engines, stage.role)
+        and AssetKey(after[0].name) in assets_in_run(context)
     )
     engine.release(park=park)
 
@@ -159,11 +157,7 @@ def run_stage(
                 context.log.warning(parsed.warning)
             tables.add(answer.shard, job.position, parsed)
     finally:
-        after = stage.hands_over_to
-        engines = config.engines
-        _release(
-            context, engine, getattr(engines, stage.role), (after[0], getattr(engines, after[1])) if after else None
-        )
+        _release(context, engine, stage, config.engines)
     report = ShardReport(context)
     for key in keys:
         report.add(key, _metadata(stage.figures(tables.outcome(key, plan.settled.get(key, [])))))
@@ -194,5 +188,6 @@ def stage_asset(stage: Stage[Any, Any], config: PipelineConfig) -> AssetsDefinit
     return _asset
 
 
-def build_generation_assets(config: PipelineConfig) -> list[AssetsDefinition]:
-    return [stage_asset(stage, config) for stage in (AskStage(config), ThinkStage(config), ThinkHarderStage(config))]
+def build_engine_stage_assets(config: PipelineConfig) -> list[AssetsDefinition]:
+    """An asset for each engine stage the config runs (scoring and the judge where turned on)."""
+    return [stage_asset(stage(config), config) for stage in stages_on(config)]

@@ -12,6 +12,7 @@ from dagster import AssetKey, instance_for_test, materialize
 from lpt.config import PipelineConfig
 from lpt.judge import NO_VERDICT
 from lpt.records import LongCot
+from lpt.stages import JudgeStage
 from lpt.tables import (
     CAPTIONS,
     DPO_PAIRS,
@@ -24,7 +25,7 @@ from lpt.tables import (
     VERIFIED,
 )
 from lpt_assets.assets.curate import build_curation_assets
-from lpt_assets.assets.judge import build_judge_assets
+from lpt_assets.assets.generate import build_engine_stage_assets, stage_asset
 from lpt_assets.summary import render, summarize
 from lpt_resources.engines.resource import engine_resource
 from lpt_resources.storage import ParquetStore
@@ -86,7 +87,7 @@ def _config(tmp_path, model, **judge) -> PipelineConfig:
 
 def _run(config: PipelineConfig, store: ParquetStore, instance) -> dict:
     """Verify, judge and curate the shard; the judge's metadata."""
-    assets = [*build_curation_assets(config), *build_judge_assets(config)]
+    assets = [*build_curation_assets(config), stage_asset(JudgeStage(config), config)]
     resources = {"store": store, "judge_engine": engine_resource(config.engines.judge)}
     assert materialize(assets, partition_key="s1", instance=instance, resources=resources).success
     event = instance.get_latest_materialization_event(AssetKey("judge_verdicts"))
@@ -102,10 +103,9 @@ def _selected(store: ParquetStore) -> tuple[set[str], set[str]]:
 def test_judge_verdicts_drop_by_reason_cache_and_flag_only(tmp_path, tiny_qwen2_path):
     config = _config(tmp_path, tiny_qwen2_path)
     assert config.engines.judge == config.engines.reasoner  # one loaded model serves both roles
-    assert (
-        build_judge_assets(config.model_copy(update={"judge": config.judge.model_copy(update={"enabled": False})}))
-        == []
-    )
+    judge_off = config.model_copy(update={"judge": config.judge.model_copy(update={"enabled": False})})
+    assert AssetKey("judge_verdicts") in {a.key for a in build_engine_stage_assets(config)}
+    assert AssetKey("judge_verdicts") not in {a.key for a in build_engine_stage_assets(judge_off)}
     store = ParquetStore(base=config.storage)
     _stored_shard(store)
     (tmp_path / "home").mkdir()
@@ -189,7 +189,7 @@ def test_garbage_replies_are_quarantined_and_kept_unless_the_knob_drops_them(tmp
         config = _config(tmp_path, tiny_qwen2_path, drop=["judge_no_verdict"], **free)
         resources = {"store": store, "judge_engine": engine_resource(config.engines.judge)}
         assert materialize(
-            build_judge_assets(config), partition_key="s1", instance=instance, resources=resources
+            [stage_asset(JudgeStage(config), config)], partition_key="s1", instance=instance, resources=resources
         ).success
         verdicts = {v.trace_id: v for v in store.read(JUDGE_VERDICTS, "s1")}
         assert len(verdicts) == 5 and verdicts["l5"].error == "judge_missing_input"

@@ -6,8 +6,9 @@ from dagster import AssetKey, instance_for_test, materialize
 
 from lpt.config import PipelineConfig
 from lpt.records import MCQ, Presentation, PresentedMCQ
+from lpt.stages import ScoringStage
 from lpt.tables import CAPTIONS, LONG_COTS, MCQS, RATIONALE_SCORES, SFT_SAMPLES, SIMPLE_COTS
-from lpt_assets.assets.scoring import build_scoring_assets
+from lpt_assets.assets.generate import build_engine_stage_assets, stage_asset
 from lpt_assets.summary import render, summarize
 from lpt_resources.engines.resource import engine_resource
 from lpt_resources.storage import ParquetStore
@@ -49,13 +50,10 @@ def test_rationale_scores_asset_scores_streams_and_caches(tmp_path, tiny_qwen2_p
     )
     store = ParquetStore(base=config.storage)
     _stored_shard(store)
-    [asset] = build_scoring_assets(config)
-    assert (
-        build_scoring_assets(
-            config.model_copy(update={"scoring": config.scoring.model_copy(update={"enabled": False})})
-        )
-        == []
-    )
+    asset = stage_asset(ScoringStage(config), config)
+    scoring_off = config.model_copy(update={"scoring": config.scoring.model_copy(update={"enabled": False})})
+    assert asset.key in {a.key for a in build_engine_stage_assets(config)}
+    assert asset.key not in {a.key for a in build_engine_stage_assets(scoring_off)}
     resources = {"store": store, "vlm_engine": engine_resource(config.engines.vlm)}
     (tmp_path / "home").mkdir()
     with instance_for_test(temp_dir=str(tmp_path / "home")) as instance:
@@ -98,7 +96,10 @@ def test_curation_ranks_by_reward_and_holds_out_suspect_keys(tmp_path, tiny_qwen
     with instance_for_test(temp_dir=str(tmp_path / "home")) as instance:
         instance.add_dynamic_partitions("shards", ["s1"])
         assert materialize(
-            build_scoring_assets(scoring_config), partition_key="s1", instance=instance, resources=resources
+            [stage_asset(ScoringStage(scoring_config), scoring_config)],
+            partition_key="s1",
+            instance=instance,
+            resources=resources,
         ).success
         [scores] = store.read(RATIONALE_SCORES, "s1")
         chosen = {}
@@ -122,7 +123,6 @@ def test_stage_3_expands_only_the_best_rewarded_short_cots(tmp_path, tiny_qwen2_
     only when it ranks by them."""
     import json
 
-    from lpt_assets.assets.generate import build_generation_assets
     from lpt_assets.versions import code_versions
     from tests.fake_openai_server import FakeOpenAIServer
 
@@ -156,7 +156,7 @@ def test_stage_3_expands_only_the_best_rewarded_short_cots(tmp_path, tiny_qwen2_
         with instance_for_test(temp_dir=str(tmp_path / "home")) as instance:
             instance.add_dynamic_partitions("shards", ["s1"])
             assert materialize(
-                build_scoring_assets(top_1), partition_key="s1", instance=instance, resources=resources
+                [stage_asset(ScoringStage(top_1), top_1)], partition_key="s1", instance=instance, resources=resources
             ).success
             [scores] = store.read(RATIONALE_SCORES, "s1")
             reward = dict(zip(scores.cot_ids, scores.rewards))
@@ -166,7 +166,7 @@ def test_stage_3_expands_only_the_best_rewarded_short_cots(tmp_path, tiny_qwen2_
             extended: list[set[str]] = []
             for config in (top_1, PipelineConfig.model_validate(base)):
                 before = len(server.requests)
-                stage_3 = [a for a in build_generation_assets(config) if a.key == AssetKey("long_cots")]
+                stage_3 = [a for a in build_engine_stage_assets(config) if a.key == AssetKey("long_cots")]
                 assert materialize(stage_3, partition_key="s1", instance=instance, resources=resources).success
                 shown = [json.dumps(body["messages"]) for body in server.requests[before:]]
                 sent.append(
@@ -214,7 +214,10 @@ def test_rationale_scores_over_a_vllm_server_stream_and_cache(tmp_path):
             for _ in range(2):
                 before = len(server.requests)
                 assert materialize(
-                    build_scoring_assets(config), partition_key="s1", instance=instance, resources=resources
+                    [stage_asset(ScoringStage(config), config)],
+                    partition_key="s1",
+                    instance=instance,
+                    resources=resources,
                 ).success
                 metadata = instance.get_latest_materialization_event(
                     AssetKey("rationale_scores")

@@ -6,7 +6,7 @@ from lpt.config import PipelineConfig
 from lpt.prompts import present
 from lpt.records import MCQ, Caption
 from lpt.tables import CAPTIONS, MCQS, SIMPLE_COTS
-from lpt_assets.assets.generate import build_generation_assets
+from lpt_assets.assets.generate import build_engine_stage_assets
 from lpt_resources.captions.sources import parse_spec, read_items
 from lpt_resources.captions.validate import check_shard
 from lpt_resources.engines.resource import EngineResource, TransformersEngineResource
@@ -41,7 +41,7 @@ def _run_stage2(tmp_path, vlm: EngineResource, stand_in: bool):
     )
     store = ParquetStore(base=config.storage)
     caption = _seed_tables(store, f"{config.storage}/images")
-    simple_cots = next(a for a in build_generation_assets(config) if a.key.to_user_string() == "simple_cots")
+    simple_cots = next(a for a in build_engine_stage_assets(config) if a.key.to_user_string() == "simple_cots")
     instance = DagsterInstance.ephemeral()
     instance.add_dynamic_partitions("shards", [SHARD])
     result = materialize(
