@@ -1,8 +1,8 @@
 """A stage that asks an engine, as an object: which tables it reads and writes, how it turns
 its input rows into work, how it asks for each work item and how it parses the reply into rows
 and quarantined rows. The Dagster layer (lpt_assets/assets/generate.py) runs every stage the
-same way, so adding a stage is one subclass and one line there; nothing here knows Dagster
-or engines (replies and engines are described by what a stage reads of them)."""
+same way, so adding a stage is one subclass and its place in `STAGES` (lpt/stages.py); nothing
+here knows Dagster or engines (replies and engines are described by what a stage reads of them)."""
 
 from __future__ import annotations
 
